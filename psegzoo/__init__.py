@@ -1,0 +1,96 @@
+"""psegzoo: published mmsegmentation checkpoints with nothing but PyTorch.
+
+Attributes are imported lazily so that listing and resolving models never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (
+    CacheError,
+    CheckpointError,
+    DownloadError,
+    ImageError,
+    ManifestError,
+    NoWeightsError,
+    OfflineError,
+    PredictionError,
+    PsegzooError,
+    UnknownModelError,
+    UnverifiedWeightsError,
+    VerificationError,
+)
+from .manifest import (
+    Dataset,
+    Entry,
+    Manifest,
+    Resolution,
+    get_dataset,
+    get_entry,
+    list_models,
+    load_manifest,
+    normalize_dataset,
+    resolve,
+    short_name,
+)
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first access.
+_LAZY = {
+    "cache_root": "hub",
+    "checkpoint_path": "hub",
+    "converted_path": "hub",
+    "download": "hub",
+    "import_checkpoint": "hub",
+    "verify": "hub",
+    "cached": "hub",
+    "remove": "hub",
+    "load": "api",
+    "convert_checkpoint": "api",
+    "Segmenter": "api",
+    "Prediction": "api",
+    "benchmark": "api",
+}
+
+__all__ = [
+    "__version__",
+    "CacheError",
+    "CheckpointError",
+    "DownloadError",
+    "ImageError",
+    "ManifestError",
+    "NoWeightsError",
+    "OfflineError",
+    "PredictionError",
+    "PsegzooError",
+    "UnknownModelError",
+    "UnverifiedWeightsError",
+    "VerificationError",
+    "Dataset",
+    "Entry",
+    "Manifest",
+    "Resolution",
+    "get_dataset",
+    "get_entry",
+    "list_models",
+    "load_manifest",
+    "normalize_dataset",
+    "resolve",
+    "short_name",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'psegzoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
