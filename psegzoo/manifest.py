@@ -317,25 +317,26 @@ class _Reader:
             raise self.fail(key, f"must be true or false, got {v!r}")
         return v
 
-    def ints(self, key: str, default: Any = ..., length: int | None = None) -> Any:
+    def ints(self, key: str, default: Any = ..., length: int | None = None, minimum: int = 1) -> Any:
         v = self.raw(key, default)
         if v is None and default is None:
             return None
         if (
             not isinstance(v, list)
             or not v
-            or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v)
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in v)
             or (length is not None and len(v) != length)
         ):
             size = f"{length} " if length else ""
-            raise self.fail(key, f"must be a list of {size}positive integers, got {v!r}")
+            kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+            raise self.fail(key, f"must be a list of {size}{kind}, got {v!r}")
         return tuple(v)
 
-    def int_or_ints(self, key: str) -> Any:
+    def int_or_ints(self, key: str, minimum: int = 0) -> Any:
         v = self.raw(key)
         if isinstance(v, list):
-            return self.ints(key)
-        return self.int(key)
+            return self.ints(key, minimum=minimum)
+        return self.int(key, minimum=minimum)
 
     def floats(self, key: str, length: int) -> tuple[float, ...]:
         v = self.raw(key)
@@ -402,7 +403,7 @@ def _parse_head(r: _Reader) -> HeadSpec:
     psa_type = r.str("psa_type", None, choices=("bi-direction", "collect", "distribute"))
     return HeadSpec(
         type=kind,
-        in_channels=r.int_or_ints("in_channels"),
+        in_channels=r.int_or_ints("in_channels", minimum=1),
         in_index=r.int_or_ints("in_index"),
         channels=r.int("channels", minimum=1),
         dropout_ratio=r.num("dropout_ratio", 0.1),
