@@ -52,3 +52,7 @@ class ImageError(PsegzooError):
 
 class PredictionError(PsegzooError):
     """Prediction settings are invalid (e.g. stride larger than crop)."""
+
+
+class OutputError(PsegzooError):
+    """A result cannot be written (unwritable folder, full disk, or a format that cannot hold it)."""

@@ -1,0 +1,484 @@
+"""The test pipeline: keep-ratio sizes, OpenCV's bilinear, sliding windows, TTA, memory and settings."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file
+from safetensors import safe_open
+from torch import nn
+
+from psegzoo.errors import PredictionError
+from psegzoo.manifest import TestSettings as EntryTest, load_manifest
+from psegzoo.predictor import (
+    InferenceSettings,
+    argmax_labels,
+    default_stride,
+    infer,
+    probabilities,
+    rescale_size,
+    resize_bilinear_uint8,
+    resize_image,
+    resize_scores,
+    select_device,
+    slide_windows,
+    to_input,
+    tta_scale,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+PIPELINES = sorted(GOLDEN.glob("*.pipeline.safetensors"))
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+
+class TinySeg(nn.Module):
+    """A real (small) segmentation net: stride-2 features, classifier, logits resized to the input."""
+
+    def __init__(self, num_classes: int = 5, align_corners: bool = False, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()
+        )
+        self.cls = nn.Conv2d(8, num_classes, 1)
+        self.align_corners = align_corners
+        self.eval()
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.forward_lowres(x)
+        return F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+
+
+class PixelSeg(nn.Module):
+    """A 1x1 convolution: cheap on huge images, and its logits at x's size need no resize."""
+
+    def __init__(self, num_classes: int = 19):
+        super().__init__()
+        torch.manual_seed(1)
+        self.cls = nn.Conv2d(3, num_classes, 1)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(x)
+
+
+def _settings(mode="whole", scale=(64, 48), crop=None, stride=None, align_corners=False, resize_logits="via_input"):
+    return InferenceSettings(scale=scale, mode=mode, crop_size=crop, stride=stride, mean=MEAN, std=STD,
+                             align_corners=align_corners, resize_logits=resize_logits)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Keep-ratio sizes and OpenCV's bilinear
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "w, h, scale, expected",
+    [
+        (110, 75, (160, 96), (141, 96)),  # enlarge, short side decides: 75 * 1.28 = 96, 110 * 1.28 = 140.8
+        (500, 375, (2048, 512), (683, 512)),  # VOC-like: 500 * 512/375 = 682.67
+        (375, 500, (2048, 512), (512, 683)),  # portrait: same factor
+        (110, 75, (128, 64), (94, 64)),  # shrink: 110 * 64/75 = 93.87
+        (4000, 3000, (2048, 1024), (1365, 1024)),  # shrink: 4000 * 1024/3000 = 1365.33
+        (4000, 1000, (2048, 1024), (2048, 512)),  # wide: long side decides
+        (2048, 1024, (2048, 1024), (2048, 1024)),  # identity
+        (2048, 1024, (1024, 2048), (2048, 1024)),  # (long, short) order does not matter
+        (3, 2, (3, 3), (3, 2)),  # 2 * 1.0 = 2
+        (5, 3, (2, 2), (2, 1)),  # 3 * 0.4 + 0.5 = 1.7 -> 1
+    ],
+)
+def test_rescale_size(w, h, scale, expected):
+    assert rescale_size(w, h, scale) == expected
+
+
+def test_rescale_size_refuses_zero():
+    with pytest.raises(PredictionError, match="too elongated"):
+        rescale_size(10000, 1, (16, 8))
+
+
+def test_tta_scales_are_ratios_of_the_test_scale():
+    assert tta_scale((2048, 1024), 0.75) == (1536, 768)
+    assert tta_scale((2048, 512), 1.75) == (3584, 896)
+    assert tta_scale((512, 2048), 0.5) == (1024, 256)
+
+
+def test_opencv_bilinear_by_hand():
+    # 1x2 -> 1x4: source positions -0.25 (clamped), 0.25, 0.75, 1.25 (clamped); 11-bit weights;
+    # 255 * 512 = 130560 -> (2048 * (130560 >> 4) >> 16 + 2) >> 2 = 64, likewise 191.
+    img = np.array([[[0], [255]]], np.uint8)
+    np.testing.assert_array_equal(resize_bilinear_uint8(img, 4, 1)[0, :, 0], [0, 64, 191, 255])
+    # Halving averages 2x2 blocks with rounding: (a + b + c + d + 2) >> 2, no antialiasing beyond that.
+    block = np.array([[1, 2, 10, 20], [3, 5, 30, 41]], np.uint8)[..., None]
+    np.testing.assert_array_equal(resize_bilinear_uint8(block, 2, 1)[..., 0], [[3, 25]])
+    flat = np.full((7, 9, 3), 77, np.uint8)
+    for size in ((13, 5), (4, 3), (1, 1), (30, 2)):
+        np.testing.assert_array_equal(resize_bilinear_uint8(flat, *size), np.full((size[1], size[0], 3), 77))
+    same = _image(6, 5)
+    out = resize_bilinear_uint8(same, 5, 6)
+    np.testing.assert_array_equal(out, same)
+    assert out is not same
+
+
+def test_shrinking_does_not_antialias():
+    # Quartering a width reads source x = 4 * dx + 1.5, i.e. columns 4dx+1 and 4dx+2 with weights
+    # 1/2 each. A box/antialiasing filter would average all four columns (64 for one bright column
+    # in four); the 2-tap formula gives 128 when the bright column is read and 0 when it is not.
+    img = np.zeros((4, 16, 1), np.uint8)
+    img[:, 1::4] = 255  # columns 1, 5, 9, 13
+    np.testing.assert_array_equal(resize_bilinear_uint8(img, 4, 1)[0, :, 0], [128, 128, 128, 128])
+    img2 = np.zeros((4, 16, 1), np.uint8)
+    img2[:, 0::4] = 255  # columns 0, 4, 8, 12: never sampled when quartering
+    np.testing.assert_array_equal(resize_bilinear_uint8(img2, 4, 1)[0, :, 0], [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name.split(".")[0])
+def test_resize_matches_mmcv_goldens(path):
+    data = load_file(path)
+    with safe_open(path, "np") as f:
+        scale = tuple(json.loads(f.metadata()["test_scale"]))
+    out = resize_image(data["image_rgb"], scale)
+    assert out.shape == data["resized_rgb"].shape
+    np.testing.assert_array_equal(out, data["resized_rgb"])  # bit-exact, not just within a level
+
+
+def test_to_input_normalizes_in_rgb_order():
+    img = np.array([[[123.675 + 58.395, 116.28, 0]]]).round().astype(np.uint8)
+    x = to_input(img, MEAN, STD)
+    assert x.shape == (1, 3, 1, 1) and x.dtype == torch.float32
+    expected = (torch.tensor([182.0, 116.0, 0.0]) - torch.tensor(MEAN)) / torch.tensor(STD)
+    torch.testing.assert_close(x.flatten(), expected)
+    assert to_input(_image(4, 5), MEAN, STD, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    assert to_input(_image(4, 5), MEAN, STD).is_contiguous()
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resize_scores_equals_interpolate(align_corners):
+    gen = torch.Generator().manual_seed(0)
+    for c, h, w, H, W in [(5, 13, 17, 40, 33), (3, 40, 50, 9, 70), (2, 8, 8, 8, 21), (2, 9, 7, 31, 7), (1, 1, 1, 3, 4)]:
+        x = torch.randn(c, h, w, generator=gen)
+        ref = F.interpolate(x[None], size=(H, W), mode="bilinear", align_corners=align_corners)[0]
+        out = resize_scores(x, (H, W), align_corners=align_corners)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Sliding windows
+# --------------------------------------------------------------------------------------------
+
+
+def test_slide_window_grid():
+    # mmseg: h_grids = max(96 - 48 + 32 - 1, 0) // 32 + 1 = 3, w_grids = (141 - 64 + 39) // 40 + 1 = 3
+    wins = slide_windows(96, 141, (48, 64), (32, 40))
+    assert wins == [
+        (0, 48, 0, 64), (0, 48, 40, 104), (0, 48, 77, 141),
+        (32, 80, 0, 64), (32, 80, 40, 104), (32, 80, 77, 141),
+        (48, 96, 0, 64), (48, 96, 40, 104), (48, 96, 77, 141),
+    ]
+    assert slide_windows(30, 20, (48, 64), (32, 40)) == [(0, 30, 0, 20)]  # smaller than the crop: no padding
+
+
+def test_every_pixel_covered_for_random_grids():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        crop = tuple(int(v) for v in rng.integers(1, 120, 2))
+        stride = tuple(int(rng.integers(1, c + 1)) for c in crop)
+        cover = np.zeros((h, w), np.int32)
+        wins = slide_windows(h, w, crop, stride)
+        sizes = {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in wins}
+        assert sizes == {(min(crop[0], h), min(crop[1], w))}
+        for y1, y2, x1, x2 in wins:
+            assert 0 <= y1 < y2 <= h and 0 <= x1 < x2 <= w
+            cover[y1:y2, x1:x2] += 1
+        assert cover.min() >= 1
+
+
+def _mmseg_slide_reference(model, x, crop, stride):
+    """mmseg's slide_inference as its docs describe it: one window at a time, padded sums, counts."""
+    _, _, h, w = x.shape
+    preds, count = None, torch.zeros(1, 1, h, w)
+    for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
+        logit = model(x[:, :, y1:y2, x1:x2])
+        padded = F.pad(logit, (x1, w - x2, y1, h - y2))
+        preds = padded if preds is None else preds + padded
+        count[:, :, y1:y2, x1:x2] += 1
+    return (preds / count)[0]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_slide_matches_reference_and_batching_does_not_matter(align_corners):
+    model = TinySeg(align_corners=align_corners)
+    img = _image(50, 70)
+    s = _settings("slide", scale=(70, 50), crop=(24, 32), stride=(16, 20), align_corners=align_corners)
+    with torch.no_grad():
+        ref = _mmseg_slide_reference(model, to_input(img, MEAN, STD), (24, 32), (16, 20))
+    one = infer(model, img, s, batch_windows=1)
+    assert not one.is_probs and one.views[0].size == (50, 70)
+    torch.testing.assert_close(one.scores, ref, rtol=0, atol=1e-5)
+    for batch in (2, 3, 7, 64):
+        torch.testing.assert_close(infer(model, img, s, batch_windows=batch).scores, one.scores, rtol=0, atol=1e-5)
+
+
+def test_slide_with_crop_covering_the_image_equals_whole():
+    model = TinySeg()
+    img = _image(30, 41)
+    whole = infer(model, img, _settings("whole", scale=(82, 60)))
+    slide = infer(model, img, _settings("slide", scale=(82, 60), crop=(60, 82), stride=(40, 50)))
+    bigger = infer(model, img, _settings("slide", scale=(82, 60), crop=(100, 100), stride=(10, 10)))
+    assert torch.equal(whole.scores, slide.scores) and torch.equal(whole.scores, bigger.scores)
+    assert whole.scores.shape == (5, 30, 41)
+
+
+def test_channels_last_gives_the_same_scores():
+    model = TinySeg()
+    img = _image(33, 47)
+    s = _settings("slide", scale=(94, 66), crop=(32, 32), stride=(20, 20))
+    a = infer(model, img, s, channels_last=False).scores
+    model_cl = TinySeg().to(memory_format=torch.channels_last)
+    b = infer(model_cl, img, s).scores  # follows the model's layout
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole mode, direct resize and test-time augmentation
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_whole_mode_resizes_logits_via_the_input(align_corners):
+    model = TinySeg(align_corners=align_corners)
+    img = _image(30, 40)
+    s = _settings("whole", scale=(64, 48), align_corners=align_corners)  # enlarges to 64x48
+    out = infer(model, img, s)
+    with torch.no_grad():
+        x = to_input(resize_bilinear_uint8(img, 64, 48), MEAN, STD)
+        ref = F.interpolate(model(x), size=(30, 40), mode="bilinear", align_corners=align_corners)[0]
+    assert out.views[0].size == (48, 64)
+    torch.testing.assert_close(out.scores, ref, rtol=0, atol=1e-6)
+
+
+def test_direct_mode_resizes_lowres_logits_once():
+    model = TinySeg()
+    img = _image(30, 40)
+    out = infer(model, img, _settings("whole", scale=(64, 48), resize_logits="direct"))
+    via = infer(model, img, _settings("whole", scale=(64, 48)))
+    with torch.no_grad():
+        low = model.forward_lowres(to_input(resize_bilinear_uint8(img, 64, 48), MEAN, STD))
+        ref = F.interpolate(low, size=(30, 40), mode="bilinear", align_corners=False)[0]
+    assert low.shape[-2:] == (24, 32)
+    torch.testing.assert_close(out.scores, ref, rtol=0, atol=1e-6)
+    assert (out.scores - via.scores).abs().max() > 1e-3  # the two orders really differ
+
+
+def _view_probs(model, img, scale, flip, size):
+    """One TTA view written out directly: resize, (flip), forward, (flip back), resize, softmax."""
+    h, w = img.shape[:2]
+    new_w, new_h = rescale_size(w, h, scale)
+    resized = resize_bilinear_uint8(img, new_w, new_h)
+    if flip:
+        resized = resized[:, ::-1].copy()
+    with torch.no_grad():
+        logits = model(to_input(resized, MEAN, STD))
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if flip:
+            logits = logits.flip(-1)
+    return logits.softmax(dim=1)[0], (new_h, new_w)
+
+
+def test_tta_averages_softmax_over_scales_and_flips():
+    model = TinySeg()
+    img = _image(30, 40)
+    s = _settings("whole", scale=(64, 48))
+    out = infer(model, img, s, flip=True, scales=(0.5, 1.0, 1.25))
+    assert out.is_probs and out.scores.shape == (5, 30, 40)
+    torch.testing.assert_close(out.scores.sum(0), torch.ones(30, 40))
+    views, sizes = [], []
+    for r in (0.5, 1.0, 1.25):
+        for flip in (False, True):
+            p, size = _view_probs(model, img, tta_scale((64, 48), r), flip, (30, 40))
+            views.append(p)
+            sizes.append(size)
+    assert [v.size for v in out.views] == sizes
+    assert sizes[0] == (24, 32) and sizes[-1] == (60, 80)  # (32, 24) and (80, 60) keep-ratio targets
+    torch.testing.assert_close(out.scores, torch.stack(views).mean(0), rtol=0, atol=1e-6)
+
+
+def test_single_view_gives_logits_and_flip_alone_is_tta():
+    model = TinySeg()
+    img = _image(20, 28)
+    s = _settings("whole", scale=(28, 20))
+    plain = infer(model, img, s)
+    half = infer(model, img, s, scales=(0.5,))
+    assert not plain.is_probs and not half.is_probs
+    assert half.views[0].size == (10, 14) and half.scores.shape == (5, 20, 28)
+    flipped = infer(model, img, s, flip=True)
+    assert flipped.is_probs and len(flipped.views) == 2
+
+
+def test_labels_probabilities_helpers():
+    scores = torch.randn(7, 13, 11, generator=torch.Generator().manual_seed(3))
+    labels = argmax_labels(scores)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, scores.argmax(0).numpy())
+    many = torch.randn(300, 3, 4)
+    assert argmax_labels(many).dtype == np.int32
+    np.testing.assert_array_equal(argmax_labels(many), many.argmax(0).numpy())
+    probs = probabilities(scores, is_probs=False)
+    torch.testing.assert_close(probs, scores.softmax(0))
+    assert probabilities(probs, is_probs=True) is not probs
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: a large image needs about one C x H x W buffer
+# --------------------------------------------------------------------------------------------
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, torch, torch.nn.functional as F
+    from torch import nn
+    from psegzoo.predictor import InferenceSettings, argmax_labels, infer, resize_bilinear_uint8, to_input
+    torch.set_num_threads(2)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    torch.manual_seed(1)
+    model = nn.Conv2d(3, 19, 1).eval()
+    img = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    s = InferenceSettings(scale=(1024, 768), mode="slide", crop_size=(512, 512), stride=(341, 341),
+                          mean=mean, std=std, align_corners=False)
+    def rss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 64, 64))
+    base = rss()
+    out = infer(model, img, s)
+    labels = argmax_labels(out.scores)
+    peak = rss() - base
+    # the naive way, after the measurement: whole logits, one interpolate
+    with torch.inference_mode():
+        low = model(to_input(resize_bilinear_uint8(img, 1024, 768), mean, std))
+        ref = F.interpolate(low, size=(3000, 4000), mode="bilinear", align_corners=False)[0]
+    print(json.dumps({"peak": peak, "buffer": out.scores.numel() * 4,
+                      "max_diff": (out.scores - ref).abs().max().item(),
+                      "labels_equal": float((torch.from_numpy(labels).long() == ref.argmax(0)).float().mean())}))
+    """
+)
+
+
+def test_large_image_memory_stays_near_one_buffer():
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    # final buffer 19 x 3000 x 4000 float32 = 912 MB; logits at 768x1024 = 60 MB, image 36 MB
+    assert res["peak"] < 1.25 * res["buffer"], res
+    assert res["max_diff"] <= 1e-5 and res["labels_equal"] == 1.0, res
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and argument checks
+# --------------------------------------------------------------------------------------------
+
+WHOLE_TEST = EntryTest(scale=(2048, 512), mode="whole", crop_size=None, stride=None, mean=MEAN, std=STD)
+SLIDE_TEST = EntryTest(scale=(2049, 1025), mode="slide", crop_size=(769, 769), stride=(513, 513), mean=MEAN, std=STD)
+
+
+def test_settings_from_entry_and_overrides():
+    entry = load_manifest().get("pspnet_r50-d8_512x1024_40k_cityscapes")
+    s = InferenceSettings.from_entry(entry)
+    assert (s.mode, s.scale, s.crop_size, s.stride) == (entry.test.mode, tuple(entry.test.scale), None, None)
+    assert s.align_corners == entry.architecture.align_corners and s.mean == tuple(entry.test.mean)
+    slide = InferenceSettings.from_entry(entry, mode="slide")  # whole-mode entry: the training crop
+    assert slide.crop_size == tuple(entry.crop_size) and slide.stride == default_stride(tuple(entry.crop_size))
+    assert default_stride((512, 1024)) == (341, 683) and default_stride((769, 769)) == (513, 513)
+
+
+def test_settings_from_test_overrides():
+    s = InferenceSettings.from_test(SLIDE_TEST, True)
+    assert (s.crop_size, s.stride, s.scale) == ((769, 769), (513, 513), (2049, 1025))
+    s = InferenceSettings.from_test(SLIDE_TEST, True, crop_size=300)  # a new crop gets its own stride
+    assert (s.crop_size, s.stride) == ((300, 300), (200, 200))
+    s = InferenceSettings.from_test(SLIDE_TEST, True, stride=(100, 200), scale=(1000, 500))
+    assert (s.crop_size, s.stride, s.scale) == ((769, 769), (100, 200), (1000, 500))
+    assert InferenceSettings.from_test(SLIDE_TEST, True, mode="whole").crop_size is None
+    s = InferenceSettings.from_test(WHOLE_TEST, False, mode="slide", train_crop=(512, 512))
+    assert (s.crop_size, s.stride) == ((512, 512), (341, 341))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(mode="slide", crop_size=(64, 64), stride=(65, 32)), "stride 65x32 is larger than crop_size 64x64"),
+        (dict(mode="slide", crop_size=(0, 64)), "positive"),
+        (dict(mode="slide", crop_size=(64, 64), stride=-1), "positive"),
+        (dict(mode="slide"), "needs a crop_size"),
+        (dict(crop_size=(64, 64)), "slide mode only"),
+        (dict(mode="tiles"), "mode must be one of"),
+        (dict(scale=(2048,)), "scale"),
+        (dict(scale=(0, 512)), "positive"),
+    ],
+)
+def test_settings_refusals(kwargs, words):
+    with pytest.raises(PredictionError, match=words):
+        InferenceSettings.from_test(WHOLE_TEST, False, **kwargs)
+
+
+def test_infer_refusals():
+    model = TinySeg()
+    img = _image(10, 12)
+    s = _settings()
+    with pytest.raises(PredictionError, match="HxWx3 uint8"):
+        infer(model, img.astype(np.float32), s)
+    with pytest.raises(PredictionError, match="half precision"):
+        infer(model, img, s, amp_dtype=torch.float16)
+    with pytest.raises(PredictionError, match="scale ratios"):
+        infer(model, img, s, scales=(0.5, -1.0))
+    with pytest.raises(PredictionError, match="batch_windows"):
+        infer(model, img, s, batch_windows=0)
+    with pytest.raises(PredictionError, match="forward_lowres"):
+        infer(PixelSeg(), img, _settings(resize_logits="direct"))
+    model.train()
+    with pytest.raises(PredictionError, match="training mode"):
+        infer(model, img, s)
+
+
+def test_model_with_wrong_output_size_is_reported():
+    class NoResize(TinySeg):
+        def forward(self, x):
+            return self.forward_lowres(x)
+
+    with pytest.raises(PredictionError, match="resize them to the input size"):
+        infer(NoResize(), _image(10, 12), _settings())
+
+
+def test_bfloat16_model_runs_on_cpu():
+    model = TinySeg()
+    img = _image(20, 24)
+    ref = infer(model, img, _settings()).scores
+    low = infer(TinySeg().to(torch.bfloat16), img, _settings()).scores
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_select_device():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(PredictionError, match="unknown device|unsupported device"):
+        select_device("quantum")
+    if not torch.cuda.is_available():
+        with pytest.raises(PredictionError, match="no CUDA"):
+            select_device("cuda")
