@@ -15,6 +15,7 @@ from .errors import (
     ManifestError,
     NoWeightsError,
     OfflineError,
+    OutputError,
     PredictionError,
     PsegzooError,
     UnknownModelError,
@@ -43,6 +44,7 @@ _LAZY = {
     "checkpoint_path": "hub",
     "converted_path": "hub",
     "download": "hub",
+    "fetch": "hub",
     "import_checkpoint": "hub",
     "verify": "hub",
     "cached": "hub",
@@ -52,6 +54,10 @@ _LAZY = {
     "Segmenter": "api",
     "Prediction": "api",
     "benchmark": "api",
+    "inference_settings": "api",
+    "find_images": "images",
+    "load_image": "images",
+    "unique_output_names": "api",
 }
 
 __all__ = [
@@ -63,6 +69,7 @@ __all__ = [
     "ManifestError",
     "NoWeightsError",
     "OfflineError",
+    "OutputError",
     "PredictionError",
     "PsegzooError",
     "UnknownModelError",

@@ -5,12 +5,14 @@ run models (``convert``, ``predict``, ``bench``), so ``list`` and ``info`` stay 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -26,7 +28,8 @@ def _console(stderr: bool = False):
 
 
 def _fail(message: str, code: int = 1) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {_escape(message)}")
+    # One unwrapped line: URLs and paths in the message stay whole (copyable, greppable).
+    _console(stderr=True).print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -277,6 +280,26 @@ def _head_text(head: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+# Warnings the cache module logs that these commands print themselves (said once, not twice).
+_TRUSTED_LOG = "%s has no published hash; trusting the downloaded file"
+_REMOVED_LOG = "removed %s from the cache"
+
+
+@contextlib.contextmanager
+def _not_logged(*message_starts: str) -> Iterator[None]:
+    """Drop the cache module's log records that start with ``message_starts`` while in the block."""
+    logger = logging.getLogger("psegzoo.hub")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(message_starts)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def _download_options(func: Callable) -> Callable:
     """Options shared by every command that may fetch weights."""
     options = [
@@ -288,9 +311,9 @@ def _download_options(func: Callable) -> Callable:
                      help="Allow a checkpoint that has no published hash; its SHA-256 is recorded and trusted from then on."),
         click.option("--sha256", "sha256", metavar="HEX",
                      help="Pin the SHA-256 the file must have (for checkpoints without a published hash)."),
-        click.option("--retries", type=click.IntRange(0, 100), default=None, help="Retries per URL (default 5; PSEGZOO_RETRIES)."),
+        click.option("--retries", type=click.IntRange(0, 50), default=None, help="Retries per URL (default 4; PSEGZOO_RETRIES)."),
         click.option("--timeout", type=click.FloatRange(0.1, None), default=None,
-                     help="Connect/read timeout in seconds (default 30; PSEGZOO_TIMEOUT)."),
+                     help="Read timeout in seconds: a stalled server fails after this (default 60; PSEGZOO_TIMEOUT)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -318,18 +341,30 @@ def _download_kwargs(mirrors: Sequence[str], offline: bool | None, allow_unverif
 @_handle_errors
 def download_command(names: Sequence[str], mirrors, offline, allow_unverified, sha256, retries, timeout,
                      force: bool, quiet: bool) -> None:
-    """Download and verify checkpoints into the cache (prints each cached path)."""
+    """Download and verify checkpoints into the cache (prints each cached path).
+
+    Every file is checked against its published SHA-256 prefix before it is kept. Checkpoints that
+    publish no hash need --allow-unverified (trust on first use) or --sha256 HEX.
+    """
     kwargs = _download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout)
     failed = 0
+    err = _console(stderr=True)
     for name in names:
         try:
             entry = psegzoo.get_entry(name)
-            path = psegzoo.download(entry, progress=False if quiet else None, force=force, **kwargs)
+            with _not_logged(_TRUSTED_LOG):
+                fetched = psegzoo.fetch(entry, progress=False if quiet else None, force=force, **kwargs)
         except psegzoo.PsegzooError as exc:
             failed += 1
-            _console(stderr=True).print(f"[bold red]error:[/] {_escape(exc)}")
+            err.print(f"[bold red]error:[/] {_escape(exc)}", soft_wrap=True)
             continue
-        click.echo(str(path))
+        if fetched.newly_trusted:
+            err.print(
+                f"[yellow]{_escape(entry.name)} publishes no hash; trusted on first use with SHA-256 "
+                f"{fetched.sha256}[/] (every later use must match it)",
+                soft_wrap=True,
+            )
+        click.echo(str(fetched.path))
     if failed:
         sys.exit(1)
 
@@ -346,8 +381,10 @@ def cache_group(ctx: click.Context, as_json: bool) -> None:
     items = psegzoo.cached()
     total = sum(i.size for i in items) + sum(i.converted_size or 0 for i in items)
     if as_json:
-        click.echo(json.dumps({"root": str(psegzoo.cache_root()), "total_bytes": total,
-                               "checkpoints": [i.to_json() for i in items]}, indent=1))
+        rows = [{"name": i.name, "file": i.file, "path": str(i.path), "size": i.size, "sha256": i.sha256,
+                 "converted": i.converted, "converted_size": i.converted_size, "url": i.url,
+                 "source": i.source, "at": i.at, "trusted": i.trusted} for i in items]
+        click.echo(json.dumps({"root": str(psegzoo.cache_root()), "total_bytes": total, "checkpoints": rows}, indent=1))
         return
     from rich.table import Table
 
@@ -367,18 +404,20 @@ def cache_group(ctx: click.Context, as_json: bool) -> None:
 @cache_group.command("rm")
 @click.argument("names", nargs=-1)
 @click.option("--all", "remove_all", is_flag=True, help="Remove every cached checkpoint and converted file.")
+@click.option("--forget-trust", is_flag=True,
+              help="Also forget hashes trusted on first use (a later download may then have another hash).")
 @_index_option
 @_handle_errors
-def cache_rm_command(names: Sequence[str], remove_all: bool) -> None:
+def cache_rm_command(names: Sequence[str], remove_all: bool, forget_trust: bool) -> None:
     """Remove cached checkpoints by name (or --all)."""
     if not names and not remove_all:
         raise click.UsageError("give one or more model names, or --all")
     if remove_all:
-        removed = psegzoo.remove(all=True)
+        removed = psegzoo.remove(all=True, forget_trust=forget_trust)
     else:
         removed = []
         for name in names:
-            removed += psegzoo.remove(psegzoo.get_entry(name))
+            removed += psegzoo.remove(psegzoo.get_entry(name), forget_trust=forget_trust)
     for path in removed:
         click.echo(f"removed {path}")
     if not removed:
@@ -394,11 +433,16 @@ def verify_command(names: Sequence[str]) -> None:
     entries = [psegzoo.get_entry(n) for n in names] or [None]
     bad = 0
     for entry in entries:
-        for report in psegzoo.verify(entry, full=True):
+        with _not_logged(_REMOVED_LOG):
+            reports = psegzoo.verify(entry, full=True)
+        for report in reports:
             ok = report.ok
             bad += not ok
-            mark = "[green]ok[/]" if ok else "[bold red]BAD[/]"
-            _console().print(f"{mark}  {_escape(report.name or report.file)}  {_escape(report.message)}")
+            mark = "[green]ok[/]" if ok else f"[bold red]{report.status}[/]"
+            detail = f"sha256 {report.sha256}" if ok else (report.problem or "")
+            if report.removed:
+                detail += " (deleted; it will be downloaded again on next use)"
+            _console().print(f"{mark}  {_escape(report.name or report.file)}  {_escape(detail)}", soft_wrap=True)
     if bad:
         sys.exit(1)
 
@@ -406,15 +450,202 @@ def verify_command(names: Sequence[str]) -> None:
 @main.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Model name (default: taken from the file name).")
-@click.option("--sha256", "sha256", metavar="HEX", help="Pin the SHA-256 for a checkpoint without a published hash.")
-@click.option("--allow-unverified", is_flag=True, default=None,
-              help="Accept a checkpoint without a published hash and trust its SHA-256 from now on.")
+@click.option("--sha256", "sha256", metavar="HEX", help="Pin the SHA-256 the file must have.")
 @_index_option
 @_handle_errors
-def import_command(file: str, name: str | None, sha256: str | None, allow_unverified: bool | None) -> None:
-    """Put a checkpoint you already have into the cache (air-gapped or host-down use)."""
-    entry, path = psegzoo.import_checkpoint(file, name=name, sha256=sha256, allow_unverified=allow_unverified)
+def import_command(file: str, name: str | None, sha256: str | None) -> None:
+    """Put a checkpoint you already have into the cache (air-gapped or host-down use).
+
+    The file must match the published hash. For a checkpoint that publishes none, importing it
+    records its SHA-256 as trusted (or checks it against --sha256 / an earlier trust record).
+    """
+    entry, path = psegzoo.import_checkpoint(file, name=name, sha256=sha256)
     click.echo(f"imported {entry.name} -> {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# convert / predict / bench
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_option(value: str | None, what: str) -> tuple[int, int] | None:
+    """Parse ``512``, ``512x1024`` or ``512,1024`` into a pair of positive ints."""
+    if value is None:
+        return None
+    parts = value.lower().replace(",", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) <= 0:
+        raise click.BadParameter(f"{value!r} is not a size; use N or AxB with positive integers, e.g. 512x1024", param_hint=what)
+    return nums[0], nums[1]
+
+
+def _ratios_option(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        ratios = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        ratios = []
+    if not ratios or min(ratios) <= 0:
+        raise click.BadParameter(f"{value!r} is not a list of positive ratios, e.g. 0.5,0.75,1.0,1.25,1.5,1.75",
+                                 param_hint="--scales")
+    return ratios
+
+
+@main.command("convert")
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .safetensors (default: the cache, or beside FILE).")
+@click.option("--model", "name", help="Model name when SOURCE is a file whose name does not say it.")
+@_download_options
+@_index_option
+@_handle_errors
+def convert_command(source: str, output: str | None, name: str | None, mirrors, offline, allow_unverified, sha256,
+                    retries, timeout) -> None:
+    """Convert a checkpoint (NAME or FILE) to psegzoo's safetensors format."""
+    kwargs = _download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout)
+    out = psegzoo.convert_checkpoint(source, output, name=name, **kwargs)
+    click.echo(str(out))
+
+
+@main.command("predict")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-m", "--model", "name", required=True, help="Model name or alias, e.g. pspnet_r101-d8_cityscapes.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local mmseg/SSSegmentation checkpoint or converted .safetensors.")
+@click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder.")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (colours over the image).")
+@click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="Overlay opacity.")
+@click.option("--color", is_flag=True, help="Also write <stem>_color.png (the colour map alone).")
+@click.option("--probs", type=click.Choice(["png", "npy"]), is_flag=False, flag_value="png", default=None,
+              help="Also write per-pixel confidence (max softmax): 16-bit PNG (default) or float32 .npy.")
+@click.option("--logits", "save_logits", is_flag=True, help="Also write <stem>_logits.npy (float16, C x H x W).")
+@click.option("--json", "save_json", is_flag=True, help="Also write <stem>.json: class areas, model, timings.")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), help="Override the checkpoint's test mode.")
+@click.option("--crop-size", help="Slide window HxW (e.g. 512x1024).")
+@click.option("--stride", help="Slide stride HxW (default: the checkpoint's, or 2/3 of the crop).")
+@click.option("--scale", help="Test scale LONGxSHORT for the keep-ratio resize (e.g. 2048x1024).")
+@click.option("--flip", is_flag=True, help="Test-time augmentation: add horizontally flipped views.")
+@click.option("--scales", help="Test-time augmentation: ratios of the test scale, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
+@click.option("--half", is_flag=True, help="float16 autocast (GPU only).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPU only).")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (slow first image).")
+@click.option("--batch-windows", type=click.IntRange(1, 1024), help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
+@click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@_download_options
+@_index_option
+@_handle_errors
+def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
+                    crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
+                    max_pixels, quiet, mirrors, offline, allow_unverified, sha256, retries, timeout) -> None:
+    """Segment images (files, folders, globs) and write label maps as palette PNGs.
+
+    \b
+    Example:
+      psegzoo predict --model pspnet_r101-d8_cityscapes street.png --overlay
+    Each image gives OUT/<stem>.png (pixel value = class index). A bad image is reported and
+    skipped; the exit code is 1 if any input failed.
+    """
+    if half and bf16:
+        raise click.UsageError("choose one of --half and --bf16")
+    overrides = dict(mode=mode, crop_size=_pair_option(crop_size, "--crop-size"), stride=_pair_option(stride, "--stride"),
+                     scale=_pair_option(scale, "--scale"))
+    ratios = _ratios_option(scales)
+    entry = psegzoo.get_entry(name)
+    # Check the settings before any download, so a bad stride fails at once.
+    psegzoo.inference_settings(entry, **overrides)
+    found = psegzoo.find_images(inputs, exclude=[out_dir])
+    err = _console(stderr=True)
+    failures = 0
+    for problem in found.errors:
+        failures += 1
+        err.print(f"[bold red]error:[/] {_escape(problem)}")
+    if not found.images:
+        _fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
+    segmenter = psegzoo.load(
+        entry.name, weights=weights, device=device,
+        **_download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout),
+        progress=False if quiet else None,
+    )
+    if use_compile:
+        segmenter.compile()
+    amp = "float16" if half else "bfloat16" if bf16 else None
+    names = psegzoo.unique_output_names([img.relative for img in found.images])
+    written = 0
+    progress = None
+    if not quiet and err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err, transient=True)
+        progress.start()
+        task = progress.add_task("predicting", total=len(found.images))
+    try:
+        for image, out_name in zip(found.images, names):
+            try:
+                prediction = segmenter.predict(image.path, flip=flip, scales=ratios, batch_windows=batch_windows,
+                                               amp_dtype=amp, max_pixels=max_pixels, **overrides)
+                paths = prediction.write(out_dir, out_name, overlay=overlay, opacity=opacity, color=color,
+                                         probs=probs, logits=save_logits, summary=save_json)
+                written += 1
+            except (psegzoo.ImageError, psegzoo.OutputError) as exc:
+                failures += 1
+                err.print(f"[bold red]error:[/] {_escape(exc)}")
+            else:
+                if quiet:
+                    pass
+                elif progress is None:
+                    click.echo(str(paths[0]))
+            if progress is not None:
+                progress.advance(task)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if not quiet:
+        err.print(f"{written} image(s) written to {_escape(out_dir)}" + (f", {failures} failed" if failures else ""))
+    if failures:
+        sys.exit(1)
+
+
+@main.command("bench")
+@click.argument("name")
+@click.option("--size", default="1024x2048", show_default=True, help="Image size HxW.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["whole", "slide"]),
+              help="Modes to time (default: both).")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Timed runs per mode.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to use (default: cached, else initial weights).")
+@click.option("--no-baseline", is_flag=True, help="Skip the naive baseline (one window at a time, no channels_last, no BN folding).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_index_option
+@_handle_errors
+def bench_command(name, size, device, modes, repeat, weights, no_baseline, as_json) -> None:
+    """Time load and prediction of one model against a naive baseline in the same run."""
+    hw = _pair_option(size, "--size")
+    report = psegzoo.benchmark(name, size=hw, device=device, modes=list(modes) or ["whole", "slide"], repeat=repeat,
+                               weights=weights, baseline=not no_baseline,
+                               log=None if as_json else lambda msg: _console(stderr=True).print(_escape(msg)))
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{report['model']} on {report['device']}, image {hw[0]}x{hw[1]}", title_justify="left")
+    for column in ("mode", "variant", "s / image", "images / s", "peak memory", "vs baseline", "labels equal"):
+        table.add_column(column)
+    for row in report["runs"]:
+        table.add_row(row["mode"], row["variant"], f"{row['seconds']:.3f}", f"{1 / row['seconds']:.3f}",
+                      _fmt_size(row.get("peak_bytes")), f"{row['speedup']:.2f}x" if row.get("speedup") else "-",
+                      "-" if row.get("labels_equal") is None else f"{row['labels_equal'] * 100:.3f}%")
+    console = _console()
+    console.print(f"load: {report['load_seconds']:.2f} s ({report['weights']})")
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover
