@@ -1,0 +1,78 @@
+"""Data flows one way: each module imports only the psegzoo modules to its left."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "psegzoo"
+
+# module -> psegzoo modules it may import (its left); third-party limits where they matter.
+ALLOWED = {
+    "errors": set(),
+    "manifest": {"errors"},
+    "hub": {"errors", "manifest"},
+    "convert": {"errors", "manifest"},
+    "models": {"errors", "manifest", "models"},
+    "images": {"errors"},
+    "outputs": {"errors"},
+    "predictor": {"errors", "manifest"},
+    "api": {"errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "__init__"},
+    "cli": {"__init__"},
+}
+NO_TORCH = {"errors", "manifest", "hub", "images", "outputs", "cli"}
+
+
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(psegzoo modules, top-level third-party packages) imported by one file."""
+    ours, theirs = set(), set()
+    in_models = path.parent.name == "models"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                top = (node.module or "").split(".")[0]
+                if top == "psegzoo":
+                    rest = (node.module or "").split(".")[1:]
+                    ours.add(rest[0] if rest else "__init__")
+                else:
+                    theirs.add(top)
+                continue
+            base = "models" if in_models and node.level == 1 else None
+            if node.module:
+                ours.add(base or node.module.split(".")[0])
+            else:
+                ours.update(base or ("__init__" if a.name == "__version__" else a.name) for a in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                if top == "psegzoo":
+                    parts = alias.name.split(".")
+                    ours.add(parts[1] if len(parts) > 1 else "__init__")
+                else:
+                    theirs.add(top)
+    return ours, theirs
+
+
+FILES = sorted(p for p in PKG.rglob("*.py") if p.name not in ("__init__.py", "__main__.py") or p.parent.name == "models")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_flow_left_to_right(path):
+    module = _module_of(path)
+    ours, theirs = _imports(path)
+    ours.discard(module)
+    assert ours <= ALLOWED[module], f"{path.name} imports {sorted(ours - ALLOWED[module])}"
+    if module in NO_TORCH:
+        assert not theirs & {"torch", "safetensors"}, f"{path.name} must not import torch"
+
+
+def test_no_openmmlab_imports():
+    for path in PKG.rglob("*.py"):
+        _, theirs = _imports(path)
+        assert not theirs & {"mmcv", "mmengine", "mmseg", "mmsegmentation", "ssseg"}, path
