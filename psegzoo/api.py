@@ -224,19 +224,20 @@ def _save_converted(state_dict: Mapping[str, torch.Tensor], out: Path, *, source
     })
 
 
-def _converted_for(path: Path, source_sha256: str, entry: Entry, model: Segmentor, out: Path) -> dict[str, torch.Tensor]:
-    """Converted weights of the verified checkpoint ``path``, from ``out`` when made from the same file."""
+def _converted_for(path: Path, source_sha256: str, entry: Entry, model: Segmentor,
+                   out: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Converted weights of the verified checkpoint ``path`` and its format, from ``out`` when made from the same file."""
     if out.is_file():
         try:
             state_dict, metadata = convert.load_converted(out)
             if metadata.get("source_sha256") == source_sha256 and metadata.get("name") == entry.name:
-                return state_dict
+                return state_dict, metadata.get("source_format", "mmseg")
             log.info("converted weights %s are stale; converting again", out)
         except CheckpointError as exc:
             log.warning("ignoring unreadable converted weights %s: %s", out, exc)
     state_dict, fmt = _convert_file(path, entry, model)
     _save_converted(state_dict, out, source=path, source_sha256=source_sha256, entry=entry, fmt=fmt)
-    return state_dict
+    return state_dict, fmt
 
 
 def _entry_for_weights(name: str | None, weights: Path) -> Entry:
@@ -250,7 +251,8 @@ def _entry_for_weights(name: str | None, weights: Path) -> Entry:
         return get_entry(weights.name)
     except PsegzooError:
         raise CheckpointError(
-            f"cannot tell which model {weights.name!r} is; pass the model name too, e.g. "
+            f"cannot tell which model {weights.name!r} is; pass the model name too: --model NAME on the "
+            f"command line, or in Python e.g. "
             f"psegzoo.load('pspnet_r50-d8_512x1024_40k_cityscapes', weights={str(weights)!r})"
         ) from None
 
@@ -263,20 +265,22 @@ def _build(entry: Entry) -> Segmentor:
 
 def _fetch(entry: Entry, download_kwargs: Mapping[str, Any]) -> tuple[Path, str]:
     fetched = hub.fetch(entry, **download_kwargs)
-    if fetched.newly_trusted:
-        log.warning("%s publishes no hash; trusted on first use with SHA-256 %s", entry.name, fetched.sha256)
+    if fetched.newly_trusted:  # hub has already warned, with the hash and where it is recorded
+        log.debug("%s trusted on first use with SHA-256 %s", entry.name, fetched.sha256)
     return fetched.path, fetched.sha256
 
 
 def load(name: str | None = None, *, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, fuse_bn: bool = True, channels_last: bool | None = None,
          mirrors: Sequence[str] | None = None, offline: bool | None = None, allow_unverified: bool | None = None,
-         sha256: str | None = None, progress: bool | None = None) -> Segmenter:
+         sha256: str | None = None, progress: bool | None = None, retries: int | None = None,
+         timeout: float | tuple[float, float] | None = None) -> Segmenter:
     """Resolve ``name``, fetch and verify its checkpoint, convert (cached), build and load strictly.
 
     ``weights`` may be a local mmseg/SSSegmentation checkpoint or one of our converted
     ``.safetensors`` files; then nothing is downloaded. ``device`` defaults to cuda, mps, then cpu.
     ``fuse_bn`` folds BatchNorm into the convolutions (exact up to float rounding, faster).
+    The download options (``mirrors`` ... ``timeout``) are those of :func:`psegzoo.download`.
     """
     t0 = time.perf_counter()
     if name is None and weights is None:
@@ -296,8 +300,8 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
         state_dict, _ = _convert_file(weights_path, entry, model)
     else:
         path, sha = _fetch(entry, dict(mirrors=mirrors, offline=offline, allow_unverified=allow_unverified,
-                                       sha256=sha256, progress=progress))
-        state_dict = _converted_for(path, sha, entry, model, hub.converted_path(entry))
+                                       sha256=sha256, progress=progress, retries=retries, timeout=timeout))
+        state_dict, _ = _converted_for(path, sha, entry, model, hub.converted_path(entry))
     t1 = time.perf_counter()
     convert.load_into(model, state_dict, path=weights_path, assign=True)
     model.eval()
@@ -330,11 +334,11 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | No
     entry = get_entry(str(source))
     path, sha = _fetch(entry, download_kwargs)
     cached_out = hub.converted_path(entry)
-    state_dict = _converted_for(path, sha, entry, _build(entry), cached_out)
+    state_dict, fmt = _converted_for(path, sha, entry, _build(entry), cached_out)
     if output is None:
         return cached_out
     out = Path(output)
-    _save_converted(state_dict, out, source=path, source_sha256=sha, entry=entry, fmt="checkpoint")
+    _save_converted(state_dict, out, source=path, source_sha256=sha, entry=entry, fmt=fmt)
     return out
 
 

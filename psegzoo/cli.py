@@ -565,7 +565,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
     failures = 0
     for problem in found.errors:
         failures += 1
-        err.print(f"[bold red]error:[/] {_escape(problem)}")
+        err.print(f"[bold red]error:[/] {_escape(problem)}", soft_wrap=True)
     if not found.images:
         _fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
     segmenter = psegzoo.load(
@@ -596,7 +596,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
                 written += 1
             except (psegzoo.ImageError, psegzoo.OutputError) as exc:
                 failures += 1
-                err.print(f"[bold red]error:[/] {_escape(exc)}")
+                err.print(f"[bold red]error:[/] {_escape(exc)}", soft_wrap=True)
             else:
                 if quiet:
                     pass
@@ -608,7 +608,8 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
         if progress is not None:
             progress.stop()
     if not quiet:
-        err.print(f"{written} image(s) written to {_escape(out_dir)}" + (f", {failures} failed" if failures else ""))
+        err.print(f"{written} image(s) written to {_escape(out_dir)}" + (f", {failures} failed" if failures else ""),
+                  soft_wrap=True)
     if failures:
         sys.exit(1)
 
