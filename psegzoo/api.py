@@ -18,7 +18,7 @@ import torch
 from . import __version__, convert, hub, images, outputs, predictor
 from .errors import CheckpointError, ImageError, OutputError, PsegzooError
 from .manifest import Dataset, Entry, get_dataset, get_entry
-from .models import Segmentor, build_segmentor, state_shapes
+from .models import Segmentor, build_segmentor, state_shapes, use_fast_paths
 
 log = logging.getLogger(__name__)
 
@@ -414,9 +414,10 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
               baseline: bool = True, log: Any = None) -> dict[str, Any]:
     """Time loading and prediction of one model on a synthetic ``size`` (h, w) image.
 
-    Each mode runs the optimized path (BatchNorm folded into convolutions, channels_last, batched
-    windows) and, with ``baseline``, a naive one in the same process (BatchNorm kept, contiguous
-    memory, one window at a time); labels of the two are compared. Weights: ``weights``, else the
+    Each mode runs the optimized path (BatchNorm folded into convolutions, channels_last, decomposed
+    heads, Winograd 3x3, batched windows) and, with ``baseline``, a naive one in the same process
+    (BatchNorm kept, contiguous memory, concatenating heads, one window at a time); labels of the
+    two are compared. Weights: ``weights``, else the
     cached checkpoint, else the architecture's initial weights (timings do not depend on values).
     """
     say = log or (lambda _msg: None)
@@ -430,6 +431,7 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
         fast = load(entry.name, weights=weights, device=dev, offline=True)
         load_seconds = time.perf_counter() - t0
         slow = load(entry.name, weights=weights, device=dev, offline=True, fuse_bn=False, channels_last=False)
+        use_fast_paths(slow.model, False)
     else:
         source = "initial weights (no checkpoint cached)"
         plain = build_segmentor(entry.architecture).eval()
@@ -437,7 +439,8 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
         fused.load_state_dict(plain.state_dict())
         fast = Segmenter(predictor.prepare_model(fused.fuse_bn(), dev), entry, dev, torch.float32, dataset)
         load_seconds = time.perf_counter() - t0
-        slow = Segmenter(predictor.prepare_model(plain, dev, channels_last=False), entry, dev, torch.float32, dataset)
+        plain = use_fast_paths(predictor.prepare_model(plain, dev, channels_last=False), False)
+        slow = Segmenter(plain, entry, dev, torch.float32, dataset)
     if not baseline:
         slow = None
     h, w = size

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from psegzoo.convert import check_classes, convert_state_dict, load_into, read_checkpoint
 from psegzoo.errors import CheckpointError, ManifestError
 from psegzoo.models import build_segmentor, psa_mask, state_shapes
-from psegzoo.models.layers import BatchNorm2d
+from psegzoo.models.layers import BatchNorm2d, Conv2d
 from tests.support.archs import mmseg_architecture
 from tests.support.synth import load_specs, write_mmseg_checkpoint, write_ssseg_checkpoint
 from tests.support.zoo import mmseg_arch, ssseg_arch
@@ -104,6 +104,16 @@ def test_fused_bn_matches(golden_model):
     ref = tensors["ours"]
     out = fused(x)
     assert ((out - ref).abs().max() / ref.abs().max()).item() < REL_TOL
+    _assert_matches(out, tensors, meta)
+
+
+def test_optimized_model_matches(golden_model):
+    """BatchNorm folded, channels-last, decomposed heads and Winograd's 3x3 convolutions together."""
+    model, tensors, meta = golden_model
+    fast = copy.deepcopy(model).fuse_bn().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = fast(tensors["input"].contiguous(memory_format=torch.channels_last))
+    assert any(m._transformed for m in fast.modules() if isinstance(m, Conv2d))  # Winograd ran
     _assert_matches(out, tensors, meta)
 
 
@@ -212,7 +222,7 @@ def test_resnet_output_stride_8_contracts_first_dilation():
     assert _block_settings(m, 3) == [(1, 1)] + [(1, 2)] * 5
     assert _block_settings(m, 4) == [(1, 2)] + [(1, 4)] * 2
     assert m.backbone.layer1[0].shortcut is not None and m.backbone.layer1[1].shortcut is None
-    assert [type(m) for m in m.backbone.stem.children()].count(torch.nn.Conv2d) == 3
+    assert sum(isinstance(c, torch.nn.Conv2d) for c in m.backbone.stem.children()) == 3
 
 
 def test_resnet_multi_grid_sets_last_stage_dilations():

@@ -5,6 +5,11 @@ Builders are explicit functions (no registry). Parameter names read well, e.g.
 ``head.pyramid.2.conv``, ``head.bottleneck.bn``, ``head.classifier``; the converter maps mmseg's
 names onto these. Auxiliary heads are training-only and never built. Load weights with
 ``psegzoo.convert.load_into(model, state_dict)`` (strict, with errors naming the keys).
+
+Inference takes exact shortcuts (the same function up to float rounding): decode heads convolve
+pooled maps at their own size instead of concatenating upsampled copies (``head.decompose``), and
+wide 3x3 convolutions on channels-last CPU tensors use Winograd's F(2x2, 3x3) (``Conv2d.winograd``;
+see :mod:`psegzoo.models.winograd`). Set either attribute to False for the plain computation.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ __all__ = [
     "build_head",
     "state_shapes",
     "psa_mask",
+    "use_fast_paths",
 ]
 
 DECODE_HEADS = ("PSPHead", "ASPPHead", "PSAHead", "UPerHead")
@@ -107,3 +113,13 @@ def build_segmentor(arch: Architecture) -> Segmentor:
 def state_shapes(model: nn.Module) -> dict[str, torch.Size]:
     """Every state-dict key of ``model`` with its shape: what a converted checkpoint must provide."""
     return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def use_fast_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn the exact inference shortcuts (decomposed heads, Winograd 3x3) on or off; returns ``model``."""
+    for module in model.modules():
+        if hasattr(module, "decompose"):
+            module.decompose = enabled
+        if hasattr(module, "winograd"):
+            module.winograd = enabled
+    return model

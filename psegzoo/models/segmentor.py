@@ -34,7 +34,8 @@ class Segmentor(nn.Module):
         return self.head([feats[p] for p in self._feature_pos])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.forward_lowres(x)
+        # Few channels: resizing them in NCHW is faster, and gives the caller contiguous logits.
+        logits = self.forward_lowres(x).contiguous()
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
     @torch.no_grad()

@@ -11,12 +11,18 @@ from .psp import PyramidPooling
 
 
 class UPerHead(nn.Module):
-    """Top-down FPN whose top level is PSP's pooled bottleneck; the levels are fused at stride 4."""
+    """Top-down FPN whose top level is PSP's pooled bottleneck; the levels are fused at stride 4.
+
+    With ``decompose`` (the default) the two convolutions of concatenated maps (the pooled
+    bottleneck and the fusion) take the smaller maps at their own sizes instead of upsampled
+    copies (:meth:`ConvBNReLU.of_concat`; the same result up to float rounding).
+    """
 
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int, pool_scales: Sequence[int],
-                 align_corners: bool):
+                 align_corners: bool, decompose: bool = True):
         super().__init__()
         self.align_corners = align_corners
+        self.decompose = decompose
         top = in_channels[-1]
         self.pyramid = PyramidPooling(pool_scales, top, channels, align_corners)
         self.bottleneck = ConvBNReLU(top + len(pool_scales) * channels, channels, 3, padding=1)
@@ -28,11 +34,11 @@ class UPerHead(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         top = feats[-1]
         laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
-        laterals.append(self.bottleneck(torch.cat([top, *self.pyramid(top)], dim=1)))
+        pooled = [top, *self.pyramid.pooled(top)]
+        laterals.append(self.bottleneck.of_concat(pooled, top.shape[-2:], self.align_corners, self.decompose))
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[-2:], self.align_corners)
         outs = [fpn(lat) for fpn, lat in zip(self.fpn, laterals)]
         outs.append(laterals[-1])
-        size = outs[0].shape[-2:]
-        outs = [outs[0]] + [resize(o, size, self.align_corners) for o in outs[1:]]
-        return self.classifier(self.fuse(torch.cat(outs, dim=1)))
+        fused = self.fuse.of_concat(outs, outs[0].shape[-2:], self.align_corners, self.decompose)
+        return self.classifier(fused)

@@ -1,0 +1,252 @@
+"""The models' exact speed-ups against the plain computations they replace.
+
+* Convolutions of concatenated upsampled maps (``ConvBNReLU.of_concat``, ``conv_of_concat``) against
+  ``conv(cat([F.interpolate(p), ...]))`` written out with PyTorch's own ops.
+* Winograd's F(2x2, 3x3) (``psegzoo.models.winograd``) against ``F.conv2d`` in float64.
+* Each decode head with ``decompose`` on and off, and a whole model with every fast path on.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psegzoo.models import build_segmentor, winograd
+from psegzoo.models.layers import Conv2d, ConvBNReLU, conv_of_concat, decomposable, interpolation_matrix
+from tests.support.archs import mmseg_architecture
+
+REL = 1e-5
+
+
+def _gen(*key) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def _plain(conv: torch.nn.Conv2d, parts, size, flags) -> torch.Tensor:
+    """What the heads computed before: every part interpolated to ``size``, concatenated, convolved."""
+    ups = [p if tuple(p.shape[-2:]) == tuple(size) else
+           F.interpolate(p, size=size, mode="bilinear", align_corners=ac) for p, ac in zip(parts, flags)]
+    return F.conv2d(torch.cat(ups, dim=1), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+
+
+@pytest.mark.parametrize("out_size, in_size", [(7, 3), (13, 6), (5, 6), (4, 4), (9, 1), (1, 3)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_interpolation_matrix_is_the_resize(out_size, in_size, align_corners):
+    v = torch.randn(2, 3, in_size, 5, generator=_gen(out_size, in_size, align_corners))
+    m = interpolation_matrix(out_size, in_size, align_corners)
+    ref = F.interpolate(v, size=(out_size, 5), mode="bilinear", align_corners=align_corners)
+    assert m.shape == (out_size, in_size)
+    torch.testing.assert_close(torch.einsum("ha,ncaw->nchw", m, v), ref, rtol=1e-6, atol=1e-6)
+
+
+# (x size, pooled sizes, kernel, padding, dilation): odd sizes, pooled maps larger than x, 1x1 maps
+CASES = [
+    ((13, 17), [(1, 1), (2, 2), (3, 3), (6, 6)], 3, 1, 1),
+    ((4, 5), [(1, 1), (2, 2), (3, 3), (6, 6)], 3, 1, 1),
+    ((2, 3), [(6, 6), (1, 1)], 3, 1, 1),
+    ((9, 8), [(1, 1)], 1, 0, 1),
+    ((11, 10), [(5, 4), (3, 7)], 3, 2, 2),
+    ((7, 9), [(2, 2)], 3, 0, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-k{c[2]}p{c[3]}d{c[4]}")
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_of_concat_matches_concatenation(case, align_corners, channels_last, bias):
+    size, pooled, k, pad, dil = case
+    g = _gen(case, align_corners, channels_last, bias)
+    widths = [5] + [3] * len(pooled)
+    conv = Conv2d(sum(widths), 4, k, padding=pad, dilation=dil, bias=bias).requires_grad_(False)
+    conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+    if bias:
+        conv.bias.copy_(torch.randn(4, generator=g))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    parts = [torch.randn(2, widths[0], *size, generator=g).contiguous(memory_format=fmt)]
+    parts += [torch.randn(2, c, *s, generator=g) for c, s in zip(widths[1:], pooled)]
+    flags = [align_corners] * len(parts)
+    assert decomposable(conv)
+    with torch.no_grad():
+        out = conv_of_concat(conv, parts, size, flags)
+        ref = _plain(conv, parts, size, flags)
+    assert out.shape == ref.shape
+    assert _rel_err(out, ref) < REL
+
+
+def test_conv_of_concat_takes_parts_in_any_order_and_mixed_corners():
+    g = _gen("order")
+    conv = Conv2d(12, 3, 3, padding=1, bias=True).requires_grad_(False)
+    conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+    conv.bias.copy_(torch.randn(3, generator=g))
+    # ASPP puts the pooled 1x1 map first; PSANet mixes align_corners; two parts at full size
+    parts = [torch.randn(1, 2, 1, 1, generator=g), torch.randn(1, 4, 9, 7, generator=g),
+             torch.randn(1, 3, 4, 3, generator=g), torch.randn(1, 3, 9, 7, generator=g)]
+    flags = [False, False, True, False]
+    with torch.no_grad():
+        assert _rel_err(conv_of_concat(conv, parts, (9, 7), flags), _plain(conv, parts, (9, 7), flags)) < REL
+
+
+def test_strided_convolution_is_not_decomposed():
+    assert not decomposable(Conv2d(4, 4, 3, stride=2, padding=1))
+    block = ConvBNReLU(6, 4, 3, padding=1)
+    block.conv.stride = (2, 2)
+    parts = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 2, 2)]
+    with torch.no_grad():
+        out = block.of_concat(parts, (8, 8), False)
+        ref = block(torch.cat([parts[0], F.interpolate(parts[1], size=(8, 8), mode="bilinear")], dim=1))
+    torch.testing.assert_close(out, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 6, 5, 7), (2, 8, 6, 9, 10), (1, 4, 5, 1, 1), (1, 4, 5, 2, 13),
+                                   (1, 16, 8, 16, 16), (1, 3, 2, 8, 6)], ids=str)
+@pytest.mark.parametrize("dilation", [1, 2, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+def test_winograd_matches_direct_convolution(shape, dilation, bias):
+    n, c, o, h, w = shape
+    g = _gen(shape, dilation, bias)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(o, c, 3, 3, generator=g)
+    b = torch.randn(o, generator=g) if bias else None
+    ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=dilation,
+                   dilation=dilation)
+    out = winograd.conv3x3(x, winograd.transform_weight(weight), b, (dilation, dilation))
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert _rel_err(out, ref) < REL
+
+
+def test_winograd_runs_in_bands(monkeypatch):
+    """Several bands of tile rows give the same result as one (the band size only moves work)."""
+    g = _gen("bands")
+    x = torch.randn(1, 8, 21, 10, generator=g).contiguous(memory_format=torch.channels_last)
+    weight_t = winograd.transform_weight(torch.randn(4, 8, 3, 3, generator=g))
+    whole = winograd.conv3x3(x, weight_t, None, (2, 2))
+    monkeypatch.setattr(winograd, "BAND_BYTES", 1)
+    assert torch.equal(winograd.conv3x3(x, weight_t, None, (2, 2)), whole)
+
+
+def test_conv2d_uses_winograd_only_where_it_suits(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+    g = _gen("dispatch")
+    conv = Conv2d(6, 5, 3, padding=2, dilation=2, bias=True)
+    x = torch.randn(1, 6, 12, 8, generator=g)
+    with torch.no_grad():
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=2, dilation=2)
+        assert torch.equal(conv(x), ref)  # NCHW input: the direct convolution
+        assert not conv._transformed
+        out = conv(x.contiguous(memory_format=torch.channels_last))
+        assert conv._transformed  # channels-last input: Winograd
+        assert _rel_err(out, ref) < REL
+        conv.winograd = False
+        assert torch.equal(conv(x.contiguous(memory_format=torch.channels_last)),
+                           F.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias,
+                                    padding=2, dilation=2))
+    conv.winograd = True
+    with torch.enable_grad():  # training keeps the direct convolution
+        conv._transformed.clear()
+        conv(x.contiguous(memory_format=torch.channels_last))
+        assert not conv._transformed
+    # too little channels, strides and 1x1 kernels stay direct
+    narrow = Conv2d(3, 5, 3, padding=1)
+    strided = Conv2d(6, 5, 3, stride=2, padding=1)
+    pointwise = Conv2d(6, 5, 1)
+    xc = torch.randn(1, 6, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        narrow(xc[:, :3].contiguous(memory_format=torch.channels_last))
+        strided(xc)
+        pointwise(xc)
+    assert not (narrow._transformed or strided._transformed or pointwise._transformed)
+
+
+def test_conv2d_transforms_its_weights_again_when_they_change(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+    g = _gen("cache")
+    conv = Conv2d(6, 5, 3, padding=1)
+    x = torch.randn(1, 6, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv(x)
+        conv.weight.mul_(2)  # in place, as fusing batch norm or loading a state dict does
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        assert _rel_err(conv(x), ref) < REL
+    conv.load_state_dict({"weight": torch.randn(5, 6, 3, 3, generator=g), "bias": torch.zeros(5)})
+    with torch.no_grad():
+        assert _rel_err(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < REL
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads and a whole model
+# ---------------------------------------------------------------------------------------------
+
+
+def _small(file_name: str, **head):
+    """A real zoo architecture made small (ResNet-18, narrow head), with random weights and norms."""
+    arch = mmseg_architecture(file_name)
+    backbone = dataclasses.replace(arch.backbone, depth=18)
+    top = 512
+    in_channels = (64, 128, 256, 512) if arch.decode_head.type == "UPerHead" else top
+    head = dataclasses.replace(arch.decode_head, in_channels=in_channels, channels=16, **head)
+    model = build_segmentor(dataclasses.replace(arch, backbone=backbone, decode_head=head))
+    g = _gen(file_name, repr(head))
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif t.dim() == 1:
+                t.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(t.shape, generator=g))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5)
+    return model.eval()
+
+
+HEADS = [
+    "pspnet_r50-d8_512x1024_40k_cityscapes_20200605_003338-2966598c.pth",
+    "pspnet_r50-d8_769x769_40k_cityscapes_20200606_112725-86638686.pth",
+    "deeplabv3_r50-d8_512x1024_40k_cityscapes_20200605_022449-acadc2f8.pth",
+    "deeplabv3_r50-d8_769x769_40k_cityscapes_20200606_113723-7eda553c.pth",
+    "upernet_r50_512x1024_40k_cityscapes_20200605_094827-aa54cb54.pth",
+    "psanet_r50-d8_512x1024_40k_cityscapes_20200606_103117-99fac37c.pth",
+    "psanet_r50-d8_769x769_40k_cityscapes_20200530_033717-d5365506.pth",
+]
+
+
+@pytest.mark.parametrize("file_name", HEADS, ids=lambda f: f.split("_2020")[0])
+@pytest.mark.parametrize("size", [(64, 96), (41, 57)], ids=str)
+def test_decomposed_heads_match_concatenation(file_name, size):
+    model = _small(file_name)
+    assert model.head.decompose
+    feats = model.backbone(torch.randn(1, 3, *size, generator=_gen(file_name, size)))
+    feats = [feats[p] for p in model._feature_pos]
+    with torch.no_grad():
+        fast = model.head(feats)
+        model.head.decompose = False
+        plain = model.head(feats)
+    assert _rel_err(fast, plain) < REL
+
+
+@pytest.mark.parametrize("file_name", HEADS[:1] + HEADS[3:5], ids=lambda f: f.split("_2020")[0])
+def test_optimized_model_matches_the_plain_one(file_name, monkeypatch):
+    """BatchNorm folded, channels-last, decomposed heads and Winograd together, against none of them."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)  # let the small model's layers use it
+    plain = _small(file_name)
+    plain.head.decompose = False
+    fast = copy.deepcopy(plain).fuse_bn().to(memory_format=torch.channels_last)
+    fast.head.decompose = True
+    x = torch.randn(2, 3, 75, 99, generator=_gen("whole", file_name))
+    with torch.no_grad():
+        ref = plain(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    assert any(m._transformed for m in fast.modules() if isinstance(m, Conv2d))
+    assert _rel_err(out, ref) < REL
