@@ -244,7 +244,7 @@ def _entry_for_weights(name: str | None, weights: Path) -> Entry:
     if name is not None:
         return get_entry(name)
     if weights.suffix == ".safetensors":
-        _, metadata = convert.load_converted(weights)
+        metadata = convert.converted_metadata(weights)
         if metadata.get("name"):
             return get_entry(metadata["name"])
     try:

@@ -9,13 +9,14 @@ and shapes (``psegzoo.models.state_shapes(model)``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -465,20 +466,31 @@ def save_converted(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLi
         raise
 
 
-def load_converted(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read weights written by :func:`save_converted` (no pickle involved): ``(state_dict, metadata)``."""
+@contextlib.contextmanager
+def _open_converted(path: str | os.PathLike) -> Iterator[Any]:
+    """``safe_open`` of our converted weights, with a CheckpointError saying what to do when it fails."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"converted weights {str(p)!r} do not exist or are not a file")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            yield f
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{str(p)!r} is not a readable safetensors file ({_first_line(str(exc))}); delete it to convert again"
         ) from None
-    return sd, metadata
+
+
+def load_converted(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read weights written by :func:`save_converted` (no pickle involved): ``(state_dict, metadata)``."""
+    with _open_converted(path) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def converted_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Only the metadata of converted weights (reads the header, not the tensors)."""
+    with _open_converted(path) as f:
+        return dict(f.metadata() or {})
 
 
 # --------------------------------------------------------------------------------------------
