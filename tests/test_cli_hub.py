@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from psegzoo.cli import main
+from tests.support.cli import cli, run_script
 from tests.support.http_server import FileServer, http_server  # noqa: F401  (fixture)
 from tests.test_hub import URL_DIR, Zoo, _checkpoint_bytes, sha
 
-REPO = Path(__file__).resolve().parents[1]
 SSSEG_NAME = "pspnet_resnet50os8_voc"
 
 
@@ -60,31 +55,6 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture
 def zoo(tmp_path, monkeypatch, env, http_server):
     return Zoo(tmp_path, monkeypatch, http_server)
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    """Run ``psegzoo ARGS`` in-process; check the exit code and that no traceback escaped."""
-    result = CliRunner().invoke(main, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    return result
-
-
-def psegzoo_command() -> list[str]:
-    """The installed console script (next to this interpreter first), else ``python -m psegzoo``."""
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    script = shutil.which("psegzoo", path=search)
-    return [script] if script else [sys.executable, "-m", "psegzoo"]
-
-
-def run_script(*args: str, code: int = 0, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(extra_env or {}))
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([*psegzoo_command(), *args], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    return proc
 
 
 def error_line(text: str) -> str:
@@ -152,7 +122,7 @@ def test_wrong_hash_fails_cleanly_and_leaves_nothing(zoo, http_server, ckpt_byte
     entry = zoo.add("m_wrong", ckpt_bytes, prefix=wrong)
     with FileServer() as mirror:
         mirror.add(url_path(entry), ckpt_bytes)
-        proc = run_script("download", "m_wrong", "--mirror", mirror.base, code=1)
+        proc = run_script("download", "m_wrong", "--mirror", mirror.base, code=1, timeout=60)
         line = error_line(proc.stderr)
         assert proc.stdout == ""
         mirror_url = mirror.url(url_path(entry))
@@ -248,10 +218,10 @@ def test_unknown_name_suggests_and_other_names_still_download(zoo, http_server, 
 
 def test_builtin_ssseg_entry_offline_is_a_clean_error(env):
     """The shipped SSSegmentation entry publishes no hash; offline, nothing is fetched."""
-    proc = run_script("download", SSSEG_NAME, code=1, extra_env={"PSEGZOO_OFFLINE": "1"})
+    proc = run_script("download", SSSEG_NAME, code=1, extra_env={"PSEGZOO_OFFLINE": "1"}, timeout=60)
     line = error_line(proc.stderr)
     assert SSSEG_NAME in line and "--allow-unverified" in line and "psegzoo import" in line
-    proc = run_script("download", SSSEG_NAME, "--allow-unverified", code=1, extra_env={"PSEGZOO_OFFLINE": "1"})
+    proc = run_script("download", SSSEG_NAME, "--allow-unverified", code=1, extra_env={"PSEGZOO_OFFLINE": "1"}, timeout=60)
     line = error_line(proc.stderr)
     url = "https://github.com/SegmentationBLWX/modelstore/releases/download/ssseg_pspnet/pspnet_resnet50os8_voc.pth"
     assert "offline" in line and url in line and "psegzoo import" in line
@@ -265,12 +235,12 @@ def test_builtin_ssseg_entry_offline_is_a_clean_error(env):
 
 def test_unpublished_hash_refused_then_trusted_on_first_use(zoo, http_server, ckpt_bytes, other_bytes, env):
     entry = zoo.add("m_tofu", ckpt_bytes, prefix=None)
-    line = error_line(run_script("download", "m_tofu", code=1).stderr)
+    line = error_line(run_script("download", "m_tofu", code=1, timeout=60).stderr)
     for hint in ("--allow-unverified", "PSEGZOO_ALLOW_UNVERIFIED", "--sha256"):
         assert hint in line
     assert http_server.requests == [] and cache_files(env) == []
 
-    proc = run_script("download", "m_tofu", "--allow-unverified")
+    proc = run_script("download", "m_tofu", "--allow-unverified", timeout=60)
     path = env / "checkpoints" / entry.weights.file
     assert proc.stdout.splitlines() == [str(path)] and path.read_bytes() == ckpt_bytes
     # The trusted SHA-256 is shown once, on one line, in full.
@@ -399,7 +369,7 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     assert out == [f"ok  m_verify_a  sha256 {sha(ckpt_bytes)}", f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
 
     flip_byte(pa, len(ckpt_bytes) // 2)  # same size: only the full hash sees it
-    proc = run_script("verify", "m_verify_a", code=1)
+    proc = run_script("verify", "m_verify_a", code=1, timeout=60)
     (line,) = proc.stdout.splitlines()  # one line, not wrapped
     assert line.startswith("corrupt  m_verify_a") and "differs from the recorded" in line and "deleted" in line
     assert sha(ckpt_bytes) in line

@@ -10,20 +10,17 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 from PIL import Image
 from safetensors import safe_open
 
 import psegzoo
-from psegzoo.cli import main
+from tests.support.cli import cli, run_script
 from psegzoo.manifest import get_dataset
 from tests.support.http_server import FileServer
 from tests.support.served import (
@@ -37,7 +34,6 @@ from tests.support.served import (
 )
 from tests.support.synth import write_mmseg_checkpoint, write_ssseg_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 MM_NAME = "pspnet_r18-d8_clitest_cityscapes"
 SS_NAME = "pspnet_resnet50os16_clitest_voc"
 
@@ -136,32 +132,6 @@ def palette_of(path: Path, n: int) -> list[tuple[int, ...]]:
     with Image.open(path) as im:
         flat = im.getpalette()[: 3 * n]
     return [tuple(flat[i: i + 3]) for i in range(0, len(flat), 3)]
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    """Run ``psegzoo ARGS`` in-process; check the exit code and that no traceback escaped."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == code, (result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    return result
-
-
-def psegzoo_command() -> list[str]:
-    """The installed console script (next to this interpreter first), else ``python -m psegzoo``."""
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    script = shutil.which("psegzoo", path=search)
-    return [script] if script else [sys.executable, "-m", "psegzoo"]
-
-
-def run_script(*args: str, code: int = 0) -> subprocess.CompletedProcess:
-    """Run the console script with this process's environment (PSEGZOO_HOME, PSEGZOO_INDEX, COLUMNS)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([*psegzoo_command(), *map(str, args)], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    return proc
 
 
 def error_lines(text: str) -> list[str]:
