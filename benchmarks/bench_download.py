@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psegzoo import hub  # noqa: E402
-from psegzoo.manifest import Weights, load_manifest  # noqa: E402
+from psegzoo import hub
+from psegzoo.manifest import Weights, load_manifest
 
 
 def _serve(directory: str, port_queue) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,7 +140,7 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.entry.name!r}, device={self.device}, dtype={self.dtype})"
 
-    def compile(self, **kwargs: Any) -> "Segmenter":
+    def compile(self, **kwargs: Any) -> Segmenter:
         """Compile the model with ``torch.compile`` (first prediction is slow, later ones faster)."""
         self.model = torch.compile(self.model, **kwargs)  # type: ignore[assignment]
         return self
@@ -370,7 +371,7 @@ class _PeakRSS:
         except (OSError, ValueError, IndexError):
             return 0
 
-    def __enter__(self) -> "_PeakRSS":
+    def __enter__(self) -> _PeakRSS:
         import threading
 
         self._stop = threading.Event()

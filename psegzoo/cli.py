@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import click
 
@@ -535,7 +536,8 @@ def convert_command(source: str, output: str | None, name: str | None, mirrors, 
 @click.option("--half", is_flag=True, help="float16 autocast (GPU only).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPU only).")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (slow first image).")
-@click.option("--batch-windows", type=click.IntRange(1, 1024), help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
+@click.option("--batch-windows", type=click.IntRange(1, 1024),
+              help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @_download_options

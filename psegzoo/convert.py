@@ -15,8 +15,9 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -32,13 +33,13 @@ MIN_TORCH = (2, 6)  # weights_only loading has known escapes before 2.6
 
 __all__ = [
     "FORMATS",
-    "read_checkpoint",
-    "convert_state_dict",
     "check_classes",
-    "save_converted",
+    "convert_state_dict",
     "load_converted",
     "load_into",
     "mapping_rules",
+    "read_checkpoint",
+    "save_converted",
 ]
 
 

@@ -50,10 +50,11 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
@@ -992,7 +993,7 @@ def _copy_local(url: str, ckpt: Path, bar: _Bar) -> _Got:
     src = _local_source(url)
     part = _part_path(ckpt)
     try:
-        fsrc = open(src, "rb", buffering=0)
+        fsrc = open(src, "rb", buffering=0)  # noqa: SIM115  (closed by the with below)
     except OSError as exc:
         raise _UrlFailed(f"cannot read {src}: {exc.strerror}") from None
     with fsrc:

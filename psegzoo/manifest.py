@@ -11,11 +11,12 @@ import fnmatch
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .errors import ManifestError, UnknownModelError
 
@@ -348,7 +349,7 @@ class _Reader:
             raise self.fail(key, f"must be a list of {length} numbers, got {v!r}")
         return tuple(float(x) for x in v)
 
-    def sub(self, key: str, default: Any = ...) -> "_Reader | None":
+    def sub(self, key: str, default: Any = ...) -> _Reader | None:
         v = self.raw(key, default)
         if v is None and default is None:
             return None

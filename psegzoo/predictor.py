@@ -19,8 +19,9 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -125,7 +126,7 @@ class InferenceSettings:
         crop_size: int | Size2 | None = None,
         stride: int | Size2 | None = None,
         scale: int | Size2 | None = None,
-    ) -> "InferenceSettings":
+    ) -> InferenceSettings:
         """Settings from test settings and overrides (None keeps the default).
 
         Slide mode on an entry tested whole uses ``crop_size`` if given, else ``train_crop`` (the
@@ -174,7 +175,7 @@ class InferenceSettings:
         crop_size: int | Size2 | None = None,
         stride: int | Size2 | None = None,
         scale: int | Size2 | None = None,
-    ) -> "InferenceSettings":
+    ) -> InferenceSettings:
         """The entry's published test settings, with overrides (see :meth:`from_test`)."""
         return cls.from_test(
             entry.test,
@@ -309,7 +310,7 @@ class _Normalize:
     channels_last: bool = False
 
     @classmethod
-    def build(cls, mean: Sequence[float], std: Sequence[float], device: torch.device | str, **kw: Any) -> "_Normalize":
+    def build(cls, mean: Sequence[float], std: Sequence[float], device: torch.device | str, **kw: Any) -> _Normalize:
         m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         return cls(m, s, **kw)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import cli, run_script
-from tests.support.http_server import FileServer, http_server  # noqa: F401  (fixture)
+from tests.support.http_server import FileServer
 from tests.test_hub import URL_DIR, Zoo, _checkpoint_bytes, sha
 
 SSSEG_NAME = "pspnet_resnet50os8_voc"

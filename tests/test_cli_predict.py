@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors import safe_open
 
 import psegzoo
-from tests.support.cli import cli, run_script
 from psegzoo.manifest import get_dataset
+from tests.support.cli import cli, run_script
 from tests.support.http_server import FileServer
 from tests.support.served import (
     MMSEG_BASE,

@@ -5,6 +5,7 @@ import ast
 import dataclasses
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -475,7 +476,7 @@ def test_load_converted_refuses_other_files(tmp_path):
 
 def test_convert_does_not_import_models():
     """convert sits left of models in the layering: it gets expected keys as an argument."""
-    tree = ast.parse(open(convert.__file__, encoding="utf-8").read())
+    tree = ast.parse(Path(convert.__file__).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

@@ -33,7 +33,7 @@ from psegzoo.errors import (
     VerificationError,
 )
 from psegzoo.manifest import load_manifest
-from tests.support.http_server import FileServer, http_server  # noqa: F401  (fixture)
+from tests.support.http_server import FileServer
 
 REPO = Path(__file__).resolve().parents[1]
 URL_DIR = "/mmsegmentation/v0.5/pspnet/hubtest"

@@ -73,10 +73,10 @@ def test_top_level_and_every_model_has_the_documented_keys(raw):
     assert raw["schema_version"] == 1
     assert set(raw) == {"schema_version", "datasets", "models"}
     for m in raw["models"]:
-        assert MODEL_KEYS <= set(m), m["name"]
-        assert ARCH_KEYS <= set(m["architecture"]), m["name"]
-        assert BACKBONE_KEYS <= set(m["architecture"]["backbone"]), m["name"]
-        assert TEST_KEYS <= set(m["test"]), m["name"]
+        assert set(m) >= MODEL_KEYS, m["name"]
+        assert set(m["architecture"]) >= ARCH_KEYS, m["name"]
+        assert set(m["architecture"]["backbone"]) >= BACKBONE_KEYS, m["name"]
+        assert set(m["test"]) >= TEST_KEYS, m["name"]
         assert set(m["weights"]) == {"url", "file", "sha256_prefix"}, m["name"]
         for r in m["results"]:
             assert set(r) == {"dataset", "miou", "miou_ms_flip"}

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.numpy import load_file
 from safetensors import safe_open
+from safetensors.numpy import load_file
 from torch import nn
 
 from psegzoo.errors import PredictionError
-from psegzoo.manifest import TestSettings as EntryTest, load_manifest
+from psegzoo.manifest import TestSettings as EntryTest
+from psegzoo.manifest import load_manifest
 from psegzoo.predictor import (
     InferenceSettings,
     argmax_labels,

@@ -27,9 +27,10 @@ import copy
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ZOO = REPO_ROOT.parent / "shared" / "zoo"
@@ -146,7 +147,7 @@ def _is_separator(line: str) -> bool:
 def read_table_rows(path: Path, heading_level: int) -> list[Row]:
     """All data rows of all pipe tables in a markdown file, under their ``#``-level headings."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    heading = re.compile(r"#{%d}\s+(?P<title>.+?)\s*$" % heading_level)
+    heading = re.compile(r"#{" + str(heading_level) + r"}\s+(?P<title>.+?)\s*$")
     rows: list[Row] = []
     section = ""
     header: list[str] | None = None

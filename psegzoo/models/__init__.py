@@ -28,11 +28,11 @@ from .uper import UPerHead
 
 __all__ = [
     "Segmentor",
-    "build_segmentor",
     "build_backbone",
     "build_head",
-    "state_shapes",
+    "build_segmentor",
     "psa_mask",
+    "state_shapes",
     "use_fast_paths",
 ]
 

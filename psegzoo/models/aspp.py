@@ -1,7 +1,7 @@
 """DeepLabV3's decode head: ASPP (image pooling + parallel dilated convs), bottleneck, classifier."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
 """PSANet's decode head: point-wise spatial attention, "collect" and/or "distribute" branches."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
 """PSPNet's decode head: pyramid pooling on the last stage, a 3x3 bottleneck, a 1x1 classifier."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,7 @@ With ``multi_grid`` the last stage's blocks use the multi-grid rates themselves 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
 """The segmentor: a backbone and a decode head, computing what mmseg's ``encode_decode`` returns."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ class Segmentor(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
     @torch.no_grad()
-    def fuse_bn(self) -> "Segmentor":
+    def fuse_bn(self) -> Segmentor:
         """Fold every batch norm into the conv before it, in place; returns self.
 
         Exact up to float rounding and faster at inference. Do it after loading weights: the

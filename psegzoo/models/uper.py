@@ -1,7 +1,7 @@
 """UPerNet's decode head: pyramid pooling on the last stage plus an FPN over all four stages."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -65,7 +65,7 @@ HTML_PAGE = b"<!DOCTYPE html><html><head><title>Login</title></head><body>Please
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
         pass
@@ -174,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    owner: "FileServer"
+    owner: FileServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up (timeout, retry, kill) is expected here, not a server fault; the
@@ -227,7 +227,7 @@ class FileServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
