@@ -53,7 +53,7 @@ _LAZY = {
     "convert_checkpoint": "api",
     "Segmenter": "api",
     "Prediction": "api",
-    "benchmark": "api",
+    "benchmark": "bench",
     "inference_settings": "api",
     "find_images": "images",
     "load_image": "images",
