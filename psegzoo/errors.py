@@ -5,9 +5,41 @@ on one line and exits non-zero. Messages say which name/file/value is wrong and 
 """
 from __future__ import annotations
 
+import re
+
+# An option named in a message, written once for both audiences: ``option("sha256='HEX'", "--sha256 HEX")``.
+_OPTION = re.compile("\x00([^\x00\x01]*)\x01([^\x00\x01]*)\x00")
+
+
+def option(python: str, cli: str) -> str:
+    """Name a setting inside an error message: Python callers read ``python`` (``max_pixels=N``),
+    the command line reads ``cli`` (``--max-pixels N``). Use it wherever a message says what to pass."""
+    return f"\x00{python}\x01{cli}\x00"
+
+
+def for_python(text: str) -> str:
+    """``text`` with every :func:`option` written the Python way."""
+    return _OPTION.sub(lambda m: m.group(1), text)
+
+
+def for_cli(text: str) -> str:
+    """``text`` with every :func:`option` written the command-line way."""
+    return _OPTION.sub(lambda m: m.group(2), text)
+
 
 class PsegzooError(Exception):
-    """Base class of every error psegzoo raises on purpose."""
+    """Base class of every error psegzoo raises on purpose.
+
+    ``str(exc)`` names options as a Python caller passes them; :meth:`cli_message` as the command
+    line does, so neither audience is told about flags it cannot use.
+    """
+
+    def __str__(self) -> str:
+        return for_python(super().__str__())
+
+    def cli_message(self) -> str:
+        """The message with options written as command-line flags (what ``psegzoo`` prints)."""
+        return for_cli(super().__str__())
 
 
 class ManifestError(PsegzooError):

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError, UnknownModelError
+from .errors import ManifestError, UnknownModelError, option
 
 SCHEMA_VERSION = 1
 METHODS = ("PSPNet", "PSANet", "DeepLabV3", "UPerNet")
@@ -531,7 +531,7 @@ def _read_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ManifestError(f"manifest file {str(path)!r} does not exist (check {INDEX_ENV} or --index)") from None
+        raise ManifestError(f"manifest file {str(path)!r} does not exist (check {INDEX_ENV} or {option('index=', '--index')})") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"manifest file {str(path)!r} is not valid JSON: {exc}") from None
     except OSError as exc:

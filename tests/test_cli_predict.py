@@ -403,7 +403,7 @@ def test_convert_by_name_and_by_file(zoo, fresh_home, tmp_path):
 
     result = cli("convert", renamed, code=1)  # the file name does not say which model it is
     line = only_error_line(result.stderr)
-    assert "downloaded.pth" in line and "--model NAME" in line
+    assert "downloaded.pth" in line and "--model pspnet_r50-d8" in line and "psegzoo.load(" not in line
     result = cli("convert", tmp_path / "absent.pth", "--model", MM_NAME, code=1)
     assert "does not exist" in only_error_line(result.stderr)
 

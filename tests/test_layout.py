@@ -84,3 +84,12 @@ def test_no_openmmlab_imports():
     for path in PKG.rglob("*.py"):
         _, theirs = _imports(path)
         assert not theirs & {"mmcv", "mmengine", "mmseg", "mmsegmentation", "ssseg"}, path
+
+
+def test_errors_name_options_for_their_audience():
+    """One message, two renderings: Python callers see keyword arguments, the CLI sees flags."""
+    from psegzoo.errors import ImageError, option
+
+    exc = ImageError(f"image too large; raise the limit with {option('max_pixels=N', '--max-pixels N')}")
+    assert str(exc) == "image too large; raise the limit with max_pixels=N"
+    assert exc.cli_message() == "image too large; raise the limit with --max-pixels N"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import __version__, convert, hub, outputs, predictor
-from ..errors import CheckpointError, PsegzooError
+from ..errors import CheckpointError, PsegzooError, option
 from ..manifest import Entry, get_dataset, get_entry
 from ..models import Segmentor, build_segmentor, state_shapes
 from .segmenter import Segmenter
@@ -79,9 +79,9 @@ def _entry_for_weights(name: str | None, weights: Path) -> Entry:
         return get_entry(weights.name)
     except PsegzooError:
         raise CheckpointError(
-            f"cannot tell which model {weights.name!r} is; pass the model name too: --model NAME on the "
-            f"command line, or in Python e.g. "
-            f"psegzoo.load('pspnet_r50-d8_512x1024_40k_cityscapes', weights={str(weights)!r})"
+            f"cannot tell which model {weights.name!r} is; pass the model name too, e.g. "
+            + option(f"psegzoo.load('pspnet_r50-d8_512x1024_40k_cityscapes', weights={str(weights)!r})",
+                     "--model pspnet_r50-d8_512x1024_40k_cityscapes")
         ) from None
 
 

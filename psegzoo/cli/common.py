@@ -19,6 +19,12 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
+def error_line(exc: BaseException) -> str:
+    """How an error reads on the command line: options named as flags, rich markup escaped."""
+    text = exc.cli_message() if isinstance(exc, psegzoo.PsegzooError) else str(exc)
+    return f"[bold red]error:[/] {escape(text)}"
+
+
 def fail(message: str, code: int = 1) -> None:
     # One unwrapped line: URLs and paths in the message stay whole (copyable, greppable).
     console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
@@ -39,7 +45,7 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except psegzoo.PsegzooError as exc:
-            fail(str(exc))
+            fail(exc.cli_message())
         except KeyboardInterrupt:
             fail("interrupted", code=130)
 

@@ -11,6 +11,7 @@ from .common import (
     console,
     download_kwargs,
     download_options,
+    error_line,
     escape,
     fail,
     handle_errors,
@@ -74,7 +75,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
     failures = 0
     for problem in found.errors:
         failures += 1
-        err.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
+        err.print(error_line(problem), soft_wrap=True)
     if not found.images:
         fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
     segmenter = psegzoo.load(
@@ -105,7 +106,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
                 written += 1
             except (psegzoo.ImageError, psegzoo.OutputError) as exc:
                 failures += 1
-                err.print(f"[bold red]error:[/] {escape(exc)}", soft_wrap=True)
+                err.print(error_line(exc), soft_wrap=True)
             else:
                 if quiet:
                     pass

@@ -11,7 +11,7 @@ import click
 
 import psegzoo
 
-from .common import console, download_kwargs, download_options, escape, fmt_size, handle_errors, index_option
+from .common import console, download_kwargs, download_options, error_line, escape, fmt_size, handle_errors, index_option
 
 # --------------------------------------------------------------------------------------------
 
@@ -62,7 +62,7 @@ def download_command(names: Sequence[str], mirrors, offline, allow_unverified, s
                 fetched = psegzoo.fetch(entry, progress=False if quiet else None, force=force, **kwargs)
         except psegzoo.PsegzooError as exc:
             failed += 1
-            err.print(f"[bold red]error:[/] {escape(exc)}", soft_wrap=True)
+            err.print(error_line(exc), soft_wrap=True)
             continue
         if fetched.newly_trusted:
             err.print(
