@@ -10,6 +10,7 @@ from typing import Any
 from .errors import (
     CacheError,
     CheckpointError,
+    DistributedError,
     DownloadError,
     ImageError,
     ManifestError,
@@ -21,6 +22,7 @@ from .errors import (
     UnknownModelError,
     UnverifiedWeightsError,
     VerificationError,
+    VideoError,
 )
 from .manifest import (
     Dataset,
@@ -59,11 +61,14 @@ _LAZY = {
     "load_image": "images",
     "unique_output_names": "api",
 }
+# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.video``.
+_SUBMODULES = ("distributed", "video")
 
 __all__ = [
     "__version__",
     "CacheError",
     "CheckpointError",
+    "DistributedError",
     "DownloadError",
     "ImageError",
     "ManifestError",
@@ -75,6 +80,7 @@ __all__ = [
     "UnknownModelError",
     "UnverifiedWeightsError",
     "VerificationError",
+    "VideoError",
     "Dataset",
     "Entry",
     "Manifest",
@@ -87,10 +93,13 @@ __all__ = [
     "resolve",
     "short_name",
     *_LAZY,
+    *_SUBMODULES,
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'psegzoo' has no attribute {name!r}")

@@ -82,9 +82,17 @@ class ImageError(PsegzooError):
     """An input image is missing, unreadable, truncated, too large or empty."""
 
 
+class VideoError(ImageError):
+    """A video input cannot be read (PyAV missing, unknown container, damaged stream)."""
+
+
 class PredictionError(PsegzooError):
     """Prediction settings are invalid (e.g. stride larger than crop)."""
 
 
 class OutputError(PsegzooError):
     """A result cannot be written (unwritable folder, full disk, or a format that cannot hold it)."""
+
+
+class DistributedError(PsegzooError):
+    """A multi-process (torchrun) job cannot start, or stopped because one of its processes failed."""

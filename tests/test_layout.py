@@ -19,11 +19,14 @@ ALLOWED = {
     "images": {"units", "errors"},
     "outputs": {"units", "errors"},
     "predictor": {"units", "errors", "manifest"},
+    "video": {"units", "errors", "images", "outputs"},
     "api": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "__init__"},
     "bench": {"units", "errors", "manifest", "hub", "models", "predictor", "api"},
+    "distributed": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "video",
+                    "api"},
     "cli": {"__init__"},
 }
-NO_TORCH = {"units", "errors", "manifest", "hub", "images", "outputs", "cli"}
+NO_TORCH = {"units", "errors", "manifest", "hub", "images", "outputs", "video", "cli"}
 
 
 def _module_of(path: Path) -> str:

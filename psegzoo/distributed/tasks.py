@@ -1,0 +1,106 @@
+"""What a predict job works on: one task per input (image or video), its work, and whether it is done.
+
+A task's work is its pixel count, read from the file header without decoding (Pillow for images,
+the container for videos), so shards balance by what inference time grows with. A task is
+complete when every output the command asks for exists; outputs are renamed into place only
+when fully written, so presence means complete (the label map is also opened to be sure).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from .. import outputs, video
+from ..errors import VideoError, option
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The outputs a predict command writes besides the label maps (what ``--skip-existing`` checks)."""
+
+    overlay: bool = False
+    color: bool = False
+    probs: str | None = None  # "png" or "npy"
+    logits: bool = False
+    json: bool = False
+
+
+class _Found(Protocol):
+    path: Path
+    relative: str
+
+
+@dataclass(frozen=True)
+class PredictTask:
+    """One input of a predict job and the output name it writes under (unique over the whole job)."""
+
+    path: Path
+    name: str
+    is_video: bool = False
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def pixels(self, every: int = 1) -> int:
+        """Pixels to segment, from the header (a video: frame size times kept frames); 1 when unreadable."""
+        try:
+            if self.is_video:
+                info = video.probe(self.path)
+                return info.width * info.height * max(1, math.ceil(info.frames / every))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(self.path) as im:
+                    w, h = im.size
+            return max(1, w * h)
+        except Exception:  # the owner of the task reports the real error when it reads the file
+            return 1
+
+    def complete(self, out_dir: str | os.PathLike, wanted: Wanted) -> bool:
+        """Whether every requested output exists (the label map, or first label frame, also opens)."""
+        if self.is_video:
+            paths = video.video_paths(out_dir, self.name)
+            extras = [p for p, on in ((paths.overlay, wanted.overlay), (paths.color, wanted.color),
+                                      (paths.json, wanted.json)) if on]
+            try:
+                frames = sorted(p for p in paths.frames.iterdir() if video.FRAME_NAME.fullmatch(p.name))
+            except OSError:
+                return False
+            return bool(frames) and all(p.is_file() for p in extras) and _opens(frames[0])
+        image = outputs.output_paths(out_dir, self.name)
+        extras = [p for p, on in ((image.color, wanted.color), (image.overlay, wanted.overlay),
+                                  (image.probs_png, wanted.probs == "png"), (image.probs_npy, wanted.probs == "npy"),
+                                  (image.logits, wanted.logits), (image.json, wanted.json)) if on]
+        return all(p.is_file() for p in extras) and _opens(image.labels)
+
+
+def _opens(png: Path) -> bool:
+    try:
+        with Image.open(png) as im:
+            im.verify()
+    except Exception:  # missing, truncated, not a PNG
+        return False
+    return True
+
+
+def predict_tasks(found: Iterable[_Found], names: Sequence[str], wanted: Wanted = Wanted()) -> list[PredictTask]:
+    """The tasks of ``found`` inputs named ``names`` (from ``unique_output_names`` over the full list).
+
+    Videos need PyAV, and write label frames, overlay/colour videos and JSON only: asking for
+    confidences or logits with a video among the inputs is refused here, before any work.
+    """
+    tasks = [PredictTask(Path(f.path), name, video.is_video(f.path)) for f, name in zip(found, names)]
+    videos = [t.path for t in tasks if t.is_video]
+    if videos:
+        video.require(videos)
+        if wanted.probs is not None or wanted.logits:
+            flags = option("probs=... and logits=True", "--probs and --logits")
+            raise VideoError(f"{videos[0]}: {flags} are written for images only; a video gets label frames, "
+                             "overlay and colour videos and JSON")
+    return tasks

@@ -1,0 +1,420 @@
+"""Videos: segment every frame (or every K-th) of any container PyAV opens.
+
+Files written for a video whose output name is ``<stem>`` (see :func:`video_paths`):
+
+* ``<stem>/<frame index, 6 digits>.png``  label map of each kept frame (palette PNG, as for images);
+  the index is the frame's position in the input, so ``--every 5`` gives 000000, 000005, ...
+* ``<stem>_overlay.mp4``                   the colours blended over the frames
+* ``<stem>_color.mp4``                     the colour maps alone
+* ``<stem>.json``                          class areas of every kept frame
+
+The videos keep the input's frame rate divided by K, so they last as long as the input. They are
+H.264 (``libx264``, CRF 18) when PyAV's FFmpeg has that encoder, which the PyPI wheels do, else
+MPEG-4 part 2; odd widths or heights are padded by one edge pixel (4:2:0 needs even sizes).
+Display rotation metadata (phones) is applied, as EXIF orientation is for images.
+
+Nothing is visible before a video is done: frames go to a hidden folder and the videos to hidden
+temporary files beside their targets; when the last frame is done the videos and the JSON are
+renamed into place, then the frame folder. A failure or ``SIGTERM`` leaves no partial output.
+
+PyAV is optional (``pip install 'psegzoo[video]'``): without it a video input is a one-line
+:class:`VideoError` saying so. Videos are recognised by extension (:data:`VIDEO_EXTENSIONS`); a
+file with another extension that Pillow does not read is probed with PyAV.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import outputs
+from .errors import OutputError, VideoError
+from .images import IMAGE_EXTENSIONS
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts",
+     ".m2ts", ".3gp", ".ogv", ".vob"}
+)
+INSTALL_HINT = "pip install 'psegzoo[video]'"
+DEFAULT_FPS = Fraction(25)
+FRAME_NAME = re.compile(r"\d{6,}\.png")  # a label frame in a video's folder
+
+
+def _av(what: str) -> ModuleType:
+    """PyAV, or a one-line error naming the input and how to install it."""
+    try:
+        import av
+    except ImportError:
+        raise VideoError(f"{what}: reading videos needs PyAV, which is not installed; install it with {INSTALL_HINT}") from None
+    return av
+
+
+def available() -> bool:
+    """Whether PyAV can be imported."""
+    try:
+        _av("")
+    except VideoError:
+        return False
+    return True
+
+
+def require(paths: Sequence[str | os.PathLike]) -> None:
+    """Raise the install hint when there are videos among ``paths`` and PyAV is missing."""
+    if paths:
+        _av(str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} other video(s))")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """A video by extension; with another extension, a file Pillow cannot read that PyAV opens as a video."""
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return True
+    if suffix in IMAGE_EXTENSIONS or not available() or not Path(path).is_file():
+        return False
+    try:
+        with Image.open(path):
+            return False
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        pass
+    try:
+        probe(path)
+    except VideoError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about its first video stream (``frames`` is 0 when it does not say)."""
+
+    width: int
+    height: int
+    frames: int
+    fps: Fraction
+
+
+def _open(av: ModuleType, path: Path) -> Any:
+    try:
+        container = av.open(str(path))
+    except FileNotFoundError:
+        raise VideoError(f"{path}: file not found") from None
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{path}: not a video PyAV can read ({_reason(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: has no video stream")
+    return container
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0]
+
+
+def _fps(stream: Any) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else DEFAULT_FPS
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Size, frame count and rate from the container's headers, without decoding."""
+    path = Path(path)
+    av = _av(str(path))
+    with _open(av, path) as container:
+        stream = container.streams.video[0]
+        fps = _fps(stream)
+        frames = int(stream.frames or 0)
+        if not frames and stream.duration and stream.time_base:
+            frames = round(float(stream.duration * stream.time_base * fps))
+        if not frames and container.duration:  # e.g. Matroska: only the container's duration, in microseconds
+            frames = round(container.duration / 1_000_000 * float(fps))
+        ctx = stream.codec_context
+        return VideoInfo(int(ctx.width), int(ctx.height), frames, fps)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: its position in the video, its time in seconds and its RGB pixels."""
+
+    index: int
+    time: float | None
+    rgb: np.ndarray
+
+
+def _upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """Apply a display matrix's rotation (degrees, counter-clockwise) as players do."""
+    k = round(rotation / 90.0) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+def read_frames(path: str | os.PathLike, every: int = 1) -> Iterator[Frame]:
+    """Decode frames 0, ``every``, 2 * ``every``, ... as H x W x 3 uint8 RGB arrays."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise VideoError(f"every must be a positive number of frames, got {every!r}")
+    path = Path(path)
+    av = _av(str(path))
+    with _open(av, path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                if index % every == 0:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    yield Frame(index, None if frame.time is None else float(frame.time),
+                                _upright(rgb, float(getattr(frame, "rotation", 0) or 0)))
+                index += 1
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: damaged video at frame {index} ({_reason(exc)})") from None
+    if index == 0:
+        raise VideoError(f"{path}: the video has no frames")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def encoder() -> str:
+    """The encoder videos are written with: ``libx264`` when this FFmpeg has it, else ``mpeg4``."""
+    av = _av("writing a video")
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception:  # PyAV raises UnknownCodecError, or FFmpegError on some builds
+        return "mpeg4"
+    return "libx264"
+
+
+class VideoWriter:
+    """An MP4 written to a hidden temporary file beside ``path``; :meth:`commit` renames it into place.
+
+    Frames are H x W x 3 uint8 RGB of one size; odd sizes are padded by one edge pixel.
+    Use as a context manager: leaving it without :meth:`commit` removes the temporary file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: Fraction, *, codec: str | None = None):
+        self.path = Path(path)
+        self.fps = Fraction(fps)
+        self.codec = codec
+        self.frames = 0
+        self._tmp: Path | None = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._size: tuple[int, int] | None = None
+
+    def _start(self, h: int, w: int) -> None:
+        av = _av(str(self.path))
+        codec = self.codec or encoder()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._tmp = Path(tmp)
+        self._container = av.open(tmp, "w", format="mp4")
+        stream = self._container.add_stream(codec, rate=self.fps)
+        stream.width, stream.height = w + w % 2, h + h % 2
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18"}
+        else:
+            stream.bit_rate = max(2_000_000, int(stream.width * stream.height * float(self.fps) * 0.5))
+        self._stream = stream
+        self._size = (h, w)
+
+    def write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        if self._stream is None:
+            self._start(h, w)
+        elif (h, w) != self._size:
+            eh, ew = self._size or (0, 0)
+            raise OutputError(f"{self.path}: a frame of size {w}x{h} in a video of size {ew}x{eh}")
+        if h % 2 or w % 2:
+            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        av = _av(str(self.path))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.frames
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
+        self.frames += 1
+
+    def commit(self) -> Path:
+        """Flush the encoder, close the file and rename it to ``path``."""
+        if self._container is None or self._tmp is None:
+            raise VideoError(f"{self.path}: no frames to write")
+        av = _av(str(self.path))
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+            os.replace(self._tmp, self.path)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
+        self._tmp = None
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing at ``path`` changes)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a half-written container can fail; the file goes anyway
+                pass
+            self._container = None
+        if self._tmp is not None:
+            _remove(self._tmp)
+            self._tmp = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Segmenting a video
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoPaths:
+    """Where each output of one video goes (only the requested ones are written)."""
+
+    frames: Path
+    overlay: Path
+    color: Path
+    json: Path
+
+    def label(self, index: int) -> Path:
+        return self.frames / f"{index:06d}.png"
+
+
+def video_paths(out_dir: str | os.PathLike, name: str) -> VideoPaths:
+    """The outputs of the video named ``name`` (a stem, possibly with subfolders) in ``out_dir``."""
+    image = outputs.output_paths(out_dir, name)  # checks the name
+    base = image.labels.with_suffix("")
+    return VideoPaths(frames=base, overlay=base.with_name(base.name + "_overlay.mp4"),
+                      color=base.with_name(base.name + "_color.mp4"), json=image.json)
+
+
+class _Predicted(Protocol):
+    labels: np.ndarray
+
+    def overlay(self, opacity: float = ...) -> np.ndarray: ...
+    def colorize(self) -> np.ndarray: ...
+    def class_areas(self) -> list[dict[str, Any]]: ...
+
+
+class _Predictor(Protocol):
+    palette: Sequence[Sequence[int]]
+    entry: Any
+
+    def predict(self, image: Any, **kwargs: Any) -> Any: ...
+
+
+def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str | os.PathLike, name: str, *,
+                  every: int = 1, overlay: bool = False, opacity: float = 0.5, color: bool = False,
+                  summary: bool = False, codec: str | None = None, **predict_kwargs: Any) -> list[Path]:
+    """Segment frames 0, ``every``, ... of ``path`` and write ``out_dir/<name>/*.png`` and the requested
+    videos and JSON; returns the paths written (the frame folder first).
+
+    ``segmenter`` is a :class:`psegzoo.Segmenter`; ``predict_kwargs`` go to its ``predict``.
+    ``codec`` overrides the encoder (:func:`encoder`).
+    """
+    path = Path(path)
+    paths = video_paths(out_dir, name)
+    info = probe(path)
+    fps = info.fps / every if isinstance(every, int) and every >= 1 else info.fps
+    try:
+        paths.frames.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{paths.frames.name}.", suffix=".tmp", dir=paths.frames.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write {paths.frames}: {exc.strerror or exc}") from None
+    writers = {key: VideoWriter(target, fps, codec=codec)
+               for key, target, wanted in (("overlay", paths.overlay, overlay), ("color", paths.color, color)) if wanted}
+    records: list[dict[str, Any]] = []
+    kept: list[int] = []
+    size = (0, 0)
+    try:
+        for frame in read_frames(path, every):
+            prediction: _Predicted = segmenter.predict(frame.rgb, **predict_kwargs)
+            outputs.save_label_png(prediction.labels, segmenter.palette, staging / f"{frame.index:06d}.png")
+            if "overlay" in writers:
+                writers["overlay"].write(prediction.overlay(opacity))
+            if "color" in writers:
+                writers["color"].write(prediction.colorize())
+            if summary:
+                records.append({"index": frame.index, "time": frame.time, "classes": prediction.class_areas()})
+            kept.append(frame.index)
+            size = frame.rgb.shape[:2]
+        written = [writer.commit() for writer in writers.values()]
+        if summary:
+            document = {"video": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
+                        "fps": float(info.fps), "every": every, "frames": records}
+            written.append(outputs.save_json(document, paths.json))
+        _install_frames(staging, paths.frames, kept)
+    except BaseException:
+        for writer in writers.values():
+            writer.discard()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [paths.frames, *written]
+
+
+def _install_frames(staging: Path, target: Path, kept: Sequence[int]) -> None:
+    """Put the finished frame folder in place: one rename, or file by file into an existing folder
+    (whose frame files from an earlier run that this run did not write are removed)."""
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the frames from other users
+        os.rename(staging, target)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    names = {f"{i:06d}.png" for i in kept}
+    try:
+        for name in sorted(names):
+            os.replace(staging / name, target / name)
+        for old in target.iterdir():
+            if FRAME_NAME.fullmatch(old.name) and old.name not in names:
+                old.unlink()
+        staging.rmdir()
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
