@@ -19,6 +19,7 @@ from .common import (
     pair_option,
     ratios_option,
 )
+from .jobs import as_job
 
 
 @click.command("predict")
@@ -47,19 +48,29 @@ from .common import (
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")
+@click.option("--every", type=click.IntRange(1, None), default=1, show_default=True, metavar="K",
+              help="Videos: segment every K-th frame (the output videos keep the input's duration).")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip inputs whose requested outputs all exist (resume an interrupted job).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @download_options
 @index_option
 @handle_errors
+@as_job
 def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
                     crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
-                    max_pixels, quiet, mirrors, offline, allow_unverified, sha256, retries, timeout) -> None:
-    """Segment images (files, folders, globs) and write label maps as palette PNGs.
+                    max_pixels, every, skip_existing, quiet, mirrors, offline, allow_unverified, sha256, retries,
+                    timeout, job) -> None:
+    """Segment images and videos (files, folders, globs) and write label maps as palette PNGs.
 
     \b
-    Example:
+    Examples:
       psegzoo predict --model pspnet_r101-d8_cityscapes street.png --overlay
-    Each image gives OUT/<stem>.png (pixel value = class index). A bad image is reported and
+      psegzoo predict --model pspnet_r101-d8_cityscapes clip.mp4 --overlay
+      torchrun --nproc-per-node 4 -m psegzoo predict --model pspnet_r101-d8_cityscapes photos/
+    Each image gives OUT/<stem>.png (pixel value = class index); a video gives OUT/<stem>/<frame>.png
+    and, with --overlay or --color, OUT/<stem>_overlay.mp4 or _color.mp4 (needs psegzoo[video]).
+    Under torchrun the inputs are shared out between the processes. A bad image is reported and
     skipped; the exit code is 1 if any input failed.
     """
     if half and bf16:
@@ -78,16 +89,23 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
         err.print(error_line(problem), soft_wrap=True)
     if not found.images:
         fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
-    segmenter = psegzoo.load(
-        entry.name, weights=weights, device=device,
-        **download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout),
+    names = psegzoo.unique_output_names([img.relative for img in found.images])
+    wanted = psegzoo.distributed.Wanted(overlay=overlay, color=color, probs=probs, logits=save_logits, json=save_json)
+    plan = job.plan(psegzoo.distributed.predict_tasks(found.images, names, wanted), weigh=lambda t: t.pixels(every),
+                    skip=(lambda t: t.complete(out_dir, wanted)) if skip_existing else None)
+    if not plan.total:
+        if not quiet:
+            err.print(f"nothing to do: the outputs of all {plan.skipped} input(s) exist in {escape(out_dir)}", soft_wrap=True)
+        sys.exit(1 if failures else 0)
+    # One process per node downloads and converts; the others then load from the cache, offline.
+    segmenter = job.main_first(lambda first: psegzoo.load(
+        entry.name, weights=weights, device=job.device(device),
+        **download_kwargs(mirrors, offline if first else True, allow_unverified, sha256, retries, timeout),
         progress=False if quiet else None,
-    )
+    ))
     if use_compile:
         segmenter.compile()
     amp = "float16" if half else "bfloat16" if bf16 else None
-    names = psegzoo.unique_output_names([img.relative for img in found.images])
-    written = 0
     progress = None
     if not quiet and err.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -95,30 +113,35 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=err, transient=True)
         progress.start()
-        task = progress.add_task("predicting", total=len(found.images))
+        task = progress.add_task("predicting", total=plan.total)
+
+    def predict_one(item):
+        if item.is_video:
+            return psegzoo.video.predict_video(
+                segmenter, item.path, out_dir, item.name, every=every, overlay=overlay, opacity=opacity, color=color,
+                summary=save_json, flip=flip, scales=ratios, batch_windows=batch_windows, amp_dtype=amp, **overrides)[0]
+        prediction = segmenter.predict(item.path, flip=flip, scales=ratios, batch_windows=batch_windows,
+                                       amp_dtype=amp, max_pixels=max_pixels, **overrides)
+        return prediction.write(out_dir, item.name, overlay=overlay, opacity=opacity, color=color,
+                                probs=probs, logits=save_logits, summary=save_json)[0]
+
+    def show(event):  # every input of the job, on rank 0
+        if not event.ok:
+            err.print(error_line(event.error), soft_wrap=True)
+        elif not quiet and progress is None:
+            click.echo(str(event.value))
+        if progress is not None:
+            progress.advance(task)
+
     try:
-        for image, out_name in zip(found.images, names):
-            try:
-                prediction = segmenter.predict(image.path, flip=flip, scales=ratios, batch_windows=batch_windows,
-                                               amp_dtype=amp, max_pixels=max_pixels, **overrides)
-                paths = prediction.write(out_dir, out_name, overlay=overlay, opacity=opacity, color=color,
-                                         probs=probs, logits=save_logits, summary=save_json)
-                written += 1
-            except (psegzoo.ImageError, psegzoo.OutputError) as exc:
-                failures += 1
-                err.print(error_line(exc), soft_wrap=True)
-            else:
-                if quiet:
-                    pass
-                elif progress is None:
-                    click.echo(str(paths[0]))
-            if progress is not None:
-                progress.advance(task)
+        totals = job.run(plan.tasks, predict_one, show=show, failed=(psegzoo.ImageError, psegzoo.OutputError))
     finally:
         if progress is not None:
             progress.stop()
+    written = totals.done
+    failures += totals.failed
     if not quiet:
-        err.print(f"{written} image(s) written to {escape(out_dir)}" + (f", {failures} failed" if failures else ""),
-                  soft_wrap=True)
+        err.print(f"{written} image(s) written to {escape(out_dir)}" + (f", {failures} failed" if failures else "")
+                  + (f", {plan.skipped} skipped (outputs exist)" if plan.skipped else ""), soft_wrap=True)
     if failures:
         sys.exit(1)
