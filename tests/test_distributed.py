@@ -136,7 +136,8 @@ def test_job_api_under_torchrun(tmp_path):
 
 
 @pytest.mark.parametrize("mode, message", [
-    ("fail", r"error: process 1 of 2 failed on task-\d: RuntimeError: boom"),
+    ("fail-rank-1", r"error: process 1 of 2 failed on task-\d: RuntimeError: boom"),
+    ("fail-rank-0", r"error: process 0 of 2 failed on task-\d: RuntimeError: boom"),
     ("fail-follower-load", r"error: process 1 of 2 failed while loading the model: model-x is not in the cache"),
 ])
 def test_a_failing_process_stops_the_job_with_one_line_from_rank_0(tmp_path, mode, message):

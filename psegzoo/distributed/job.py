@@ -184,6 +184,8 @@ class Job:
                 f"stopped by SIGTERM: torchrun stops every process when one of them exits; the outputs written so far "
                 f"are complete ({_RESUME} resumes)"
             ) from None
+        elif not isinstance(exc, (PsegzooError, KeyboardInterrupt)):
+            raise DistributedError(mine) from exc  # one line, as when another process fails this way
 
     def _abort_record(self) -> str | None:
         if self._store is None or not self._try("check", ["abort"]):

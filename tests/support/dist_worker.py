@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/support/dist_worker.py MODE OUT
 
-Each rank writes OUT/rank<R>.json. MODE: ``ok``; ``fail`` (rank 1 raises RuntimeError on its last
-task); ``fail-follower-load`` (rank 1's offline load fails after rank 0 loaded). Errors go through
+Each rank writes OUT/rank<R>.json. MODE: ``ok``; ``fail-rank-R`` (rank R raises RuntimeError on its
+last task); ``fail-follower-load`` (rank 1's offline load fails after rank 0 loaded). Errors go through
 the command line's own ``handle_errors`` and ``as_job``, as ``psegzoo predict`` does.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(mode: str, out: Path, job) -> None:
     shown = []
 
     def work(task: str) -> str:
-        if mode == "fail" and job.rank == 1 and task == plan.tasks[-1]:
+        if mode == f"fail-rank-{job.rank}" and task == plan.tasks[-1]:
             raise RuntimeError("boom")
         if task == "task-3":
             raise psegzoo.ImageError(f"{task}: corrupt")
