@@ -116,9 +116,13 @@ def atomic_path(path: str | os.PathLike, *, tag: str = "w", mode_limit: int | No
     """
     target = Path(path)
     tmp = temp_sibling(target, tag)
-    os.close(create_new(tmp, mode_limit=mode_limit))
+    fd = create_new(tmp, mode_limit=mode_limit)
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
     try:
         yield tmp
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that replaced the file (safetensors does) reset it
+            os.chmod(tmp, mode)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

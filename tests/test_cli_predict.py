@@ -381,7 +381,7 @@ def test_predict_overrides_and_tta_from_the_command_line(zoo, seg, tmp_path):
 
 def test_convert_by_name_and_by_file(zoo, fresh_home, tmp_path):
     result = cli("convert", MM_NAME)
-    cached = fresh_home / "checkpoints" / zoo.mm_file.replace(".pth", ".safetensors")
+    cached = fresh_home / "converted" / zoo.mm_file.replace(".pth", ".safetensors")
     assert result.stdout.strip() == str(cached) and cached.is_file()
 
     renamed = tmp_path / "downloaded.pth"
