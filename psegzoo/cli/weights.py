@@ -200,10 +200,14 @@ def import_command(path: str, name: str | None, sha256: str | None, link: bool) 
         table.add_column(column, no_wrap=column != "result")
     style = {"imported": "green", "already cached": "green", "not a zoo file": "dim"}
     for r in results:
-        shown = r.status if r.status not in ("hash mismatch", "unreadable") else f"{r.status}: {r.detail}"
         table.add_row(escape(str(r.source.relative_to(source))), escape(r.name or "-"),
-                      f"[{style.get(r.status, 'bold red')}]{escape(shown)}[/]")
+                      f"[{style.get(r.status, 'bold red')}]{escape(r.status)}[/]")
     out.print(table)
+    err = console(stderr=True)
+    for r in results:
+        if r.error is not None:  # why a checkpoint was refused, one whole line each
+            err.print(f"[bold red]{r.status}:[/] {escape(str(r.source.relative_to(source)))}: "
+                      f"{escape(r.error.cli_message())}", soft_wrap=True)
     counts = {s: sum(r.status == s for r in results) for s in ("imported", "already cached", "hash mismatch",
                                                                   "not a zoo file", "unreadable")}
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")

@@ -30,7 +30,7 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 @dataclass(frozen=True)
 class ImportResult:
     """What happened to one file. ``status``: imported, already cached, hash mismatch,
-    not a zoo file, or unreadable; ``detail`` says more (the hash problem, the error)."""
+    not a zoo file, or unreadable; ``error`` says why a checkpoint was refused."""
 
     source: Path
     status: str
@@ -38,11 +38,15 @@ class ImportResult:
     path: Path | None = None
     sha256: str | None = None
     newly_trusted: bool = False
-    detail: str | None = None
+    error: PsegzooError | None = None
 
     @property
     def ok(self) -> bool:
         return self.status in ("imported", "already cached")
+
+    @property
+    def detail(self) -> str | None:
+        return None if self.error is None else str(self.error)
 
 
 def _identify(src: Path, manifest: Manifest, sha: str | None) -> Entry | None:
@@ -135,7 +139,7 @@ def import_folder(folder: str | os.PathLike, options: DownloadOptions | None = N
                 continue
             results.append(_import_entry(src, entry, opts))
         except VerificationError as exc:
-            results.append(ImportResult(src, "hash mismatch", entry.name if entry else None, detail=str(exc)))
+            results.append(ImportResult(src, "hash mismatch", entry.name if entry else None, error=exc))
         except PsegzooError as exc:
-            results.append(ImportResult(src, "unreadable", detail=str(exc)))
+            results.append(ImportResult(src, "unreadable", error=exc))
     return results
