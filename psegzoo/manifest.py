@@ -406,19 +406,20 @@ def _parse_weights(r: _Reader | None) -> Weights | None:
 
 
 def check_weights_files(entries: Iterable[Entry]) -> None:
-    """Refuse entries that would share cache files: the same published file name, or names that give
-    the same converted file (``x.pth`` and ``x``)."""
-    seen: dict[str, str] = {}
+    """Refuse two different file names that the cache would keep as one converted file (``x.pth``
+    and ``x``). Entries may share one file (variants of a checkpoint); its records are per file."""
+    seen: dict[str, tuple[str, str]] = {}
     for e in entries:
         if e.weights is None:
             continue
-        key = e.weights.file[: -len(".pth")] if e.weights.file.endswith(".pth") else e.weights.file
-        if key in seen:
+        file = e.weights.file
+        key = file[: -len(".pth")] if file.endswith(".pth") else file
+        other = seen.setdefault(key, (file, e.name))
+        if other[0] != file:
             raise ManifestError(
-                f"models {seen[key]!r} and {e.name!r} publish the same checkpoint file name ({e.weights.file}); "
-                "each model needs its own file name"
+                f"models {other[1]!r} and {e.name!r} publish the files {other[0]!r} and {file!r}, whose converted "
+                "weights would share one cache file; rename one of them"
             )
-        seen[key] = e.name
 
 
 def _parse_backbone(r: _Reader) -> BackboneSpec:
