@@ -68,7 +68,6 @@ _LAZY = {
     "mirror": "hub",
     "read_record": "hub",
     "converted_file": "hub",
-    "ways_in": "hub",
     "format_size": "units",
 }
 

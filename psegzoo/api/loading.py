@@ -60,16 +60,17 @@ def _download_options(download: DownloadOptions | None, **shortcuts: Any) -> Dow
     return dataclasses.replace(base, **changes) if changes else base
 
 
-def _verified_checkpoint(entry: Entry, model: Segmentor, opts: DownloadOptions) -> tuple[hub.Fetched, dict[str, torch.Tensor], str]:
-    """Fetch and convert ``entry``'s checkpoint, hashing it in the conversion's read; a cached file
+def _verified_checkpoint(entry: Entry, model: Segmentor, opts: DownloadOptions,
+                         fetched: hub.Fetched) -> tuple[hub.Fetched, dict[str, torch.Tensor], str]:
+    """Convert ``entry``'s fetched checkpoint, hashing it in the conversion's read; a cached file
     changed since it was verified is removed and fetched again (once)."""
-    fetched = hub.fetch(entry, opts)
     try:
         state_dict, fmt = _convert_file(fetched.path, entry, model, sha256=fetched.sha256)
     except VerificationError as exc:
         log.warning("%s; removing it and getting it again", exc)
         hub.verify(entry, options=opts)
-        fetched = hub.fetch(entry, opts)
+        again = hub.fetch(entry, opts)
+        fetched = dataclasses.replace(again, newly_trusted=fetched.newly_trusted or again.newly_trusted)
         state_dict, fmt = _convert_file(fetched.path, entry, model, sha256=fetched.sha256)
     return fetched, state_dict, fmt
 
@@ -90,7 +91,7 @@ def _cached_weights(entry: Entry, model: Segmentor, opts: DownloadOptions, *,
         except CheckpointError as exc:
             log.warning("%s", exc)
             hub.discard_converted(entry, opts)
-    fetched, state_dict, fmt = _verified_checkpoint(entry, model, opts)
+    fetched, state_dict, fmt = _verified_checkpoint(entry, model, opts, fetched)
     metadata = _metadata(entry, fetched.path.name, fetched.sha256, fmt)
     try:
         hub.store_converted(entry, fetched.sha256, lambda tmp: convert.write_converted(state_dict, tmp, metadata), opts)
