@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from . import files
 from .errors import CheckpointError, OutputError, VerificationError
@@ -517,20 +517,19 @@ def check_converted(state_dict: Mapping[str, torch.Tensor], expected: Mapping[st
 
 
 def write_converted(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    """Write ``state_dict`` as safetensors at ``path`` (replacing its content, keeping its mode).
+    """Write ``state_dict`` as safetensors into the existing file ``path`` (its mode is kept).
 
-    The low-level writer: :func:`save_converted` and the cache call it on a temporary file. A write
-    that fails (full disk, file too large) is an ``OSError``.
+    The low-level writer: :func:`save_converted` and the cache call it on their temporary file.
+    The bytes are made in memory and written here (safetensors' own ``save_file`` would leave a
+    temporary file of its own behind if killed). A write that fails (full disk, file too large) is
+    an ``OSError``.
     """
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; bad entries: {bad}")
-    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    try:
-        save_file(tensors, str(path), metadata=dict(metadata))
-    except SafetensorError as exc:
-        code = re.search(r"os error (\d+)", str(exc))
-        raise OSError(int(code.group(1)) if code else 0, _first_line(str(exc)), str(path)) from None
+    data = serialize({k: v.detach().contiguous() for k, v in state_dict.items()}, metadata=dict(metadata))
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def save_converted(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:

@@ -452,7 +452,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(convert, "save_file", broken)
+    monkeypatch.setattr(convert, "serialize", broken)
     with pytest.raises(OutputError, match=f"cannot write {target}: No space left on device"):
         save_converted({"a": torch.zeros(2)}, target, {"k": "v"})
     assert list(tmp_path.iterdir()) == []
