@@ -500,14 +500,19 @@ def test_index_option_is_passed_not_written_to_the_environment(zoo, http_server,
 # --------------------------------------------------------------------------------------------
 
 
-def test_download_finds_a_copy_in_a_search_folder(zoo, http_server, ckpt_bytes, env, tmp_path):
+def test_download_finds_a_copy_in_a_search_folder(zoo, http_server, ckpt_bytes, other_bytes, env, tmp_path,
+                                                   monkeypatch):
     entry = zoo.add("m_found", ckpt_bytes)
+    other = zoo.add("m_found_env", other_bytes)
     (tmp_path / "old-runs" / "work_dirs").mkdir(parents=True)
     copy = tmp_path / "old-runs" / "work_dirs" / entry.weights.file
     copy.write_bytes(ckpt_bytes)
-    result = cli("download", "m_found", "--search", tmp_path / "old-runs", "--offline")
-    assert result.stdout.strip() == str(env / "checkpoints" / entry.weights.file)
-    assert result.stderr.strip() == f"m_found: verified copy found at {copy.resolve().as_uri()}"
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / other.weights.file).write_bytes(other_bytes)
+    monkeypatch.setenv("PSEGZOO_SEARCH_PATH", str(tmp_path / "team"))  # --search adds to it
+    result = cli("download", "m_found", "m_found_env", "--search", tmp_path / "old-runs", "--offline")
+    assert result.stdout.splitlines() == [str(env / "checkpoints" / e.weights.file) for e in (entry, other)]
+    assert result.stderr.splitlines()[0] == f"m_found: verified copy found at {copy.resolve().as_uri()}"
     assert http_server.requests == []
 
 

@@ -163,7 +163,11 @@ def download_settings(**fields: Any) -> psegzoo.DownloadOptions:
         given["index"] = index
     if quiet():
         given.setdefault("progress", False)
-    return psegzoo.DownloadOptions(**given)
+    search = given.pop("search", ())
+    options = psegzoo.DownloadOptions(**given)
+    if search:  # --search adds to PSEGZOO_SEARCH_PATH
+        options = options.with_(search=(*options.search, *search))
+    return options
 
 
 def pair_option(value: str | None, what: str) -> tuple[int, int] | None:

@@ -131,6 +131,8 @@ def _files_for(entry_or_name: Entry | str, opts: DownloadOptions) -> tuple[str, 
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own leftovers (this process is not writing them now)
+    if os.name == "nt":  # os.kill would terminate it there: assume it is alive
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
