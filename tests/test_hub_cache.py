@@ -89,6 +89,24 @@ def test_missing_record_with_bad_file_is_replaced(zoo, http_server, ckpt_bytes, 
     assert len(http_server.gets(url_path(entry))) == 2
 
 
+def test_the_record_is_written_before_the_file_is_renamed_into_place(zoo, ckpt_bytes, hub_env, monkeypatch):
+    """A reader never finds a new checkpoint without the record that describes that very file."""
+    entry = zoo.add("m_record_first", ckpt_bytes)
+    record = hub_env / "records" / (entry.weights.file + ".json")
+    real_replace = files.os.replace
+    at_rename = []
+
+    def watching(src, dst):
+        if Path(dst) == hub.checkpoint_path(entry):
+            rec = json.loads(record.read_text()) if record.exists() else None
+            at_rename.append(rec is not None and rec["inode"] == os.stat(src).st_ino and rec["sha256"] == sha(ckpt_bytes))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", watching)
+    hub.download(entry, opts())
+    assert at_rename == [True]
+
+
 def test_offline_uses_cache_and_rebuilds_a_missing_record(zoo, http_server, ckpt_bytes, hub_env, monkeypatch):
     entry = zoo.add("m_offline", ckpt_bytes)
     path = hub.download(entry, opts())

@@ -346,6 +346,7 @@ def _try_url(session: requests.Session, layout: CacheLayout, entry: Entry, url: 
                                              options=opts, bar=bar, clock=clock, headers=auth_headers(url, opts))
         except transfer.UrlFailed as exc:
             tried.append(Tried(shown, exc.problem.text + _hint(url, exc.problem, opts), exc.problem.host_unreachable))
+            log.info("%s; trying the next source", tried[-1])
             return None
         except DownloadError as exc:
             tried.append(Tried(shown, str(exc)))
