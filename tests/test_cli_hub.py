@@ -191,8 +191,8 @@ def test_retries_and_timeout_options(zoo, http_server, ckpt_bytes, env):
     assert len(http_server.gets(url_path(stall))) == 2
     # the retry was shown as it happened: reason, where from, which retry, how long the wait
     (shown,) = [ln for ln in stderr.splitlines() if ln.startswith("warning: ")]
-    assert shown == (f"warning: no data for 0.3 s (read timeout) after 0 of {len(ckpt_bytes)} bytes from "
-                     f"{stall.weights.url}; retry 1 of 1 in 0.0 s")
+    assert shown == (f"warning: no data for 0.3 s (read timeout) after 0 B of {psegzoo.format_size(len(ckpt_bytes))} "
+                     f"from {stall.weights.url}; retry 1 of 1 in 0.0 s")
 
 
 def test_unknown_name_suggests_and_other_names_still_download(zoo, http_server, ckpt_bytes, env):

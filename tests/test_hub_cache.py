@@ -544,10 +544,11 @@ def test_the_package_imports_and_locks_without_fcntl(zoo, ckpt_bytes, hub_env):
     assert out.stdout.split() == [sha(ckpt_bytes), "False"]
 
 
-def test_hub_never_imports_torch():
-    code = "import sys, psegzoo.hub; print('torch' in sys.modules, 'psegzoo.convert' in sys.modules)"
+def test_hub_never_imports_torch_and_imports_requests_only_to_fetch():
+    code = ("import sys, psegzoo.hub; print(*[m in sys.modules for m in ('torch', 'psegzoo.convert', 'requests', 'ssl')])"
+            "; psegzoo.hub.transfer.new_session(); print('requests' in sys.modules)")
     out = run_python(code)
-    assert out.stdout.split() == ["False", "False"], out.stderr
+    assert out.stdout.split() == ["False", "False", "False", "False", "True"], out.stderr
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from . import transfer
 from .layout import weights_of
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
-from .store import _copy_in, cached_copy, entry_for_file, install, layout_of, not_the_checkpoint
+from .store import cached_copy, copy_in, entry_for_file, install, layout_of, not_the_checkpoint
 from .trust import expected, file_sha256
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _import_entry(src: Path, entry: Entry, options: DownloadOptions) -> ImportRe
     layout.ensure("checkpoints", "records", "locks")
     with entry_lock(layout, w.file, timeout=options.lock_timeout, what=f"importing {w.file}"):
         hit, _ = cached_copy(layout, entry, exp, repair=True)
-        got, problem = _copy_in(layout, entry, src, exp, transfer.Limits.of(w.size, options), link=options.link, bar=None)
+        got, problem = copy_in(layout, entry, src, exp, transfer.Limits.of(w.size, options), link=options.link, bar=None)
         if got is None:
             raise not_the_checkpoint(src, entry, str(problem).removeprefix("its "))
         if hit is not None and hit.sha256 == got.sha256:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
-from urllib.request import url2pathname
 
 from ..errors import DownloadError, option
 from ..manifest import Entry
@@ -92,6 +91,8 @@ def auth_headers(url: str, options: DownloadOptions) -> dict[str, str]:
 
 def local_path(url: str) -> Path:
     """The path of a ``file://`` URL (a DownloadError for a remote host)."""
+    from urllib.request import url2pathname  # brings http.client and ssl: only when a file:// URL is used
+
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise DownloadError(f"file:// URL with host {parts.netloc!r} is not supported: {url}")

@@ -16,9 +16,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import requests
 
 from .. import files
 from ..errors import CacheError, DownloadError, OfflineError, UnknownModelError, VerificationError, option
@@ -31,6 +30,9 @@ from .settings import MIRROR_ENV, OFFLINE_ENV, SEARCH_ENV, DownloadOptions, cach
 from .sources import auth_headers, candidate_urls, find_local_copies, local_path, redact
 from .trust import Expected, file_sha256, sniff, trusted_sha256, write_trust
 from .trust import expected as expected_for
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,7 @@ def check_candidate(got: transfer.Got, exp: Expected, limits: transfer.Limits) -
     return got, problem
 
 
-def _copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits: transfer.Limits, *, link: bool,
+def copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits: transfer.Limits, *, link: bool,
              bar: Bar | None) -> tuple[transfer.Got | None, str | None]:
     """Bring a local file into a temporary file beside the checkpoint, hashed; (got, problem)."""
     tmp = files.temp_sibling(layout.checkpoint(weights_of(entry).file), "copy")
@@ -297,7 +299,7 @@ def _get(layout: CacheLayout, entry: Entry, exp: Expected, opts: DownloadOptions
     bar = Bar(_show_progress(opts), entry.name)
     try:
         for src, why in find_local_copies(entry, opts):
-            got, problem = _copy_in(layout, entry, src, exp, limits, link=opts.link, bar=None)
+            got, problem = copy_in(layout, entry, src, exp, limits, link=opts.link, bar=None)
             if got is None:
                 log.warning("not using %s (found in %s): %s", src, why, problem)
                 tried.append(Tried(str(src), str(problem)))
@@ -336,7 +338,7 @@ def _try_url(session: requests.Session, layout: CacheLayout, entry: Entry, url: 
         try:
             if url.startswith("file://"):
                 src = local_path(url)
-                got, problem = _copy_in(layout, entry, src, exp, limits, link=False, bar=bar)
+                got, problem = copy_in(layout, entry, src, exp, limits, link=False, bar=bar)
                 if got is None:
                     tried.append(Tried(shown, str(problem)))
                     return None

@@ -11,15 +11,14 @@
   what a Content-Encoding may inflate to; a transfer slower than ``speed_limit`` bytes/s over
   ``speed_time`` seconds fails its try; ``deadline`` bounds the whole fetch.
 
-Uses requests (sessions, redirects that drop credentials on another host) and never torch.
+Uses requests (sessions, redirects that drop credentials on another host), imported only when a
+URL is fetched so that listing and resolving stay instant; never torch.
 """
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import errno
 import hashlib
-import http.client
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ import queue
 import re
 import shutil
 import socket
-import ssl
 import threading
 import time
 import zlib
@@ -35,10 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
-from typing import IO, Any
-
-import requests
-import urllib3
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import files
 from ..errors import CacheError
@@ -48,6 +43,9 @@ from .progress import Bar
 from .settings import HOME_ENV, MAX_SIZE_ENV, DownloadOptions
 from .sources import redact
 
+if TYPE_CHECKING:
+    import requests
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # 1 MiB reads and writes: large enough to keep up with curl on loopback
@@ -56,7 +54,14 @@ MAX_ATTEMPTS = 50  # hard cap per URL even while attempts make progress
 PROGRESS_BYTES = 1 << 20  # a try that received this much starts a fresh count of failures
 _SPACE_MARGIN = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-USER_AGENT = f"psegzoo (python-requests/{requests.__version__})"
+
+
+def _http() -> tuple[Any, Any]:
+    """requests and urllib3, imported on first use (with them: ssl, http.client)."""
+    import requests
+    import urllib3
+
+    return requests, urllib3
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +112,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def classify(exc: BaseException, options: DownloadOptions) -> Problem:
     """A requests/urllib3/OS exception as a :class:`Problem`, by type."""
+    import http.client
+    import ssl
+
+    requests, urllib3 = _http()
     chain = list(_chain(exc))
 
     def has(*types: type) -> bool:
@@ -144,6 +153,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     text = value.strip()
     if text.isdigit():
         return float(text)
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -356,6 +367,7 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
 
     Raises UrlFailed when this URL cannot give the file, DeadlineExceeded, or CacheError (disk).
     """
+    requests, urllib3 = _http()
     meta = _read_meta(meta_path)
     if not (resume and meta.get("url") == url and meta.get("validator")):
         discard_part(part, meta_path)  # never splice bytes from another source, version or trust mode
@@ -416,6 +428,9 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
 
 def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
             options: DownloadOptions, bar: Bar, clock: Clock) -> Got:
+    import http.client
+
+    requests, urllib3 = _http()
     total: int | None
     if resp.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
@@ -474,21 +489,26 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
                     if rate < options.speed_limit:
                         raise UrlFailed(Problem(
                             "slow", f"slower than {format_size(options.speed_limit)}/s for {options.speed_time:g} s "
-                            f"({received} of {total or '?'} bytes)", True))
+                            f"({_of(received, total)})", True))
                     window_t, window_bytes = now, received
                 clock.check()
     except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
         p = classify(exc, options)
-        raise UrlFailed(Problem(p.kind, f"{p.text} after {received} of {total or '?'} bytes", True)) from None
+        raise UrlFailed(Problem(p.kind, f"{p.text} after {_of(received, total)}", True)) from None
     finally:
         digest = hasher.hexdigest()
     if total is not None and received < total:
-        raise UrlFailed(Problem("closed", f"connection closed after {received} of {total} bytes", True))
+        raise UrlFailed(Problem("closed", f"connection closed after {_of(received, total)}", True))
     if total is not None and received > total:
         raise _Restart(f"received {received} bytes, more than the announced {total}")
     return Got(path=part, sha256=digest, size=received, resumed=offset > 0,
                content_type=resp.headers.get("Content-Type", ""),
                content_encoding=resp.headers.get("Content-Encoding", "").strip().lower())
+
+
+def _of(received: int, total: int | None) -> str:
+    """``1.2 MB of 2.0 MB`` (sizes as everywhere in psegzoo)."""
+    return f"{format_size(received)} of {format_size(total) if total is not None else 'an unknown size'}"
 
 
 def hash_into(path: Path, limit: int, h: Any) -> None:
@@ -580,7 +600,9 @@ def decode(src: Path, dst: Path, encoding: str, limits: Limits) -> Got | None:
 
 
 def new_session() -> requests.Session:
+    requests, _ = _http()
     session = requests.Session()
     session.max_redirects = MAX_REDIRECTS
-    session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    session.headers.update({"User-Agent": f"psegzoo (python-requests/{requests.__version__})",
+                            "Accept-Encoding": "identity"})
     return session
