@@ -58,6 +58,17 @@ _LAZY = {
     "find_images": "images",
     "load_image": "images",
     "unique_output_names": "api",
+    "DownloadOptions": "hub",
+    "Fetched": "hub",
+    "ImportResult": "hub",
+    "MirrorResult": "hub",
+    "CachedCheckpoint": "hub",
+    "VerifyResult": "hub",
+    "import_folder": "hub",
+    "mirror": "hub",
+    "read_record": "hub",
+    "converted_file": "hub",
+    "format_size": "units",
 }
 
 __all__ = [

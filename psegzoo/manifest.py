@@ -30,6 +30,8 @@ RESIZE_LOGITS = ("via_input", "direct")
 INDEX_ENV = "PSEGZOO_INDEX"
 
 _SHA256_PREFIX = re.compile(r"[0-9a-f]{8}")
+_SHA256_FULL = re.compile(r"[0-9a-f]{64}")
+_WEIGHTS_URL = re.compile(r"(https?|file)://")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 # Common spellings of dataset ids, all lower case; a dataset id always maps to itself.
@@ -71,11 +73,29 @@ _NAME_DATASET_SUFFIXES: Mapping[str, tuple[str, ...]] = {"voc12aug": ("voc12aug"
 
 @dataclass(frozen=True)
 class Weights:
-    """Where a checkpoint lives and the hash it was published with (None: no published hash)."""
+    """Where a checkpoint lives and the hash it was published with (None: no published hash).
+
+    ``urls``: alternative URLs of the same file, tried after ``url``; ``sha256``: the full hash,
+    checked instead of ``sha256_prefix`` when given; ``size``: the exact size in bytes. The last
+    three are optional in the manifest and left out of :meth:`to_json` when unset.
+    """
 
     url: str
     file: str
     sha256_prefix: str | None
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"url": self.url, "file": self.file, "sha256_prefix": self.sha256_prefix}
+        if self.urls:
+            obj["urls"] = list(self.urls)
+        if self.sha256 is not None:
+            obj["sha256"] = self.sha256
+        if self.size is not None:
+            obj["size"] = self.size
+        return obj
 
 
 @dataclass(frozen=True)
@@ -246,6 +266,8 @@ class Manifest:
 
 
 def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Weights):
+        return value.to_json()
     if hasattr(value, "__dataclass_fields__"):
         return {f.name: _to_jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (tuple, list)):
@@ -368,7 +390,36 @@ def _parse_weights(r: _Reader | None) -> Weights | None:
     prefix = r.raw("sha256_prefix")
     if prefix is not None and (not isinstance(prefix, str) or not _SHA256_PREFIX.fullmatch(prefix)):
         raise r.fail("sha256_prefix", f"must be exactly 8 lowercase hex digits or null, got {prefix!r}")
-    return Weights(url=url, file=file, sha256_prefix=prefix)
+    urls = r.raw("urls", [])
+    if not isinstance(urls, list) or any(not isinstance(u, str) or not _WEIGHTS_URL.match(u) for u in urls):
+        raise r.fail("urls", f"must be a list of http(s):// or file:// URLs, got {urls!r}")
+    full = r.raw("sha256", None)
+    if full is not None and (not isinstance(full, str) or not _SHA256_FULL.fullmatch(full)):
+        raise r.fail("sha256", f"must be 64 lowercase hex digits or null, got {full!r}")
+    if full is not None and prefix is not None and not full.startswith(prefix):
+        raise r.fail("sha256", f"{full} does not start with the sha256_prefix {prefix}")
+    size = r.int("size", None, minimum=1)
+    if size is not None and size > 2**62:
+        raise r.fail("size", f"is {size}, more than any checkpoint could be")
+    return Weights(url=url, file=file, sha256_prefix=prefix, urls=tuple(dict.fromkeys(u for u in urls if u != url)),
+                   sha256=full, size=size)
+
+
+def check_weights_files(entries: Iterable[Entry]) -> None:
+    """Refuse two different file names that the cache would keep as one converted file (``x.pth``
+    and ``x``). Entries may share one file (variants of a checkpoint); its records are per file."""
+    seen: dict[str, tuple[str, str]] = {}
+    for e in entries:
+        if e.weights is None:
+            continue
+        file = e.weights.file
+        key = file[: -len(".pth")] if file.endswith(".pth") else file
+        other = seen.setdefault(key, (file, e.name))
+        if other[0] != file:
+            raise ManifestError(
+                f"models {other[1]!r} and {e.name!r} publish the files {other[0]!r} and {file!r}, whose converted "
+                "weights would share one cache file; rename one of them"
+            )
 
 
 def _parse_backbone(r: _Reader) -> BackboneSpec:
@@ -584,6 +635,7 @@ def _load_cached(stamps: tuple[tuple[str, float, int], ...]) -> Manifest:
                 f"model {e.name!r} has num_classes={e.architecture.num_classes} but dataset "
                 f"{e.dataset!r} has {n} classes"
             )
+    check_weights_files(merged.values())
     return Manifest(models=tuple(merged.values()), datasets=datasets, sources=tuple(s[0] for s in stamps))
 
 

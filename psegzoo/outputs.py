@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import files
 from .errors import OutputError, PredictionError
 
 Palette = Sequence[Sequence[int]]
@@ -175,31 +175,14 @@ def summary(
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write through ``write(file object)`` to a temporary file beside ``path``, then rename."""
+    """Write through ``write(file object)`` with psegzoo's one atomic writer (mode 0666 & ~umask,
+    temporary file beside ``path``, fsync, rename)."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        return files.write_atomic(target, write)
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return target
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike) -> Path:

@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from tests.support.http_server import http_server
+from tests.support.hub import ckpt_bytes, hub_env, other_bytes, zoo
 
-__all__ = ["http_server"]
+__all__ = ["ckpt_bytes", "http_server", "hub_env", "other_bytes", "zoo"]

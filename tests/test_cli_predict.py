@@ -161,8 +161,8 @@ def test_predict_end_to_end_from_the_loopback_server(zoo, fresh_home, tmp_path):
     assert zoo.gets(zoo.mm_file) == gets + 1
     # Downloaded, verified, converted into the cache.
     ckpt = fresh_home / "checkpoints" / zoo.mm_file
-    assert ckpt.is_file() and ckpt.with_name(ckpt.name + ".json").is_file()
-    with safe_open(str(ckpt.with_suffix(".safetensors")), "pt") as f:
+    assert ckpt.is_file() and (fresh_home / "records" / (ckpt.name + ".json")).is_file()
+    with safe_open(str(fresh_home / "converted" / ckpt.name.replace(".pth", ".safetensors")), "pt") as f:
         assert f.metadata()["name"] == MM_NAME and f.metadata()["source_sha256"] == sha256_hex(ckpt.read_bytes())
     assert proc.stdout.splitlines() == [str(out / "street.png")]
     assert "1 image(s) written" in proc.stderr
@@ -381,7 +381,7 @@ def test_predict_overrides_and_tta_from_the_command_line(zoo, seg, tmp_path):
 
 def test_convert_by_name_and_by_file(zoo, fresh_home, tmp_path):
     result = cli("convert", MM_NAME)
-    cached = fresh_home / "checkpoints" / zoo.mm_file.replace(".pth", ".safetensors")
+    cached = fresh_home / "converted" / zoo.mm_file.replace(".pth", ".safetensors")
     assert result.stdout.strip() == str(cached) and cached.is_file()
 
     renamed = tmp_path / "downloaded.pth"

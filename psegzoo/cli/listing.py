@@ -8,7 +8,7 @@ import click
 
 import psegzoo
 
-from .common import console, escape, fmt, handle_errors, index_option, is_cached
+from .common import console, escape, fmt, handle_errors, index_option, is_cached, manifest_index
 
 SORT_KEYS = ("miou", "fps", "mem", "name")
 
@@ -39,7 +39,7 @@ def list_command(
     pattern: str | None, dataset: str | None, method: str | None, backbone: str | None, sort_key: str | None, as_json: bool
 ) -> None:
     """List checkpoints; PATTERN is a shell-style wildcard on names ('*r101*')."""
-    entries = psegzoo.list_models(pattern, dataset=dataset, method=method, backbone=backbone)
+    entries = psegzoo.list_models(pattern, dataset=dataset, method=method, backbone=backbone, index=manifest_index())
     if sort_key:
         entries = sorted_entries(entries, sort_key)
     if as_json:
@@ -83,7 +83,7 @@ def list_command(
 def _info_object(resolution: psegzoo.Resolution) -> dict[str, Any]:
     entry = resolution.entry
     obj = entry.to_json()
-    dataset = psegzoo.get_dataset(entry.dataset)
+    dataset = psegzoo.get_dataset(entry.dataset, index=manifest_index())
     obj["query"] = resolution.query
     obj["is_alias"] = resolution.is_alias
     obj["alternatives"] = [a.name for a in resolution.alternatives]
@@ -91,6 +91,8 @@ def _info_object(resolution: psegzoo.Resolution) -> dict[str, Any]:
     obj["cached"] = is_cached(entry)
     if entry.weights is not None:
         obj["cache_path"] = str(psegzoo.checkpoint_path(entry))
+        record = psegzoo.read_record(entry) if obj["cached"] else None
+        obj["sha256"] = record.sha256 if record is not None else None
     return obj
 
 
@@ -101,7 +103,7 @@ def _info_object(resolution: psegzoo.Resolution) -> dict[str, Any]:
 @handle_errors
 def info_command(name: str, as_json: bool) -> None:
     """Show every field of one checkpoint (canonical name, published file name or short alias)."""
-    resolution = psegzoo.resolve(name)
+    resolution = psegzoo.resolve(name, index=manifest_index())
     obj = _info_object(resolution)
     if as_json:
         click.echo(json.dumps(obj, indent=1))
@@ -128,6 +130,7 @@ def info_command(name: str, as_json: bool) -> None:
         ("fp16 training", "yes" if e.fp16 else "no"),
         ("weights", e.weights.url if e.weights else "none published yet"),
         ("sha256 prefix", (e.weights.sha256_prefix or "none published") if e.weights else "-"),
+        ("sha256 (cached)", obj.get("sha256") or "-"),
         ("cached", obj.get("cache_path") if obj["cached"] else "no"),
         (
             "backbone net",

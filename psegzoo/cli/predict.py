@@ -9,8 +9,8 @@ import psegzoo
 
 from .common import (
     console,
-    download_kwargs,
     download_options,
+    download_settings,
     error_line,
     escape,
     fail,
@@ -53,7 +53,7 @@ from .common import (
 @handle_errors
 def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
                     crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
-                    max_pixels, quiet, mirrors, offline, allow_unverified, sha256, retries, timeout) -> None:
+                    max_pixels, quiet) -> None:
     """Segment images (files, folders, globs) and write label maps as palette PNGs.
 
     \b
@@ -67,7 +67,8 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
     overrides = dict(mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
                      scale=pair_option(scale, "--scale"))
     ratios = ratios_option(scales)
-    entry = psegzoo.get_entry(name)
+    download = download_settings(progress=False if quiet else None)
+    entry = psegzoo.get_entry(name, index=download.index)
     # Check the settings before any download, so a bad stride fails at once.
     psegzoo.inference_settings(entry, **overrides)
     found = psegzoo.find_images(inputs, exclude=[out_dir])
@@ -78,11 +79,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
         err.print(error_line(problem), soft_wrap=True)
     if not found.images:
         fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
-    segmenter = psegzoo.load(
-        entry.name, weights=weights, device=device,
-        **download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout),
-        progress=False if quiet else None,
-    )
+    segmenter = psegzoo.load(entry.name, weights=weights, device=device, download=download)
     if use_compile:
         segmenter.compile()
     amp = "float16" if half else "bfloat16" if bf16 else None
