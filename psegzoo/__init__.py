@@ -57,6 +57,9 @@ _LAZY = {
     "inference_settings": "api",
     "find_images": "images",
     "load_image": "images",
+    "sample_image": "images",
+    "read_record": "hub",
+    "select_device": "predictor",
     "unique_output_names": "api",
 }
 
