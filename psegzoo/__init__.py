@@ -58,6 +58,7 @@ _LAZY = {
     "find_images": "images",
     "load_image": "images",
     "sample_image": "images",
+    "format_size": "units",
     "read_record": "hub",
     "select_device": "predictor",
     "unique_output_names": "api",

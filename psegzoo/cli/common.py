@@ -80,20 +80,9 @@ def fmt(value: Any, digits: int | None = None) -> str:
 
 
 def fmt_size(num_bytes: int | None) -> str:
-    if num_bytes is None:
-        return "-"
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
+    """Bytes in psegzoo's one convention (decimal kB, MB, GB: ``psegzoo.format_size``)."""
+    return psegzoo.format_size(num_bytes)
 
-
-def is_cached(entry: psegzoo.Entry) -> bool:
-    if entry.weights is None:
-        return False
-    return psegzoo.checkpoint_path(entry).is_file()
 
 def download_options(func: Callable) -> Callable:
     """Options shared by every command that may fetch weights."""
