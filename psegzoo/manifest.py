@@ -797,6 +797,9 @@ class _Lookup:
         return found
 
 
+_LIST_HINT = option("psegzoo.list_models()", "'psegzoo list'")
+
+
 def _config_key(query: str) -> str:
     """``configs/pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py`` -> the config name."""
     key = query.replace("\\", "/").rsplit("/", 1)[-1]
@@ -805,7 +808,7 @@ def _config_key(query: str) -> str:
 
 def _resolve(manifest: Manifest, name: str) -> Resolution:
     if not isinstance(name, str) or not name.strip():
-        raise UnknownModelError("empty model name; run 'psegzoo list' to see the available models")
+        raise UnknownModelError(f"empty model name; {_LIST_HINT} lists the available models")
     lookup = manifest._lookup
     key = name.strip().lower()
     stem = key[: -len(".pth")] if key.endswith(".pth") else key
@@ -830,7 +833,7 @@ def _resolve(manifest: Manifest, name: str) -> Resolution:
         close = [c for c in candidates if c.startswith(prefix)][:5]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise UnknownModelError(
-        f"unknown model {name!r}.{hint} Run 'psegzoo list' to see all {len(lookup.names)} models."
+        f"unknown model {name!r}.{hint} {_LIST_HINT} lists all {len(lookup.names)} models."
     )
 
 

@@ -259,6 +259,7 @@ def test_bad_inputs_are_reported_and_the_rest_written(zoo, seg, tmp_path):
     assert "not an image" in by_file["notes.png"][0]
     assert "truncated" in by_file["truncated.png"][0]
     assert "10000" in by_file["bomb.png"][0] and "decompression bomb" in by_file["bomb.png"][0]
+    assert "--max-pixels N" in by_file["bomb.png"][0] and "max_pixels=" not in by_file["bomb.png"][0]
     assert "zero size" in by_file["zero.png"][0]
     assert "empty" in by_file["empty.png"][0]
     # The good images are written, and only they.
@@ -296,6 +297,7 @@ def test_unknown_model_is_one_line(zoo, fresh_home, tmp_path):
     result = cli("predict", "-m", "pspnet_r18-d8_clitest_cityscapez", image, "-o", tmp_path / "out", code=1)
     line = only_error_line(result.stderr)
     assert "unknown model" in line and MM_NAME in line  # the close name is suggested
+    assert "'psegzoo list'" in line and "list_models" not in line  # the CLI names commands, not functions
     assert not fresh_home.exists()
 
 

@@ -107,7 +107,8 @@ def test_unknown_name_lists_close_names(bad, suggestion):
     with pytest.raises(psegzoo.UnknownModelError) as info:
         psegzoo.get_entry(bad)
     message = str(info.value)
-    assert bad in message and suggestion in message and "psegzoo list" in message
+    assert bad in message and suggestion in message and "psegzoo.list_models()" in message
+    assert "'psegzoo list'" not in message and "'psegzoo list'" in info.value.cli_message()
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "___", "pspnet", "x" * 300])
