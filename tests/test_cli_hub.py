@@ -310,7 +310,7 @@ def test_import_then_cache_lists_it(zoo, http_server, ckpt_bytes, env, tmp_path)
     table = cli("cache").stdout
     (row,) = [line for line in table.splitlines() if "m_import" in line]
     assert entry.weights.file in row and sha(ckpt_bytes)[:16] in row
-    assert f"{len(ckpt_bytes) / 1024:.1f} KB" in row
+    assert f"{len(ckpt_bytes) / 1000:.1f} kB" in row  # decimal units (psegzoo.format_size)
     assert "1 checkpoint(s)" in table
 
     listing = json.loads(cli("cache", "--json").stdout)

@@ -242,6 +242,8 @@ def test_info_with_extra_index_option(tmp_path):
     extra.write_text(json.dumps({"schema_version": 1, "models": [base]}))
     obj = json.loads(cli("info", "--index", str(extra), "upernet_r50_512x512_1k_ade20k", "--json").output)
     assert obj["miou"] == 12.5
+    assert "PSEGZOO_INDEX" not in os.environ  # --index holds for its command only
+    cli("info", "upernet_r50_512x512_1k_ade20k", code=1)
 
 
 @pytest.mark.skipif(shutil.which("psegzoo") is None, reason="console script not installed")

@@ -63,8 +63,12 @@ def index_option(func: Callable) -> Callable:
 
     def remember(ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> None:
         if value:
-            current = [p for p in os.environ.get("PSEGZOO_INDEX", "").split(os.pathsep) if p]
+            # The library reads extra manifests from PSEGZOO_INDEX; set it for this command only and
+            # put it back when the command ends, so nothing leaks into the next command in-process.
+            before = os.environ.get("PSEGZOO_INDEX")
+            current = [p for p in (before or "").split(os.pathsep) if p]
             os.environ["PSEGZOO_INDEX"] = os.pathsep.join(current + [str(Path(v).resolve()) for v in value])
+            ctx.call_on_close(lambda: _restore("PSEGZOO_INDEX", before))
 
     return click.option(
         "--index",
@@ -75,6 +79,13 @@ def index_option(func: Callable) -> Callable:
         is_eager=True,
         help="Extra manifest JSON merged over the built-in one (same schema). Repeatable.",
     )(func)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def fmt(value: Any, digits: int | None = None) -> str:
