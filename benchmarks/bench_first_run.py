@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -33,10 +34,14 @@ MAIN_COMMAND = "psegzoo predict --model pspnet_r18-d8_512x1024_cityscapes --samp
 CANONICAL = "pspnet_r18-d8_512x1024_80k_cityscapes"
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child): CPU time says what a busy machine's wall time hides."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -53,7 +58,7 @@ def main() -> None:
     argv = [py, "-m", "psegzoo", *shlex.split(MAIN_COMMAND)[1:]]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PSEGZOO_")}
     base_env["PYTHONPATH"] = str(ROOT)
-    torch_import = statistics.median(timed([py, "-c", "import torch"], base_env, tmp) for _ in range(args.repeat))
+    torch_import = [timed([py, "-c", "import torch"], base_env, tmp) for _ in range(args.repeat)]
     first, later = [], []
     with FileServer({path: data}) as server:
         for i in range(args.repeat):
@@ -62,13 +67,16 @@ def main() -> None:
             work.mkdir()
             first.append(timed([*argv, "--mirror", server.base], env, work))
             later.append(timed(argv, env, work))
-    print(f"checkpoint {len(data) / 1e6:.1f} MB over loopback; {os.cpu_count()} CPU cores; torch threads default")
-    print(f"{'run':44s} {'median s':>9s} {'x import torch':>15s}")
-    for label, values in (("python -c 'import torch' (baseline)", [torch_import]),
+    print(f"checkpoint {len(data) / 1e6:.1f} MB over loopback; {os.cpu_count()} CPU cores; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    base = statistics.median(w for w, _ in torch_import)
+    print(f"{'run':48s} {'wall s':>7s} {'cpu s':>7s} {'x import torch':>15s}")
+    for label, values in (("python -c 'import torch' (baseline)", torch_import),
                           ("first run: download, verify, convert, predict", first),
                           ("later runs: cached, predict", later)):
-        t = statistics.median(values)
-        print(f"{label:44s} {t:9.2f} {t / torch_import:15.1f}")
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        print(f"{label:48s} {wall:7.2f} {cpu:7.2f} {wall / base:15.1f}")
 
 
 if __name__ == "__main__":

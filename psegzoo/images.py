@@ -337,8 +337,9 @@ class _Search:
     def walk(self, root: Path, match: Callable[[tuple[str, ...], bool], bool] | None = None) -> list[tuple[Path, tuple[str, ...]]]:
         """Image files below ``root`` as (path, parts relative to root), sorted, pruned by ``match``.
 
-        ``match(parts, is_dir)`` says whether a file matches or whether a folder may hold matches;
-        a folder that matches as a whole (``match(parts, False)``) gives every image below it.
+        ``match(parts, False)`` says whether a path matches, ``match(parts, True)`` whether a folder
+        may hold matches further down (else it is not entered). A folder that matches as a whole
+        gives every image below it; without ``match`` every image is taken.
         """
         found: list[tuple[Path, tuple[str, ...]]] = []
         whole: set[str] = set()
