@@ -256,3 +256,13 @@ def test_installed_console_script_lists(tmp_path):
     assert bad.returncode == 1 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr
     via_module = subprocess.run([sys.executable, "-m", "psegzoo", "--version"], capture_output=True, text=True, env=env, check=True)
     assert "psegzoo" in via_module.stdout
+
+
+def test_an_unreadable_cache_empties_the_cached_column_not_the_listing(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "home_is_a_file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("PSEGZOO_HOME", str(not_a_folder))
+    result = cli("list", "*r18-d8_512x1024*")
+    _, _, rows = parse_table(result.stdout)
+    assert [r["name"] for r in rows] == ["pspnet_r18-d8_512x1024_80k_cityscapes", "deeplabv3_r18-d8_512x1024_80k_cityscapes"]
+    assert all(r["cached"] == "" for r in rows) and "cached column is empty" in result.stderr

@@ -165,7 +165,13 @@ def layout(entries: Sequence[psegzoo.Entry], width: int | None, *, chosen: Seque
 
 
 def _cached_files() -> set[str]:
-    return {c.file for c in psegzoo.cached()}
+    """File names in the cache; a cache that cannot be read leaves the column empty, not the listing."""
+    try:
+        return {c.file for c in psegzoo.cached()}
+    except (psegzoo.PsegzooError, OSError) as exc:
+        text = exc.cli_message() if isinstance(exc, psegzoo.PsegzooError) else str(exc)
+        click.echo(f"warning: the cache cannot be read, so the cached column is empty ({text})", err=True)
+        return set()
 
 
 # --------------------------------------------------------------------------------------------
