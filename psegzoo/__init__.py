@@ -57,6 +57,10 @@ _LAZY = {
     "inference_settings": "api",
     "find_images": "images",
     "load_image": "images",
+    "sample_image": "images",
+    "format_size": "units",
+    "read_record": "hub",
+    "select_device": "predictor",
     "unique_output_names": "api",
     "DownloadOptions": "hub",
     "Fetched": "hub",
@@ -66,9 +70,7 @@ _LAZY = {
     "VerifyResult": "hub",
     "import_folder": "hub",
     "mirror": "hub",
-    "read_record": "hub",
     "converted_file": "hub",
-    "format_size": "units",
 }
 
 __all__ = [

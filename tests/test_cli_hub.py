@@ -490,7 +490,7 @@ def test_index_option_is_passed_not_written_to_the_environment(zoo, http_server,
     cli("download", "--index", str(zoo.path), "m_index_env")
     assert "PSEGZOO_INDEX" not in os.environ
     info = json.loads(cli("info", "--index", str(zoo.path), "m_index_env", "--json").stdout)
-    assert info["cached"] and info["sha256"] == sha(ckpt_bytes)  # the full hash, to pin and share
+    assert info["cached"] and info["cached_sha256"] == sha(ckpt_bytes)  # the full hash, to pin and share
     assert [c["sha256"] for c in json.loads(cli("cache", "--json").stdout)["checkpoints"]] == [sha(ckpt_bytes)]
     assert len(http_server.gets(url_path(entry))) == 1
 

@@ -33,9 +33,8 @@ from tests.support.synth import (
     write_ssseg_checkpoint,
 )
 from tests.support.zoo import (
+    builtin_manifest,
     entry_for_file,
-    manifest_available,
-    manifest_or_none,
     mmseg_arch,
     mmseg_spec_files,
     ssseg_arch,
@@ -122,9 +121,6 @@ def test_ssseg_matches_mmseg_pspnet_mapping():
 # The manifest: all 111 mmseg entries and the 12 SSSegmentation ones fit their specs
 # ---------------------------------------------------------------------------------------------
 
-needs_manifest = pytest.mark.skipif(not manifest_available(), reason="model_index.json is not generated yet")
-
-
 def _structure(arch) -> dict:
     """The fields that decide the network, normalised (single ints vs 1-tuples)."""
     b, h = arch.backbone, arch.decode_head
@@ -142,9 +138,8 @@ def _structure(arch) -> dict:
     }
 
 
-@needs_manifest
 def test_all_mmseg_entries_map_to_their_spec():
-    manifest = manifest_or_none()
+    manifest = builtin_manifest()
     files = {e.weights.file: e for e in manifest.models if e.source == "mmsegmentation" and e.weights}
     assert len(files) == 111 and set(files) == set(SPECS.mmseg_index)
     for file_name, spec_id in sorted(SPECS.mmseg_index.items()):
@@ -157,9 +152,8 @@ def test_all_mmseg_entries_map_to_their_spec():
         assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(s) for k, s in expected.items()}
 
 
-@needs_manifest
 def test_all_ssseg_entries_map_to_their_spec_in_both_layouts():
-    manifest = manifest_or_none()
+    manifest = builtin_manifest()
     names = {e.name for e in manifest.models if e.source == "sssegmentation"}
     assert names == set(SPECS.ssseg_index)
     for config, spec_id in sorted(SPECS.ssseg_index.items()):

@@ -218,6 +218,8 @@ def inference_settings(entry: Entry | str, *, mode: str | None = None, crop_size
     return predictor.InferenceSettings.from_entry(entry, mode=mode, crop_size=crop_size, stride=stride, scale=scale)
 
 
-def unique_output_names(names: Sequence[str]) -> list[str]:
-    """Output names with ``_2``, ``_3``, ... added where two images would write the same files."""
-    return outputs.unique_names(names)
+def unique_output_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = None,
+                        inputs: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """Output names with ``_2``, ``_3``, ... added where two images would write the same files,
+    or (given ``out_dir`` and ``inputs``) where an output would replace an input."""
+    return outputs.unique_names(names, out_dir=out_dir, inputs=inputs)

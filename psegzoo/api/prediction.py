@@ -28,7 +28,7 @@ class Prediction:
     entry: Entry
     dataset: Dataset
     timings: dict[str, float] = field(default_factory=dict)
-    source: str | None = None
+    source: str | None = None  # the input as given: its file path, or None for an array or PIL image
 
     @property
     def classes(self) -> tuple[str, ...]:

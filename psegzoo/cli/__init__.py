@@ -48,7 +48,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
       psegzoo list --dataset ade20k
       psegzoo info pspnet_r101-d8_cityscapes
       psegzoo download upernet_r50_ade20k
-      psegzoo predict --model pspnet_r101-d8_cityscapes street.png
+      psegzoo predict --model pspnet_r18-d8_512x1024_cityscapes --sample --overlay
     """
     ctx.meta[QUIET_KEY] = quiet
     logger = logging.getLogger("psegzoo")

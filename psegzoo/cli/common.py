@@ -18,15 +18,21 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (kept by Python as surrogates) shown as U+FFFD:
+    a file may be named in any bytes, a terminal takes text."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def error_line(exc: BaseException) -> str:
     """How an error reads on the command line: options named as flags, rich markup escaped."""
     text = exc.cli_message() if isinstance(exc, psegzoo.PsegzooError) else str(exc)
-    return f"[bold red]error:[/] {escape(text)}"
+    return f"[bold red]error:[/] {escape(printable(text))}"
 
 
 def fail(message: str, code: int = 1) -> None:
     # One unwrapped line: URLs and paths in the message stay whole (copyable, greppable).
-    console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    console(stderr=True).print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -148,6 +154,17 @@ def download_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def download_flags_given() -> list[str]:
+    """The download flags given on this command line (``--mirror``, ``--offline``, ...), in order."""
+    ctx = click.get_current_context()
+    given = ctx.meta.get(_DOWNLOAD_KEY, {})
+    flags = []
+    for param in ctx.command.params:
+        if param.name in given and isinstance(param, click.Option):
+            flags.append(max(param.opts, key=len))
+    return flags
 
 
 def download_settings(**fields: Any) -> psegzoo.DownloadOptions:

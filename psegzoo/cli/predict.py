@@ -1,7 +1,16 @@
-"""``psegzoo predict``: segment images and write label maps."""
+"""``psegzoo predict``: segment images and write label maps.
+
+Everything that can be checked is checked before the model is loaded (option combinations, the
+device, the inputs, the output folder), so a mistake costs a second, not a download and a load.
+"""
 from __future__ import annotations
 
+import json
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -9,6 +18,7 @@ import psegzoo
 
 from .common import (
     console,
+    download_flags_given,
     download_options,
     download_settings,
     error_line,
@@ -17,23 +27,73 @@ from .common import (
     handle_errors,
     index_option,
     pair_option,
+    printable,
     ratios_option,
 )
 
 
+def _given(ctx: click.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)
+    return source is not None and source not in (click.core.ParameterSource.DEFAULT,
+                                                  click.core.ParameterSource.DEFAULT_MAP)
+
+
+def check_combinations(ctx: click.Context, *, inputs: Sequence[str], sample: bool, weights: str | None,
+                       overlay: bool, half: bool, bf16: bool) -> None:
+    """Refuse option combinations that cannot mean what the user wants (exit code 2, like click)."""
+    if not inputs and not sample:
+        raise click.UsageError("give the images to segment (files, folders or globs), or --sample to try the "
+                               "sample image shipped with psegzoo")
+    if half and bf16:
+        raise click.UsageError("choose one of --half and --bf16")
+    if _given(ctx, "opacity") and not overlay:
+        raise click.UsageError("--opacity sets the overlay's opacity; add --overlay")
+    if weights is not None:
+        clashing = download_flags_given()  # every download option means nothing with a local file
+        if clashing:
+            raise click.UsageError(f"--weights reads a local file, so {', '.join(clashing)} would do nothing; "
+                                   "drop one or the other")
+
+
+def check_output_folder(out_dir: str) -> None:
+    """The output folder exists as a writable folder, or can be created: checked without creating it."""
+    path = Path(out_dir)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise psegzoo.OutputError(f"output folder {out_dir}: {probe} is a broken symbolic link")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        raise psegzoo.OutputError(f"output folder {out_dir} {what}; choose another with -o/--output")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (it would be created in {probe})"
+        raise psegzoo.OutputError(f"output folder {out_dir} is not writable{where}; choose another with -o/--output")
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    # ASCII escapes keep any file name exact, even bytes that are not UTF-8.
+    return json.dumps(obj, allow_nan=False)
+
+
 @click.command("predict")
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("-m", "--model", "name", required=True, help="Model name or alias, e.g. pspnet_r101-d8_cityscapes.")
+@click.argument("inputs", nargs=-1)
+@click.option("-m", "--model", "name", required=True,
+              help="Model name, alias or mmseg config name, e.g. pspnet_r18-d8_512x1024_cityscapes.")
+@click.option("--sample", is_flag=True, help="Also segment the sample street scene shipped with psegzoo.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local mmseg/SSSegmentation checkpoint or converted .safetensors.")
-@click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(),
+              help="Output folder (never searched for inputs).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (colours over the image).")
 @click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--color", is_flag=True, help="Also write <stem>_color.png (the colour map alone).")
 @click.option("--probs", type=click.Choice(["png", "npy"]), is_flag=False, flag_value="png", default=None,
               help="Also write per-pixel confidence (max softmax): 16-bit PNG (default) or float32 .npy.")
 @click.option("--logits", "save_logits", is_flag=True, help="Also write <stem>_logits.npy (float16, C x H x W).")
-@click.option("--json", "save_json", is_flag=True, help="Also write <stem>.json: class areas, model, timings.")
+@click.option("--json", "save_json", is_flag=True,
+              help="Also write <stem>.json (class areas, model, timings) and print one JSON line per image on stdout.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Override the checkpoint's test mode.")
 @click.option("--crop-size", help="Slide window HxW (e.g. 512x1024).")
 @click.option("--stride", help="Slide stride HxW (default: the checkpoint's, or 2/3 of the crop).")
@@ -47,43 +107,57 @@ from .common import (
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, name mapping or summary (JSON lines still print).")
 @download_options
 @index_option
 @handle_errors
-def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
-                    crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
+def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json,
+                    mode, crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
                     max_pixels, quiet) -> None:
     """Segment images (files, folders, globs) and write label maps as palette PNGs.
 
     \b
     Example:
-      psegzoo predict --model pspnet_r101-d8_cityscapes street.png --overlay
-    Each image gives OUT/<stem>.png (pixel value = class index). A bad image is reported and
-    skipped; the exit code is 1 if any input failed.
+      psegzoo predict --model pspnet_r18-d8_512x1024_cityscapes --sample --overlay
+    Each image gives OUT/<stem>.png (pixel value = class index). Folders and globs never look
+    inside the output folder, and no output ever replaces an input (a clashing name gets _2 and
+    the mapping is printed). A bad image is reported and skipped; the exit code is 1 if any
+    input failed. With --json, stdout carries one JSON object per image.
     """
-    if half and bf16:
-        raise click.UsageError("choose one of --half and --bf16")
+    ctx = click.get_current_context()
+    check_combinations(ctx, inputs=inputs, sample=sample, weights=weights, overlay=overlay, half=half, bf16=bf16)
     overrides = dict(mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
                      scale=pair_option(scale, "--scale"))
     ratios = ratios_option(scales)
     download = download_settings(progress=False if quiet else None)
     entry = psegzoo.get_entry(name, index=download.index)
-    # Check the settings before any download, so a bad stride fails at once.
-    psegzoo.inference_settings(entry, **overrides)
-    found = psegzoo.find_images(inputs, exclude=[out_dir])
+    psegzoo.inference_settings(entry, **overrides)  # a bad stride or crop fails here, before any download
+    psegzoo.select_device(device)  # a bad or absent device too
+    sources = [*inputs, *([str(psegzoo.sample_image())] if sample else [])]
+    found = psegzoo.find_images(sources, exclude=[out_dir])
     err = console(stderr=True)
     failures = 0
     for problem in found.errors:
         failures += 1
         err.print(error_line(problem), soft_wrap=True)
+        if save_json:
+            click.echo(_json_line({"input": None, "error": printable(problem.cli_message())}))
     if not found.images:
-        fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
+        fail("no images to predict" + ("" if found.errors else f" in {', '.join(map(printable, sources))}"))
+    check_output_folder(out_dir)
+    wanted = [img.relative for img in found.images]
+    names = psegzoo.unique_output_names(wanted, out_dir=out_dir, inputs=[img.path for img in found.images])
+    if not quiet:
+        for image, asked, got in zip(found.images, wanted, names):
+            if asked != got:
+                err.print(f"[dim]{escape(printable(str(image.path)))} -> "
+                          f"{escape(printable(os.path.join(out_dir, got)))}.png (name taken by another input)[/]",
+                          soft_wrap=True)
+
     segmenter = psegzoo.load(entry.name, weights=weights, device=device, download=download)
     if use_compile:
         segmenter.compile()
     amp = "float16" if half else "bfloat16" if bf16 else None
-    names = psegzoo.unique_output_names([img.relative for img in found.images])
     written = 0
     progress = None
     if not quiet and err.is_terminal:
@@ -101,21 +175,25 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
                 paths = prediction.write(out_dir, out_name, overlay=overlay, opacity=opacity, color=color,
                                          probs=probs, logits=save_logits, summary=save_json)
                 written += 1
-            except (psegzoo.ImageError, psegzoo.OutputError) as exc:
+            except (psegzoo.ImageError, psegzoo.OutputError, psegzoo.PredictionError) as exc:
                 failures += 1
                 err.print(error_line(exc), soft_wrap=True)
+                if save_json:
+                    click.echo(_json_line({"input": printable(str(image.path)), "error": printable(exc.cli_message())}))
             else:
-                if quiet:
-                    pass
-                elif progress is None:
-                    click.echo(str(paths[0]))
+                if save_json:
+                    doc = {k: v for k, v in prediction.summary().items() if k != "image"}
+                    click.echo(_json_line({"input": str(image.path), "output": str(paths[0]),
+                                           "files": [str(p) for p in paths], **doc}))
+                elif not quiet and progress is None:
+                    click.echo(printable(str(paths[0])))
             if progress is not None:
                 progress.advance(task)
     finally:
         if progress is not None:
             progress.stop()
     if not quiet:
-        err.print(f"{written} image(s) written to {escape(out_dir)}" + (f", {failures} failed" if failures else ""),
+        err.print(f"{written} image(s) written to {escape(printable(out_dir))}" + (f", {failures} failed" if failures else ""),
                   soft_wrap=True)
     if failures:
         sys.exit(1)
