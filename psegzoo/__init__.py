@@ -58,6 +58,8 @@ _LAZY = {
     "find_images": "images",
     "load_image": "images",
     "unique_output_names": "api",
+    "evaluate": "evaluation",
+    "DatasetError": "errors",
 }
 
 __all__ = [

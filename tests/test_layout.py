@@ -21,6 +21,7 @@ ALLOWED = {
     "predictor": {"units", "errors", "manifest"},
     "api": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "__init__"},
     "bench": {"units", "errors", "manifest", "hub", "models", "predictor", "api"},
+    "evaluation": {"units", "errors", "manifest", "images", "outputs", "predictor", "api", "evaluation"},
     "cli": {"__init__"},
 }
 NO_TORCH = {"units", "errors", "manifest", "hub", "images", "outputs", "cli"}
