@@ -44,7 +44,7 @@ class Counts:
         if len(shapes) != 1 or len(next(iter(shapes))) != 1:
             raise ValueError(f"counts must be four arrays of one length, got shapes {sorted(shapes)}")
         for f in FIELDS:
-            arr = np.asarray(getattr(self, f), dtype=np.int64)
+            arr = np.array(getattr(self, f), dtype=np.int64)  # a copy: freezing it leaves the caller's alone
             arr.setflags(write=False)
             object.__setattr__(self, f, arr)
 

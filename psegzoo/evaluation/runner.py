@@ -39,7 +39,7 @@ from .layouts import GENERIC, LAYOUTS, Layout, generic_layout, layout_for_datase
 from .metric import Counts, count_image, percent, sum_counts
 from .prefetch import prefetch
 from .result import MS_FLIP_RATIOS, EvalResult, EvalSettings
-from .split import Sample, Split, check_sizes, list_split, size_mismatch
+from .split import Sample, Split, check_all_sizes, list_split, size_mismatch
 from .state import WorkState
 
 _AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -218,10 +218,9 @@ def plan(model: str | Entry | Segmenter, data_root: str | os.PathLike | None = N
     inference = InferenceSettings.from_entry(entry, **overrides)
     flip, ratios, tta = _tta(ms_flip, flip, scales)
     amp = _amp_name(amp_dtype)
-    whole = list_split(chosen, data_root, split if chosen.name != GENERIC else None, images=images, labels=labels)
+    whole = list_split(chosen, data_root, split, images=images, labels=labels)
     chosen_split = whole.head(limit)
-    for sample in chosen_split.samples:
-        check_sizes(sample)
+    check_all_sizes(chosen_split.samples)
     nonstandard = _differences(entry, inference, tta, flip, ratios)
     reasons = list(nonstandard)
     if limit is not None and limit < len(whole.samples):
@@ -355,9 +354,9 @@ def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | 
                 done += 1
                 report()
         finally:
+            # Images already predicted are still counted and saved (leaving the pool waits for them):
+            # after Ctrl-C or an error, a resumed run has that much less to do.
             loader.close()
-            for future in pending:
-                future.cancel()
     return Accumulated(total, done - len(resumed), len(resumed), time.perf_counter() - t0)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +110,8 @@ def _available(folder: Path, suffix: str = "") -> str:
     return f"; found: {', '.join(names[:10])}" if names else ""
 
 
-def _missing_folder(layout: Layout, root: Path, what: str, folder: Path) -> DatasetError:
-    needs = [layout.image_dir, layout.label_dir] + ([layout.split_file] if layout.split_file else [])
+def _missing_folder(layout: Layout, root: Path, what: str, folder: Path, split: str) -> DatasetError:
+    needs = [p.format(split=split) for p in (layout.image_dir, layout.label_dir, layout.split_file) if p]
     hint = ""
     others = [n for n in looks_like(root) if n != layout.name]
     if others:
@@ -148,9 +150,9 @@ def list_split(layout: Layout, root: str | os.PathLike | None, split: str | None
     image_dir = base / layout.image_dir.format(split=folder)
     label_dir = base / layout.label_dir.format(split=folder)
     if not image_dir.is_dir():
-        raise _missing_folder(layout, base, "image", image_dir)
+        raise _missing_folder(layout, base, "image", image_dir, folder)
     if not label_dir.is_dir():
-        raise _missing_folder(layout, base, "label", label_dir)
+        raise _missing_folder(layout, base, "label", label_dir, folder)
     if layout.split_file is not None:
         names = _read_split_file(layout, base, folder)
         image_paths = [image_dir / (n + layout.image_suffix) for n in names]
@@ -289,6 +291,17 @@ def size_mismatch(sample: Sample, image_wh: tuple[int, int], label_wh: tuple[int
         f"{sample.label}: the label is {label_wh[0]}x{label_wh[1]} but its image {sample.image.name} is "
         f"{image_wh[0]}x{image_wh[1]} (width x height); labels must have their image's size"
     )
+
+
+def check_all_sizes(samples: Sequence[Sample], threads: int = 8) -> None:
+    """:func:`check_sizes` on every sample (headers read by a few threads); the first error in order is raised."""
+    if len(samples) <= 1:
+        for sample in samples:
+            check_sizes(sample)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="psegzoo-check") as pool:
+        for _ in pool.map(check_sizes, samples):
+            pass
 
 
 def check_sizes(sample: Sample) -> None:
