@@ -150,6 +150,13 @@ def test_every_manifest_dataset_has_a_layout():
     assert set(load_manifest(extra=[]).datasets) == set(LAYOUTS)
 
 
+def test_psegzoo_evaluate_is_the_function_whatever_was_imported():
+    import psegzoo.evaluation.metric  # binds the package psegzoo.evaluation, never psegzoo.evaluate
+
+    assert psegzoo.evaluate is psegzoo.evaluation.evaluate and callable(psegzoo.evaluate)
+    assert psegzoo.DatasetError is DatasetError
+
+
 # --------------------------------------------------------------------------------------------
 # Every layout against psegzoo predict
 # --------------------------------------------------------------------------------------------

@@ -159,8 +159,7 @@ def print_report(result: Any) -> None:
 
     out = console()
     where = f"{result.dataset} {result.split}" if result.split else f"{result.settings.image_dir}"
-    classes = Table(title=f"{escape(result.model)} on {escape(where)}: {result.images} images", title_justify="left",
-                    header_style="bold")
+    classes = Table(header_style="bold")
     for column in ("class", "IoU", "Acc"):
         classes.add_column(column, justify="left" if column == "class" else "right")
     for row in result.per_class:
@@ -176,6 +175,7 @@ def print_report(result: Any) -> None:
     summary.add_row("mAcc", fmt(result.macc, 2), "-", "-")
     if not out.is_terminal:
         out.width = max(out.width, 100)
+    out.print(f"[bold]{escape(result.model)}[/] on {escape(where)}: {result.images} images", soft_wrap=True)
     out.print(classes)
     out.print(summary)
     settings = result.settings
