@@ -164,7 +164,7 @@ def test_psegzoo_evaluate_is_the_function_whatever_was_imported():
 
 @pytest.mark.parametrize("key", ALL)
 def test_layout_gives_the_figures_computed_from_predict_outputs(data, key):
-    result = evaluate_folder(data, key, by_name=True)
+    result = evaluate_folder(data, key, by_name=True, workers=2)  # decoding on 2 threads, as beside a GPU
     exp = data.expected(key)
     assert result.images == len(D.LAYOUTS[key].names)
     assert result.counts.intersect.tolist() == exp["intersect"]

@@ -47,6 +47,15 @@ _AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 DEFAULT_WORKERS = 4
 
 
+def default_workers(device: torch.device) -> int:
+    """Decoding threads when none are asked for: up to 4 beside a GPU, none beside a CPU model.
+
+    A model on the CPU already keeps every core busy (torch's intra-op threads); decoding there on
+    other threads only takes cores from it, so images are decoded on the model's thread instead.
+    """
+    return 0 if device.type == "cpu" else min(DEFAULT_WORKERS, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True, eq=False)
 class EvalPlan:
     """Everything an evaluation needs but the model: the entry, the listed split and the settings."""
@@ -299,7 +308,7 @@ def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | 
     """Counts over ``samples`` (default: the plan's images), skipping those ``state`` already holds.
 
     ``workers`` threads decode images and labels ahead of the model (0: none, on this thread;
-    default ``min(4, CPUs)``). ``save_predictions`` writes each image's predicted classes as a
+    default: see :func:`default_workers`). ``save_predictions`` writes each image's predicted classes as a
     palette PNG ``<dir>/<name>.png``; an image whose PNG is missing is evaluated again on resume.
     """
     if segmenter.entry.num_classes != job.num_classes:
@@ -316,7 +325,7 @@ def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | 
         else:
             todo.append(sample)
     total = sum_counts(resumed, job.num_classes)
-    n_workers = min(DEFAULT_WORKERS, os.cpu_count() or 1) if workers is None else max(0, int(workers))
+    n_workers = default_workers(segmenter.device) if workers is None else max(0, int(workers))
     amp = _AMP[job.amp_dtype] if job.amp_dtype else None
     t0 = time.perf_counter()
     done = len(resumed)
