@@ -71,6 +71,8 @@ _LAZY = {
     "import_folder": "hub",
     "mirror": "hub",
     "converted_file": "hub",
+    "evaluate": "evaluation",
+    "DatasetError": "errors",
 }
 
 __all__ = [

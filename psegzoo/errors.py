@@ -88,3 +88,8 @@ class PredictionError(PsegzooError):
 
 class OutputError(PsegzooError):
     """A result cannot be written (unwritable folder, full disk, or a format that cannot hold it)."""
+
+
+class DatasetError(PsegzooError):
+    """An evaluation dataset cannot be used: a missing folder, split list or label, a label of
+    another size than its image, a label value that is no class, or an empty split."""

@@ -24,6 +24,7 @@ ALLOWED = {
     "api": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor",
             "__init__"},
     "bench": {"units", "errors", "files", "manifest", "hub", "models", "predictor", "api"},
+    "evaluation": {"units", "errors", "files", "manifest", "images", "outputs", "predictor", "api", "evaluation"},
     "cli": {"__init__"},
 }
 NO_TORCH = {"units", "errors", "files", "manifest", "hub", "images", "outputs", "cli"}

@@ -14,7 +14,7 @@ import click
 
 import psegzoo
 
-from . import bench, listing, predict, weights
+from . import bench, evaluate, listing, predict, weights
 from .common import QUIET_KEY
 
 
@@ -78,5 +78,6 @@ for _command in (
     weights.convert_command,
     predict.predict_command,
     bench.bench_command,
+    evaluate.eval_command,
 ):
     main.add_command(_command)
