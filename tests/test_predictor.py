@@ -107,9 +107,12 @@ def test_rescale_size(w, h, scale, expected):
     assert rescale_size(w, h, scale) == expected
 
 
-def test_rescale_size_refuses_zero():
-    with pytest.raises(PredictionError, match="too elongated"):
-        rescale_size(10000, 1, (16, 8))
+def test_rescale_size_keeps_at_least_one_pixel():
+    # 10000 x 1 to (16, 8): factor 16 / 10000, the height rounds to 0 (mmcv's 0 would fail OpenCV)
+    assert rescale_size(10000, 1, (16, 8)) == (16, 1)
+    assert rescale_size(1, 5000, (2048, 1024)) == (1, 2048)
+    with pytest.raises(PredictionError, match="empty"):
+        rescale_size(0, 10, (16, 8))
 
 
 def test_tta_scales_are_ratios_of_the_test_scale():
@@ -444,8 +447,10 @@ def test_infer_refusals():
     s = _settings()
     with pytest.raises(PredictionError, match="HxWx3 uint8"):
         infer(model, img.astype(np.float32), s)
-    with pytest.raises(PredictionError, match="half precision"):
+    with pytest.raises(PredictionError, match="float16 autocast .* is a GPU option"):
         infer(model, img, s, amp_dtype=torch.float16)
+    with pytest.raises(PredictionError, match="amp_dtype must be"):
+        infer(model, img, s, amp_dtype="float8")
     with pytest.raises(PredictionError, match="scale ratios"):
         infer(model, img, s, scales=(0.5, -1.0))
     with pytest.raises(PredictionError, match="batch_windows"):
@@ -477,7 +482,10 @@ def test_bfloat16_model_runs_on_cpu():
 
 def test_select_device():
     assert select_device("cpu") == torch.device("cpu")
-    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    mps = getattr(torch.backends, "mps", None)
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps is not None and mps.is_available() else "cpu"
+    assert select_device("auto").type == expected
+    assert select_device(None).type == expected
     with pytest.raises(PredictionError, match="unknown device|unsupported device"):
         select_device("quantum")
     if not torch.cuda.is_available():
