@@ -55,6 +55,8 @@ _LAZY = {
     "Prediction": "api",
     "benchmark": "bench",
     "inference_settings": "api",
+    "select_device": "predictor",
+    "autocast_dtype": "predictor",
     "find_images": "images",
     "load_image": "images",
     "unique_output_names": "api",

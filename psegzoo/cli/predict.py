@@ -41,8 +41,8 @@ from .common import (
 @click.option("--flip", is_flag=True, help="Test-time augmentation: add horizontally flipped views.")
 @click.option("--scales", help="Test-time augmentation: ratios of the test scale, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
-@click.option("--half", is_flag=True, help="float16 autocast (GPU only).")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPU only).")
+@click.option("--half", is_flag=True, help="float16 autocast (CUDA, MPS).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA, MPS, CPU).")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (slow first image).")
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
@@ -69,7 +69,9 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
     ratios = ratios_option(scales)
     entry = psegzoo.get_entry(name)
     # Check the settings before any download, so a bad stride fails at once.
-    psegzoo.inference_settings(entry, **overrides)
+    psegzoo.inference_settings(entry, **overrides, flip=flip, scales=ratios)
+    amp = "float16" if half else "bfloat16" if bf16 else None
+    psegzoo.autocast_dtype(amp, psegzoo.select_device(device))
     found = psegzoo.find_images(inputs, exclude=[out_dir])
     err = console(stderr=True)
     failures = 0
@@ -85,7 +87,6 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
     )
     if use_compile:
         segmenter.compile()
-    amp = "float16" if half else "bfloat16" if bf16 else None
     names = psegzoo.unique_output_names([img.relative for img in found.images])
     written = 0
     progress = None
@@ -97,15 +98,21 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
         progress.start()
         task = progress.add_task("predicting", total=len(found.images))
     try:
-        for image, out_name in zip(found.images, names):
+        for i, (image, out_name) in enumerate(zip(found.images, names)):
+            within = None if progress is None else (
+                lambda done, total, i=i: progress.update(task, completed=i + done / max(total, 1)))
             try:
+                # only --logits needs the C x H x W scores; labels (and confidence) are made without them
                 prediction = segmenter.predict(image.path, flip=flip, scales=ratios, batch_windows=batch_windows,
-                                               amp_dtype=amp, max_pixels=max_pixels, **overrides)
+                                               amp_dtype=amp, max_pixels=max_pixels, keep_scores=save_logits,
+                                               confidence=probs is not None, progress=within, **overrides)
                 paths = prediction.write(out_dir, out_name, overlay=overlay, opacity=opacity, color=color,
                                          probs=probs, logits=save_logits, summary=save_json)
                 written += 1
-            except (psegzoo.ImageError, psegzoo.OutputError) as exc:
+            except psegzoo.PsegzooError as exc:  # one bad image is reported; the others go on
                 failures += 1
+                if not isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)):
+                    exc = type(exc)(f"{image.path}: {exc.args[0] if exc.args else exc}")
                 err.print(error_line(exc), soft_wrap=True)
             else:
                 if quiet:
@@ -113,7 +120,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
                 elif progress is None:
                     click.echo(str(paths[0]))
             if progress is not None:
-                progress.advance(task)
+                progress.update(task, completed=i + 1)
     finally:
         if progress is not None:
             progress.stop()
