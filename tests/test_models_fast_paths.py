@@ -244,8 +244,7 @@ HEADS = [
 def test_decomposed_heads_match_concatenation(file_name, size):
     model = _small(file_name)
     plain_type = type(model.head)
-    feats = model.backbone(torch.randn(1, 3, *size, generator=_gen(file_name, size)))
-    feats = [feats[p] for p in model._feature_pos]
+    feats = model.features(torch.randn(1, 3, *size, generator=_gen(file_name, size)))
     with torch.no_grad():
         plain = model.head(feats)
         use_fast_paths(model, FastPaths(decompose=True))

@@ -31,9 +31,13 @@ class Segmentor(nn.Module):
         self.backbone.out_indices = tuple(sorted(set(self.in_index)))
         self._feature_pos = [self.backbone.out_indices.index(i) for i in self.in_index]
 
-    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone stages the decode head reads, in its order."""
         feats = self.backbone(x)
-        return self.head([feats[p] for p in self._feature_pos])
+        return [feats[p] for p in self._feature_pos]
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
     def working_bytes(self, batch: int, pixels: int) -> int:
         """An estimate of the memory one float32 forward of ``batch`` inputs of ``pixels`` pixels needs.
