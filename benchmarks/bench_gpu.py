@@ -32,8 +32,10 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -433,7 +435,7 @@ def run_child(case: Case, variant: Variant, device: torch.device, args: argparse
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=_env())
     except subprocess.TimeoutExpired:
         return Result(case.key, variant.label, status="skipped", seconds=time.perf_counter() - t0,
                       note=f"did not finish within the {timeout:.0f} s left of the budget (compilation)")
@@ -450,12 +452,17 @@ def run_child(case: Case, variant: Variant, device: torch.device, args: argparse
 # --------------------------------------------------------------------------------------------
 
 
+def _env() -> dict[str, str]:
+    """This environment with the checkout first on the path: psegzoo need not be installed."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
 def run_tests(device: torch.device, timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rs",
            "tests/test_predictor_cuda.py"]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=_env())
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         summary = lines[-1] if lines else proc.stderr.strip()[-300:]
         failures = [line for line in lines if line.startswith("FAILED")]
@@ -555,6 +562,7 @@ def main() -> None:
     references: dict[str, list[np.ndarray]] = {}
     ref_paths: dict[str, list[str]] = {}
     best_batch: dict[tuple[str, str], int] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="bench_gpu_"))  # reference labels for the child processes
     for key, variant in plan(args.smoke, device.type == "cuda"):
         case = cases[key]
         left = deadline - time.perf_counter()
@@ -578,7 +586,7 @@ def main() -> None:
                 report["flops_per_image"][key] = count_flops(models[key], case, device)
                 ref_paths[key] = []
                 for i, labels in enumerate(references[key]):
-                    path = out_dir / f".reference_{key}_{i}.npy"
+                    path = scratch / f"reference_{key}_{i}.npy"
                     np.save(path, labels)
                     ref_paths[key].append(str(path))
             flops = report["flops_per_image"][key]
@@ -600,10 +608,7 @@ def main() -> None:
         print(f"  {res.status}: {res.images_per_s and round(res.images_per_s, 2)} images/s, batch {res.batch}, "
               f"labels {res.labels_equal and round(100 * res.labels_equal, 3)}% {res.note}", flush=True)
         save()
-    for paths in ref_paths.values():
-        for p in paths:
-            with contextlib.suppress(OSError):
-                os.remove(p)
+    shutil.rmtree(scratch, ignore_errors=True)
     name, precision, target = GOAL
     best = max((r["images_per_s"] or 0 for r in report["results"] if r["case"] == name and r["status"] == "ok"
                 and r["variant"].startswith(precision)), default=0)
