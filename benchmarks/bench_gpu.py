@@ -422,6 +422,8 @@ def worker(spec: str) -> None:
     case = cases[job["case"]]
     variant = Variant(**job["variant"])
     device = torch.device(job["device"])
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     model = build_model(case, device)
     reference = [np.load(p) for p in job["reference"]]
     res = measure_variant(case, variant, model, device, args, reference, job["flops"], time.perf_counter() + 1e9)
