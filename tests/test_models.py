@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from psegzoo.convert import check_classes, convert_state_dict, load_into, read_checkpoint
 from psegzoo.errors import CheckpointError, ManifestError
-from psegzoo.models import build_segmentor, psa_mask, state_shapes
-from psegzoo.models.layers import BatchNorm2d, Conv2d
+from psegzoo.models import FastPaths, build_segmentor, fast_paths_of, psa_mask, state_shapes, use_fast_paths
+from psegzoo.models.layers import BatchNorm2d
 from tests.support.archs import mmseg_architecture
 from tests.support.synth import load_specs, write_mmseg_checkpoint, write_ssseg_checkpoint
 from tests.support.zoo import mmseg_arch, ssseg_arch
@@ -107,14 +107,22 @@ def test_fused_bn_matches(golden_model):
     _assert_matches(out, tensors, meta)
 
 
-def test_optimized_model_matches(golden_model):
-    """BatchNorm folded, channels-last, decomposed heads and Winograd's 3x3 convolutions together."""
+@pytest.mark.parametrize("paths", [FastPaths.all(), FastPaths(decompose=True), FastPaths(winograd=True,
+                                   channels_last=True)], ids=str)
+def test_optimized_model_matches(golden_model, paths):
+    """BatchNorm folded with the fast paths (decomposed heads, Winograd's 3x3, channels-last) on."""
     model, tensors, meta = golden_model
-    fast = copy.deepcopy(model).fuse_bn().to(memory_format=torch.channels_last)
+    fast = use_fast_paths(copy.deepcopy(model).fuse_bn(), paths)
+    assert fast_paths_of(fast) == paths
+    x = tensors["input"].contiguous(memory_format=torch.channels_last if paths.channels_last else torch.contiguous_format)
     with torch.no_grad():
-        out = fast(tensors["input"].contiguous(memory_format=torch.channels_last))
-    assert any(m._transformed for m in fast.modules() if isinstance(m, Conv2d))  # Winograd ran
+        out = fast(x)
+        if paths.winograd:  # it really ran: without it the same model rounds differently
+            assert not torch.equal(out, use_fast_paths(fast, dataclasses.replace(paths, winograd=False))(x))
     _assert_matches(out, tensors, meta)
+    assert fast_paths_of(use_fast_paths(fast, False)) == FastPaths.none()
+    with torch.no_grad():
+        _assert_matches(fast(tensors["input"]), tensors, meta)  # and the plain paths once more
 
 
 @torch.no_grad()

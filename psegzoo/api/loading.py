@@ -173,7 +173,8 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
         prepared = prepared.to(dtype=dt)
     t2 = time.perf_counter()
     timings = {"weights_s": t1 - t0, "build_s": t2 - t1, "total_s": t2 - t0}
-    return Segmenter(cast(Segmentor, prepared), entry, dev, dt, get_dataset(entry.dataset, index=opts.index), timings)
+    return Segmenter(cast(Segmentor, prepared), entry, dev, dt, get_dataset(entry.dataset, index=opts.index), timings,
+                     channels_last=channels_last)
 
 
 def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -211,11 +212,15 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | No
 
 
 def inference_settings(entry: Entry | str, *, mode: str | None = None, crop_size: Any = None, stride: Any = None,
-                       scale: Any = None) -> predictor.InferenceSettings:
-    """The test settings ``predict`` would use for ``entry`` with these overrides (validated)."""
+                       scale: Any = None, flip: bool = False,
+                       scales: Sequence[float] | None = None) -> predictor.InferenceSettings:
+    """The test settings ``predict`` would use for ``entry`` with these overrides (validated, with the
+    test-time augmentation ``flip``/``scales`` they would run)."""
     if isinstance(entry, str):
         entry = get_entry(entry)
-    return predictor.InferenceSettings.from_entry(entry, mode=mode, crop_size=crop_size, stride=stride, scale=scale)
+    settings = predictor.InferenceSettings.from_entry(entry, mode=mode, crop_size=crop_size, stride=stride, scale=scale)
+    settings.views(flip, scales)
+    return settings
 
 
 def unique_output_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = None,

@@ -101,8 +101,8 @@ def _json_line(obj: dict[str, Any]) -> str:
 @click.option("--flip", is_flag=True, help="Test-time augmentation: add horizontally flipped views.")
 @click.option("--scales", help="Test-time augmentation: ratios of the test scale, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
-@click.option("--half", is_flag=True, help="float16 autocast (GPU only).")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPU only).")
+@click.option("--half", is_flag=True, help="float16 autocast (CUDA, MPS).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA, MPS, CPU).")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (slow first image).")
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
@@ -131,8 +131,10 @@ def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, co
     ratios = ratios_option(scales)
     download = download_settings(progress=False if quiet else None)
     entry = psegzoo.get_entry(name, index=download.index)
-    psegzoo.inference_settings(entry, **overrides)  # a bad stride or crop fails here, before any download
-    psegzoo.select_device(device)  # a bad or absent device too
+    # A bad stride, crop, scale, device or precision fails here, before any download.
+    psegzoo.inference_settings(entry, **overrides, flip=flip, scales=ratios)
+    amp = "float16" if half else "bfloat16" if bf16 else None
+    psegzoo.autocast_dtype(amp, psegzoo.select_device(device))
     sources = [*inputs, *([str(psegzoo.sample_image())] if sample else [])]
     found = psegzoo.find_images(sources, exclude=[out_dir])
     err = console(stderr=True)
@@ -157,7 +159,6 @@ def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, co
     segmenter = psegzoo.load(entry.name, weights=weights, device=device, download=download)
     if use_compile:
         segmenter.compile()
-    amp = "float16" if half else "bfloat16" if bf16 else None
     written = 0
     progress = None
     if not quiet and err.is_terminal:
@@ -168,15 +169,21 @@ def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, co
         progress.start()
         task = progress.add_task("predicting", total=len(found.images))
     try:
-        for image, out_name in zip(found.images, names):
+        for i, (image, out_name) in enumerate(zip(found.images, names)):
+            within = None if progress is None else (
+                lambda done, total, i=i: progress.update(task, completed=i + done / max(total, 1)))
             try:
+                # only --logits needs the C x H x W scores; labels (and confidence) are made without them
                 prediction = segmenter.predict(image.path, flip=flip, scales=ratios, batch_windows=batch_windows,
-                                               amp_dtype=amp, max_pixels=max_pixels, **overrides)
+                                               amp_dtype=amp, max_pixels=max_pixels, keep_scores=save_logits,
+                                               confidence=probs is not None, progress=within, **overrides)
                 paths = prediction.write(out_dir, out_name, overlay=overlay, opacity=opacity, color=color,
                                          probs=probs, logits=save_logits, summary=save_json)
                 written += 1
-            except (psegzoo.ImageError, psegzoo.OutputError, psegzoo.PredictionError) as exc:
+            except psegzoo.PsegzooError as exc:  # one bad image is reported; the others go on
                 failures += 1
+                if not isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)):
+                    exc = type(exc)(f"{image.path}: {exc.args[0] if exc.args else exc}")
                 err.print(error_line(exc), soft_wrap=True)
                 if save_json:
                     click.echo(_json_line({"input": printable(str(image.path)), "error": printable(exc.cli_message())}))
@@ -188,7 +195,7 @@ def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, co
                 elif not quiet and progress is None:
                     click.echo(printable(str(paths[0])))
             if progress is not None:
-                progress.advance(task)
+                progress.update(task, completed=i + 1)
     finally:
         if progress is not None:
             progress.stop()
