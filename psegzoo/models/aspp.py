@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvBNReLU
+from .pooling import adaptive_avg_pool2d
 
 
 class ASPPHead(nn.Module):
@@ -32,6 +32,6 @@ class ASPPHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         x = feats[0]
-        pooled = self.image_pool(F.adaptive_avg_pool2d(x, 1))
+        pooled = self.image_pool(adaptive_avg_pool2d(x, 1))
         outs = [pooled, *(branch(x) for branch in self.branches)]
         return self.classifier(self.bottleneck.of_concat(outs, x.shape[-2:], self.align_corners, self.decompose))
