@@ -11,6 +11,7 @@ from .errors import (
     CacheError,
     CheckpointError,
     DownloadError,
+    ExportError,
     ImageError,
     ManifestError,
     NoWeightsError,
@@ -58,6 +59,8 @@ _LAZY = {
     "find_images": "images",
     "load_image": "images",
     "unique_output_names": "api",
+    "export_onnx": "export",
+    "load_onnx": "export",
 }
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "CacheError",
     "CheckpointError",
     "DownloadError",
+    "ExportError",
     "ImageError",
     "ManifestError",
     "NoWeightsError",

@@ -88,3 +88,7 @@ class PredictionError(PsegzooError):
 
 class OutputError(PsegzooError):
     """A result cannot be written (unwritable folder, full disk, or a format that cannot hold it)."""
+
+
+class ExportError(PsegzooError):
+    """A model cannot be exported to ONNX, or an exported file cannot be read or run (or its packages are missing)."""

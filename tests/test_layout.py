@@ -21,6 +21,7 @@ ALLOWED = {
     "predictor": {"units", "errors", "manifest"},
     "api": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "__init__"},
     "bench": {"units", "errors", "manifest", "hub", "models", "predictor", "api"},
+    "export": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api", "__init__"},
     "cli": {"__init__"},
 }
 NO_TORCH = {"units", "errors", "manifest", "hub", "images", "outputs", "cli"}

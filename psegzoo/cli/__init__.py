@@ -10,7 +10,7 @@ import click
 
 import psegzoo
 
-from . import bench, listing, predict, weights
+from . import bench, export, listing, predict, weights
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,5 +37,6 @@ for _command in (
     weights.convert_command,
     predict.predict_command,
     bench.bench_command,
+    export.export_command,
 ):
     main.add_command(_command)

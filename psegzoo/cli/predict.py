@@ -23,7 +23,8 @@ from .common import (
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-m", "--model", "name", required=True, help="Model name or alias, e.g. pspnet_r101-d8_cityscapes.")
+@click.option("-m", "--model", "name", help="Model name or alias, e.g. pspnet_r101-d8_cityscapes.")
+@click.option("--onnx", type=click.Path(dir_okay=False), help="Run this 'psegzoo export' file with onnxruntime instead.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local mmseg/SSSegmentation checkpoint or converted .safetensors.")
 @click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(file_okay=False),
               help="Output folder.")
@@ -51,7 +52,7 @@ from .common import (
 @download_options
 @index_option
 @handle_errors
-def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
+def predict_command(inputs, name, onnx, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
                     crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
                     max_pixels, quiet, mirrors, offline, allow_unverified, sha256, retries, timeout) -> None:
     """Segment images (files, folders, globs) and write label maps as palette PNGs.
@@ -67,7 +68,18 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
     overrides = dict(mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
                      scale=pair_option(scale, "--scale"))
     ratios = ratios_option(scales)
-    entry = psegzoo.get_entry(name)
+    if onnx is not None:
+        if weights or use_compile or half or bf16:
+            raise click.UsageError("--weights, --compile, --half and --bf16 do not apply to --onnx (fixed at export)")
+        onnx_model = psegzoo.load_onnx(onnx, device=device)
+        onnx_model.settings(**overrides)
+        entry = onnx_model.entry
+        if name is not None and psegzoo.get_entry(name).name != entry.name:
+            raise click.UsageError(f"--model {name} is not the model in {onnx} ({entry.name})")
+    elif name is None:
+        raise click.UsageError("give the model with --model NAME (or an exported file with --onnx FILE)")
+    else:
+        entry = psegzoo.get_entry(name)
     # Check the settings before any download, so a bad stride fails at once.
     psegzoo.inference_settings(entry, **overrides)
     found = psegzoo.find_images(inputs, exclude=[out_dir])
@@ -78,7 +90,7 @@ def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, pro
         err.print(error_line(problem), soft_wrap=True)
     if not found.images:
         fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
-    segmenter = psegzoo.load(
+    segmenter = onnx_model if onnx is not None else psegzoo.load(
         entry.name, weights=weights, device=device,
         **download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout),
         progress=False if quiet else None,
