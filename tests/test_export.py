@@ -399,6 +399,12 @@ def test_onnx_segmenter_refuses_what_it_cannot_do(pspnet):
         loaded.predict(make_image(0), scale=(16, 8))
     with pytest.raises(ExportError, match="already an ONNX file"):
         export_onnx(loaded, pspnet.path.with_name("again.onnx"))
+    with pytest.raises(ExportError, match="threads must be a positive integer"):
+        load_onnx(pspnet.path, threads=0)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ExportError, match="no CUDA provider.*onnxruntime-gpu.*device='cpu'"):
+            load_onnx(pspnet.path, device="cuda")
+    assert load_onnx(pspnet.path, device="cpu", threads=1).engine.providers == ["CPUExecutionProvider"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,11 +140,12 @@ class OnnxSegmenter(Segmenter):
         return super().predict(image, **kwargs)
 
 
-def load_onnx(path: str | os.PathLike, *, device: str | None = "auto") -> OnnxSegmenter:
+def load_onnx(path: str | os.PathLike, *, device: str | None = "auto", threads: int | None = None) -> OnnxSegmenter:
     """Open a file written by :func:`psegzoo.export_onnx` for prediction with onnxruntime.
 
-    ``device``: auto (CUDA when this onnxruntime has it, else CPU), cpu or cuda. The entry, classes
-    and test pipeline come from the file's metadata, so the manifest need not know the model.
+    ``device``: auto (CUDA when this onnxruntime has it, else CPU), cpu or cuda. ``threads``:
+    onnxruntime's intra-op threads (default: its own choice, one per physical core). The entry,
+    classes and test pipeline come from the file's metadata, so the manifest need not know the model.
     """
     t0 = time.perf_counter()
     ort = deps.onnxruntime()
@@ -152,8 +153,14 @@ def load_onnx(path: str | os.PathLike, *, device: str | None = "auto") -> OnnxSe
     if not file.is_file():
         raise ExportError(f"ONNX file {str(file)!r} does not exist")
     providers = providers_for(device, list(ort.get_available_providers()))
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ExportError(f"threads must be a positive integer, got {threads!r}")
     try:
-        session = ort.InferenceSession(str(file), providers=providers)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: onnxruntime's notices are not the user's business
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(file), options, providers=providers)
     except Exception as exc:
         raise ExportError(f"{str(file)!r} is not an ONNX model onnxruntime can load ({_first_line(exc)})") from None
     info = metadata.parse(session.get_modelmeta().custom_metadata_map, str(file))
