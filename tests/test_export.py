@@ -460,7 +460,7 @@ def test_a_failed_check_writes_nothing(pspnet, tmp_path, monkeypatch):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an earlier file")
     with pytest.raises(ExportError, match="differs from the torch model.*nothing written"):
-        export_onnx(pspnet.seg, out)
+        export_onnx(pspnet.seg, out, static=True, input_size=(64, 96))  # a fixed size exports faster
     assert out.read_bytes() == b"an earlier file" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 

@@ -9,6 +9,12 @@ from ..errors import ExportError
 INSTALL = "pip install 'psegzoo[onnx]'"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception from torch's exporter or onnxruntime, for a one-line message."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 def _missing(names: tuple[str, ...]) -> list[str]:
     missing = []
     for name in names:

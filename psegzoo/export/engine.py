@@ -23,11 +23,6 @@ from ..predictor import InferenceSettings
 from . import deps, metadata
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
 def _is_allocation_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "bad_alloc" in text or "bad allocation" in text or "failed to allocate" in text
@@ -91,7 +86,7 @@ class OnnxEngine(nn.Module):
         except Exception as exc:
             if _is_allocation_failure(exc):
                 raise MemoryError(f"onnxruntime ran out of memory on a {tuple(x.shape)} input") from None
-            raise PredictionError(f"onnxruntime failed on {self.where} for a {tuple(x.shape)} input: {_first_line(exc)}") from None
+            raise PredictionError(f"onnxruntime failed on {self.where} for a {tuple(x.shape)} input: {deps.first_line(exc)}") from None
         return torch.from_numpy(out).to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +157,7 @@ def load_onnx(path: str | os.PathLike, *, device: str | None = "auto", threads: 
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(file), options, providers=providers)
     except Exception as exc:
-        raise ExportError(f"{str(file)!r} is not an ONNX model onnxruntime can load ({_first_line(exc)})") from None
+        raise ExportError(f"{str(file)!r} is not an ONNX model onnxruntime can load ({deps.first_line(exc)})") from None
     info = metadata.parse(session.get_modelmeta().custom_metadata_map, str(file))
     inputs = [i.name for i in session.get_inputs()]
     outputs = {o.name for o in session.get_outputs()}

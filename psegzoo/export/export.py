@@ -150,11 +150,6 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
 def min_dynamic_side(arch: Architecture) -> int:
     """Smallest height and width a dynamic graph is made for: the coarsest feature map has 2 rows and columns.
 
@@ -175,7 +170,7 @@ def _capture(graph: _Graph, example: torch.Tensor, min_side: int | None, name: s
     try:
         return torch.export.export(graph, (example,), dynamic_shapes=({**dims},), strict=False)
     except Exception as exc:
-        raise ExportError(f"torch.export could not capture {name} ({_first_line(exc)}); "
+        raise ExportError(f"torch.export could not capture {name} ({deps.first_line(exc)}); "
                           f"try a fixed size with {option('static=True', '--static')}") from None
 
 
@@ -192,21 +187,24 @@ def _name_dims(program: Any, input_size: tuple[int, int] | None, name: str) -> N
     program.rename_axes({dim: names[i] for i, dim in enumerate(dims) if not isinstance(dim, int)})
 
 
-def _check(path: Path, x: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |onnxruntime - torch| / max |torch| for one input, on the CPU."""
+def _check(path: Path, x: torch.Tensor, references: dict[str, torch.Tensor]) -> float:
+    """max |onnxruntime - torch| / max |torch| over the graph's outputs for one input, on the CPU."""
     ort = deps.onnxruntime()
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        out = session.run([metadata.LOGITS], {metadata.INPUT: x.numpy()})[0]
+        outs = session.run(list(references), {metadata.INPUT: x.numpy()})
     except Exception as exc:
-        raise ExportError(f"onnxruntime cannot run the exported graph ({_first_line(exc)})") from None
-    ref = reference.numpy()
-    if out.shape != ref.shape:
-        raise ExportError(f"the exported graph returns {out.shape} for {tuple(x.shape)}; torch returns {ref.shape}")
-    scale = float(np.abs(ref).max())
-    return float(np.abs(out - ref).max()) / max(scale, float(np.finfo(np.float32).tiny))
+        raise ExportError(f"onnxruntime cannot run the exported graph ({deps.first_line(exc)})") from None
+    worst = 0.0
+    for (name, reference), out in zip(references.items(), outs):
+        ref = reference.numpy()
+        if out.shape != ref.shape:
+            raise ExportError(f"the exported graph's {name} is {out.shape} for {tuple(x.shape)}; torch gives {ref.shape}")
+        scale = max(float(np.abs(ref).max()), float(np.finfo(np.float32).tiny))
+        worst = max(worst, float(np.abs(out - ref).max()) / scale)
+    return worst
 
 
 def _exporter_name() -> str:
@@ -271,10 +269,12 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
     plain = _plain_copy(seg.model)
     check_size = size or CHECK_SIZE
     check_x = torch.randn((1, 3, *check_size), generator=torch.Generator().manual_seed(0))
-    reference = None
-    if check:
+    references: dict[str, torch.Tensor] = {}
+    if check:  # what seg.model(x) gives, in float32 on the CPU
         with torch.inference_mode():
-            reference = plain(check_x)  # what seg.model(x) gives, in float32 on the CPU
+            references[metadata.LOGITS] = plain(check_x)
+            if lowres:
+                references[metadata.LOWRES] = plain.forward_lowres(check_x)
     plain.fuse_bn()
     use_fast_paths(plain, False)
     graph = _Graph(plain, float16=half, lowres=lowres).eval()
@@ -287,7 +287,7 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
                                         output_names=outputs,
                                         opset_version=opset, verbose=False, optimize=True)
         except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for {entry.name} ({_first_line(exc)})") from None
+            raise ExportError(f"torch.onnx.export failed for {entry.name} ({deps.first_line(exc)})") from None
     if program is None:
         raise ExportError(f"torch.onnx.export returned no program for {entry.name}")
     _name_dims(program, size, entry.name)
@@ -303,10 +303,10 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
         try:
             program.save(tmp, external_data=False)
         except (OSError, ValueError) as exc:
-            raise ExportError(f"cannot write {str(out_path)!r}: {_first_line(exc)}") from None
+            raise ExportError(f"cannot write {str(out_path)!r}: {deps.first_line(exc)}") from None
         error = None
-        if reference is not None:
-            error = _check(tmp, check_x, reference)
+        if references:
+            error = _check(tmp, check_x, references)
             if not error <= TOLERANCE[precision]:
                 raise ExportError(f"the exported {entry.name} differs from the torch model by {error:.2e} x max|logits| "
                                   f"at {check_size[0]}x{check_size[1]} (allowed {TOLERANCE[precision]:.0e}); nothing written")
@@ -323,4 +323,4 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
         notes.append("float16 weights and compute; input and output stay float32")
     return ExportResult(path=out_path, name=entry.name, opset=actual_opset, precision=precision, input_size=size,
                         outputs=info.outputs, size_bytes=out_path.stat().st_size, seconds=time.perf_counter() - t0,
-                        checked_size=check_size if reference is not None else None, max_error=error, notes=tuple(notes))
+                        checked_size=check_size if references else None, max_error=error, notes=tuple(notes))
