@@ -11,6 +11,7 @@ from .errors import (
     CacheError,
     CheckpointError,
     DownloadError,
+    ExportError,
     ImageError,
     ManifestError,
     NoWeightsError,
@@ -74,6 +75,8 @@ _LAZY = {
     "converted_file": "hub",
     "evaluate": "evaluation",
     "DatasetError": "errors",
+    "export_onnx": "export",
+    "load_onnx": "export",
 }
 
 __all__ = [
@@ -81,6 +84,7 @@ __all__ = [
     "CacheError",
     "CheckpointError",
     "DownloadError",
+    "ExportError",
     "ImageError",
     "ManifestError",
     "NoWeightsError",

@@ -25,6 +25,8 @@ ALLOWED = {
             "__init__"},
     "bench": {"units", "errors", "files", "manifest", "hub", "models", "predictor", "api"},
     "evaluation": {"units", "errors", "files", "manifest", "images", "outputs", "predictor", "api", "evaluation"},
+    "export": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api",
+               "__init__"},
     "cli": {"__init__"},
 }
 NO_TORCH = {"units", "errors", "files", "manifest", "hub", "images", "outputs", "cli"}

@@ -14,7 +14,7 @@ import click
 
 import psegzoo
 
-from . import bench, evaluate, listing, predict, weights
+from . import bench, evaluate, export, listing, predict, weights
 from .common import QUIET_KEY
 
 
@@ -79,5 +79,6 @@ for _command in (
     predict.predict_command,
     bench.bench_command,
     evaluate.eval_command,
+    export.export_command,
 ):
     main.add_command(_command)

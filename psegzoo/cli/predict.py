@@ -80,9 +80,11 @@ def _json_line(obj: dict[str, Any]) -> str:
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1)
-@click.option("-m", "--model", "name", required=True,
+@click.option("-m", "--model", "name",
               help="Model name, alias or mmseg config name, e.g. pspnet_r18-d8_512x1024_cityscapes.")
 @click.option("--sample", is_flag=True, help="Also segment the sample street scene shipped with psegzoo.")
+@click.option("--onnx", type=click.Path(dir_okay=False),
+              help="Run this 'psegzoo export' file with onnxruntime instead of PyTorch (the same pipeline).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local mmseg/SSSegmentation checkpoint or converted .safetensors.")
 @click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(),
               help="Output folder (never searched for inputs).")
@@ -111,9 +113,9 @@ def _json_line(obj: dict[str, Any]) -> str:
 @download_options
 @index_option
 @handle_errors
-def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json,
-                    mode, crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
-                    max_pixels, quiet) -> None:
+def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opacity, color, probs, save_logits,
+                    save_json, mode, crop_size, stride, scale, flip, scales, device, half, bf16, use_compile,
+                    batch_windows, max_pixels, quiet) -> None:
     """Segment images (files, folders, globs) and write label maps as palette PNGs.
 
     \b
@@ -130,11 +132,23 @@ def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, co
                      scale=pair_option(scale, "--scale"))
     ratios = ratios_option(scales)
     download = download_settings(progress=False if quiet else None)
-    entry = psegzoo.get_entry(name, index=download.index)
-    # A bad stride, crop, scale, device or precision fails here, before any download.
-    psegzoo.inference_settings(entry, **overrides, flip=flip, scales=ratios)
     amp = "float16" if half else "bfloat16" if bf16 else None
-    psegzoo.autocast_dtype(amp, psegzoo.select_device(device))
+    onnx_model = None
+    if onnx is not None:
+        if weights or use_compile or half or bf16:
+            raise click.UsageError("--weights, --compile, --half and --bf16 do not apply to --onnx (fixed at export)")
+        onnx_model = psegzoo.load_onnx(onnx, device=device)
+        onnx_model.settings(**overrides)
+        entry = onnx_model.entry
+        if name is not None and psegzoo.get_entry(name, index=download.index).name != entry.name:
+            raise click.UsageError(f"--model {name} is not the model in {onnx} ({entry.name})")
+    elif name is None:
+        raise click.UsageError("give the model with --model NAME (or an exported file with --onnx FILE)")
+    else:
+        entry = psegzoo.get_entry(name, index=download.index)
+        # A bad stride, crop, scale, device or precision fails here, before any download.
+        psegzoo.inference_settings(entry, **overrides, flip=flip, scales=ratios)
+        psegzoo.autocast_dtype(amp, psegzoo.select_device(device))
     sources = [*inputs, *([str(psegzoo.sample_image())] if sample else [])]
     found = psegzoo.find_images(sources, exclude=[out_dir])
     err = console(stderr=True)
@@ -156,7 +170,8 @@ def predict_command(inputs, name, sample, weights, out_dir, overlay, opacity, co
                           f"{escape(printable(os.path.join(out_dir, got)))}.png (name taken by another input)[/]",
                           soft_wrap=True)
 
-    segmenter = psegzoo.load(entry.name, weights=weights, device=device, download=download)
+    segmenter = onnx_model if onnx_model is not None else psegzoo.load(entry.name, weights=weights, device=device,
+                                                                       download=download)
     if use_compile:
         segmenter.compile()
     written = 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvBNReLU, resize
+from .pooling import adaptive_avg_pool2d
 
 
 class ASPPHead(nn.Module):
@@ -28,7 +28,7 @@ class ASPPHead(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The image-pooling branch at its own 1x1 size."""
-        return self.image_pool(F.adaptive_avg_pool2d(x, 1))
+        return self.image_pool(adaptive_avg_pool2d(x, 1))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         x = feats[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 
 class BatchNorm2d(nn.Module):
@@ -58,11 +59,14 @@ class ConvBNReLU(nn.Module):
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool) -> torch.Tensor:
-    """Bilinear resize; a 1x1 map is broadcast instead (bilinear resize of 1x1 is exactly that)."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(x.shape[-2:]) == size:
+    """Bilinear resize; a 1x1 map is broadcast instead (bilinear resize of 1x1 is exactly that).
+
+    Sizes may be symbolic (during export): the shortcuts are taken only where they are known to apply.
+    """
+    size = (size[0], size[1])
+    if statically_known_true(x.shape[-2] == size[0]) and statically_known_true(x.shape[-1] == size[1]):
         return x
-    if x.shape[-2:] == (1, 1):
+    if statically_known_true(x.shape[-2] == 1) and statically_known_true(x.shape[-1] == 1):
         return x.expand(-1, -1, *size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import BatchNorm2d, ConvBNReLU, conv, resize
+from .pooling import adaptive_avg_pool2d
 
 
 class PoolingBranch(nn.Module):
@@ -22,7 +23,7 @@ class PoolingBranch(nn.Module):
         self.bn = BatchNorm2d(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.adaptive_avg_pool2d(x, self.scale)
+        y = adaptive_avg_pool2d(x, self.scale)
         return F.relu(self.bn(self.conv(y)), inplace=True)
 
 
