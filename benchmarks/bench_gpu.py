@@ -180,21 +180,21 @@ def plan(smoke: bool, cuda: bool) -> list[tuple[str, Variant]]:
         ("pspnet", Variant("fp32", channels_last=False, decompose=False)),  # the reference
         ("pspnet", Variant("bf16")),
         ("pspnet", Variant("bf16", batch="best")),
-        ("pspnet", Variant("fp16")),
+        ("pspnet", Variant("bf16", channels_last=False)),
+        ("pspnet", Variant("bf16", channels_last=False, batch="best")),
+        ("pspnet", Variant("fp16", batch="best")),
         ("pspnet", Variant("fp32")),
         ("deeplabv3", Variant("fp32", channels_last=False, decompose=False)),
         ("deeplabv3", Variant("bf16")),
+        ("deeplabv3", Variant("bf16", channels_last=False)),
         ("upernet", Variant("fp32", channels_last=False, decompose=False)),
         ("upernet", Variant("bf16")),
         ("upernet", Variant("bf16", batch="best")),
-        ("pspnet", Variant("bf16", channels_last=False)),
         ("pspnet", Variant("bf16", decompose=False)),
         ("pspnet", Variant("bf16", batch="best", compile="default")),
         ("deeplabv3", Variant("fp16")),
         ("upernet", Variant("fp16")),
-        ("pspnet", Variant("bf16", batch="best", compile="reduce-overhead")),
         ("pspnet", Variant("bf16", batch="best", compile="max-autotune")),
-        ("upernet", Variant("bf16", batch="best", compile="default")),
     ]
     return p if cuda else p[:10]
 
@@ -460,19 +460,49 @@ def _env() -> dict[str, str]:
 
 
 def run_tests(device: torch.device, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rs",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rfEs", "--tb=short",
            "tests/test_predictor_cuda.py"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=_env())
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         summary = lines[-1] if lines else proc.stderr.strip()[-300:]
-        failures = [line for line in lines if line.startswith("FAILED")]
+        failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
         return {"returncode": proc.returncode, "summary": summary, "failed": failures,
-                "seconds": round(time.perf_counter() - t0, 1)}
+                "seconds": round(time.perf_counter() - t0, 1), "output": proc.stdout[-20000:]}
     except subprocess.TimeoutExpired:
         return {"returncode": None, "summary": f"stopped after {timeout:.0f} s", "failed": [],
                 "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def probe(device: torch.device, cases: dict[str, Case]) -> dict[str, Any]:
+    """Where the time goes: adaptive pooling per memory format, and the top kernels of one PSPNet forward."""
+    from psegzoo.models.pooling import adaptive_avg_pool2d
+
+    out: dict[str, Any] = {"pooling_ms": {}}
+    x = torch.randn(1, 2048, 128, 256, device=device, dtype=torch.bfloat16)
+    for fmt, t in (("NCHW", x), ("NHWC", x.contiguous(memory_format=torch.channels_last))):
+        for s in (1, 2, 3, 6):
+            for name, fn in (("torch", torch.nn.functional.adaptive_avg_pool2d), ("psegzoo", adaptive_avg_pool2d)):
+                fn(t, s)
+                seconds, _ = timed(lambda fn=fn, t=t, s=s: fn(t, s), device, 0.05, 50)
+                out["pooling_ms"][f"{fmt} {s}x{s} {name}"] = round(1000 * seconds, 3)
+    case = cases["pspnet"]
+    model = configure(build_model(case, device), Variant("bf16"))
+    xin = forward_input(case, images_for(case, 1), 1, device, channels_last=True)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(3):
+            model(xin)
+        sync(device)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(xin)
+            sync(device)
+    out["top_kernels"] = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=70)
+    del model, x
+    torch.cuda.empty_cache()
+    return out
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -526,6 +556,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda when present, else (with --smoke) cpu")
     parser.add_argument("--seconds", type=float, default=None, help="timing per variant (default 3, smoke 0.2)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the CUDA tests first")
+    parser.add_argument("--skip-probe", action="store_true", help="do not profile pooling and one forward first")
     parser.add_argument("--peak-tf32", type=float, default=None, help="device peak TF32 TFLOP/s (default: by name)")
     parser.add_argument("--peak-bf16", type=float, default=None, help="device peak bf16/fp16 TFLOP/s (default: by name)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -555,11 +586,22 @@ def main() -> None:
     if not args.skip_tests:
         report["tests"] = run_tests(device, timeout=min(150.0, args.budget / 3))
         print(f"CUDA tests: {report['tests']['summary']}", flush=True)
+        if report["tests"].get("returncode"):
+            print(report["tests"].get("output", ""), flush=True)
     else:
         report["tests"] = {"summary": "not run (--skip-tests)"}
     save()
 
     cases = {c.key: c for c in (smoke_cases() if args.smoke else full_cases())}
+    if device.type == "cuda" and not args.skip_probe:
+        try:
+            report["probe"] = probe(device, cases)
+            print(json.dumps(report["probe"]["pooling_ms"], indent=1), flush=True)
+            print(report["probe"]["top_kernels"], flush=True)
+        except Exception as exc:  # a diagnosis, never a reason to stop the measurements
+            report["probe"] = {"error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+        save()
     models: dict[str, Segmentor] = {}
     references: dict[str, list[np.ndarray]] = {}
     ref_paths: dict[str, list[str]] = {}

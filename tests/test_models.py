@@ -314,3 +314,34 @@ def test_model_keys_read_well():
     ):
         assert key in keys
     assert not any(k.endswith("num_batches_tracked") for k in keys)
+
+
+def test_classifier_scores_are_float32_under_autocast():
+    """bf16 scores would tie classes within 0.5% of each other; the classifier computes in float32."""
+    from psegzoo.models.layers import Classifier
+
+    torch.manual_seed(0)
+    clf = Classifier(16, 5).eval()
+    x = torch.randn(1, 16, 7, 9)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = torch.nn.functional.relu(x)  # a bf16 op first, as a head's features would be
+        out = clf(inside.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    expected = F.conv2d(x.relu().to(torch.bfloat16).float(), clf.weight, clf.bias)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    plain = torch.nn.Conv2d(16, 5, 1)
+    plain.load_state_dict(clf.state_dict())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plain(x).dtype == torch.bfloat16  # the control: a plain conv rounds its output
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+def test_adaptive_pooling_forms_are_the_same_average(size):
+    from psegzoo.models.pooling import adaptive_avg_pool2d, adaptive_avg_pool2d_windows
+
+    x = torch.randn(2, 8, 37, 53, dtype=torch.float64)
+    expected = F.adaptive_avg_pool2d(x, size)
+    torch.testing.assert_close(adaptive_avg_pool2d(x, size), expected, rtol=1e-12, atol=1e-12)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(adaptive_avg_pool2d(nhwc, size), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(adaptive_avg_pool2d_windows(x, size), expected, rtol=1e-12, atol=1e-12)

@@ -155,7 +155,35 @@ def test_batched_whole_images_on_the_gpu():
         assert (res.labels == alone).mean() >= 0.995
 
 
-def test_fast_paths_on_the_gpu_keep_the_labels():
+@pytest.fixture
+def exact_float32():
+    """fp32 convolutions as fp32, not TF32 (cuDNN's default): the comparisons below are of exact rewrites."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+def test_pooling_on_channels_last_maps_is_the_same_average(size, exact_float32):
+    from psegzoo.models.pooling import adaptive_avg_pool2d
+
+    x = torch.randn(2, 64, 37, 53, device="cuda")
+    expected = F.adaptive_avg_pool2d(x, size)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(adaptive_avg_pool2d(nhwc, size), expected, rtol=1e-5, atol=1e-6)
+    compiled = torch.compile(adaptive_avg_pool2d, dynamic=False)
+    torch.testing.assert_close(compiled(nhwc, size), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_scores_stay_float32_under_autocast():
+    model = _small_model().cuda()
+    x = torch.randn(1, 3, 64, 96, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.float32
+
+
+def test_fast_paths_on_the_gpu_keep_the_labels(exact_float32):
     plain = _small_model().cuda()
     fast = use_fast_paths(_small_model().cuda(), FastPaths(decompose=True, channels_last=True))
     assert fast_paths_of(fast) == FastPaths(decompose=True, channels_last=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import ConvBNReLU, resize
+from .layers import Classifier, ConvBNReLU, resize
 from .pooling import adaptive_avg_pool2d
 
 
@@ -24,7 +24,7 @@ class ASPPHead(nn.Module):
             for d in dilations
         )
         self.bottleneck = ConvBNReLU((len(dilations) + 1) * channels, channels, 3, padding=1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The image-pooling branch at its own 1x1 size."""

@@ -43,6 +43,23 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding: int 
     return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
 
 
+class Classifier(nn.Conv2d):
+    """The 1x1 convolution from features to class scores (mmseg's ``conv_seg``), in float32 even under autocast.
+
+    Scores rounded to bfloat16 keep 8 significant bits: two classes within about 0.5% of each other
+    would tie and the label flip at random. The features may be half precision; the product is not.
+    """
+
+    def __init__(self, in_ch: int, num_classes: int):
+        super().__init__(in_ch, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.to(self.weight.dtype))
+        return super().forward(x)
+
+
 class ConvBNReLU(nn.Module):
     """conv -> batch norm -> ReLU (mmcv's ConvModule with its default order and no conv bias)."""
 

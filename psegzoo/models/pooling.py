@@ -9,8 +9,19 @@ over windows that follow from the sizes alone: output row ``i`` of ``s`` average
 and columns likewise. So it equals ``A @ x @ B^T`` with ``A`` (s x H) and ``B`` (t x W) the
 averaging matrices of the windows (``1 / length`` inside a window, 0 outside), which are built
 from ``arange`` of the sizes and export as ordinary ops. Averaging each axis in turn keeps
-intermediate values in the input's range, so it holds in float16 too. Eager calls keep PyTorch's own kernel; the
-window form is used while a model is being exported (and by the tests that prove both equal).
+intermediate values in the input's range, so it holds in float16 too.
+
+Which form runs where:
+
+* exporting: the window form (it is the only one with symbolic sizes);
+* compiling for a GPU: the window form in float32 (matrix products inductor handles well; its lowering
+  of adaptive pooling with windows of unequal length fails to compile on CUDA);
+* eager on a channels-last CUDA tensor: PyTorch's kernel on a contiguous copy (its channels-last
+  kernel runs one thread block per output cell, tens of milliseconds for a 1x1 pool of a large map);
+* a 1x1 output: the mean over height and width (the same average, as one reduction);
+* otherwise PyTorch's own kernel.
+
+All are the same average; only float rounding differs.
 """
 from __future__ import annotations
 
@@ -50,7 +61,13 @@ def adaptive_avg_pool2d_windows(x: torch.Tensor, size: int | tuple[int, int]) ->
 
 
 def adaptive_avg_pool2d(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """PyTorch's adaptive average pooling; its window form while the model is exported."""
+    """Adaptive average pooling in the form that suits where it runs (module docstring)."""
     if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return adaptive_avg_pool2d_windows(x, size)
+    if torch.compiler.is_compiling() and x.is_cuda:
+        return adaptive_avg_pool2d_windows(x.float(), size).to(x.dtype)
+    if _pair(size) == (1, 1):
+        return x.mean(dim=(-2, -1), keepdim=True)
+    if x.is_cuda and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return F.adaptive_avg_pool2d(x.contiguous(), size)
     return F.adaptive_avg_pool2d(x, size)

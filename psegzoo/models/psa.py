@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, resize
+from .layers import Classifier, ConvBNReLU, resize
 from .psa_mask import psa_mask
 
 
@@ -50,7 +50,7 @@ class PSAHead(nn.Module):
         # mmseg gives this 1x1 conv padding 1: its output is 2 pixels larger, then resized back.
         self.project = ConvBNReLU(channels * len(kinds), in_ch, 1, padding=1)
         self.bottleneck = ConvBNReLU(in_ch * 2, channels, 3, padding=1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def _shrunk_size(self, h: int, w: int) -> tuple[int, int, bool]:
         f = self.shrink_factor

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BatchNorm2d, ConvBNReLU, conv, resize
+from .layers import BatchNorm2d, Classifier, ConvBNReLU, conv, resize
 from .pooling import adaptive_avg_pool2d
 
 
@@ -51,7 +51,7 @@ class PSPHead(nn.Module):
         self.align_corners = align_corners
         self.pyramid = PyramidPooling(pool_scales, in_ch, channels, align_corners)
         self.bottleneck = ConvBNReLU(in_ch + len(pool_scales) * channels, channels, 3, padding=1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         x = feats[0]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import ConvBNReLU, resize
+from .layers import Classifier, ConvBNReLU, resize
 from .psp import PyramidPooling
 
 
@@ -23,7 +23,7 @@ class UPerHead(nn.Module):
         self.lateral = nn.ModuleList(ConvBNReLU(c, channels, 1) for c in in_channels[:-1])
         self.fpn = nn.ModuleList(ConvBNReLU(channels, channels, 3, padding=1) for _ in in_channels[:-1])
         self.fuse = ConvBNReLU(len(in_channels) * channels, channels, 3, padding=1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def top_down(self, laterals: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each level plus the resized level above it, from the top; then the FPN convs (top kept)."""
