@@ -1,12 +1,12 @@
-"""Loopback download throughput: psegzoo.hub.download against curl on the same file.
+"""Loopback download throughput: psegzoo.hub.fetch against curl on the same file.
 
     python benchmarks/bench_download.py [--size-mb 200] [--repeat 5]
 
 A random file is served from a temporary directory by a separate server process (sendfile, so
 the server is not the bottleneck) on 127.0.0.1. psegzoo's time covers everything it does before
-handing the file over: streaming into ``.part``, hashing while streaming, verifying the SHA-256,
-the atomic rename and the cache record. curl only writes the bytes (``curl -s -o``). The goal is
-psegzoo >= 80% of curl's throughput.
+handing the file over: the lock, looking for local copies, streaming into ``.part``, hashing while
+streaming, verifying the SHA-256, fsync, the cache record and the atomic rename. curl only writes
+the bytes (``curl -s -o``). The goal is psegzoo >= 80% of curl's throughput.
 """
 from __future__ import annotations
 
@@ -102,14 +102,15 @@ def main() -> None:
         server.start()
         url = f"http://127.0.0.1:{queue.get(timeout=30)}/{name}"
 
-        os.environ["PSEGZOO_HOME"] = str(work / "home")
+        options = hub.DownloadOptions(home=work / "home", progress=False, torch_home=work / "torch", mim_dir=work / "mim",
+                                      search=(), mirrors=())
         template = next(e for e in load_manifest().models if e.weights is not None)
         entry = dataclasses.replace(
             template, name="bench_checkpoint", weights=Weights(url=url, file=name, sha256_prefix=digest[:8])
         )
 
         def run_psegzoo() -> None:
-            got = hub.fetch(entry, progress=False)
+            got = hub.fetch(entry, options)
             if not got.downloaded or got.sha256 != digest:
                 raise RuntimeError("psegzoo did not download and verify the file")
 
@@ -120,7 +121,7 @@ def main() -> None:
             subprocess.run([curl, "-s", "-o", str(out), url], check=True)
 
         def clean_psegzoo() -> None:
-            hub.remove(entry)
+            hub.remove(entry, options=options)
 
         def clean_curl() -> None:
             out.unlink(missing_ok=True)
@@ -132,11 +133,11 @@ def main() -> None:
             ours.append(_measure(run_psegzoo, clean_psegzoo, resource.RUSAGE_SELF))
             if curl:
                 theirs.append(_measure(run_curl, clean_curl, resource.RUSAGE_CHILDREN))
-        assert hub.checkpoint_path(entry).stat().st_size == size
+        assert hub.checkpoint_path(entry, options).stat().st_size == size
         mb = size / 1e6
         load = os.getloadavg()[0]
         print(f"file: {size / 2**20:.0f} MiB on loopback, {args.repeat} runs each (median); load average {load:.2f}")
-        print(_line("psegzoo.hub.download", ours, mb))
+        print(_line("psegzoo.hub.fetch", ours, mb))
         if curl:
             print(_line("curl -s -o", theirs, mb))
             ratio = statistics.median(t for t, _ in theirs) / statistics.median(t for t, _ in ours)

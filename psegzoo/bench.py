@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import hub, predictor
-from .api import Segmenter, inference_settings, load
-from .manifest import get_dataset, get_entry
-from .models import build_segmentor, use_fast_paths
+from .api import Segmenter, load
+from .errors import PredictionError
+from .manifest import Entry, get_dataset, get_entry
+from .models import build_segmentor
 
 
 class _PeakRSS:
@@ -31,8 +34,6 @@ class _PeakRSS:
             return 0
 
     def __enter__(self) -> _PeakRSS:
-        import threading
-
         self._stop = threading.Event()
         self.peak = self._rss()
 
@@ -61,61 +62,82 @@ def _timed_predict(segmenter: Segmenter, image: np.ndarray, settings: predictor.
     with _PeakRSS() as rss:
         for _ in range(repeat):
             t0 = time.perf_counter()
-            result = predictor.infer(segmenter.model, image, settings, device=dev, batch_windows=batch_windows)
-            labels = predictor.argmax_labels(result.scores)
+            result = predictor.infer(segmenter.model, image, settings, device=dev, batch_windows=batch_windows,
+                                     keep_scores=False)
+            assert result.labels is not None
+            labels = result.labels
             best = min(best, time.perf_counter() - t0)
             del result
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else (rss.peak or None)
     return best, peak, labels
 
 
+def _settings_at(entry: Entry, mode: str, size: tuple[int, int]) -> predictor.InferenceSettings:
+    """The entry's test pipeline in ``mode`` with the test scale set to the image's own size, so the
+    forwards run at ``size`` (whole mode) or over windows of ``size`` (slide mode)."""
+    h, w = size
+    return predictor.InferenceSettings.from_entry(entry, mode=mode, scale=(max(h, w), min(h, w)))
+
+
 def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | None = None,
               modes: Sequence[str] = ("whole", "slide"), repeat: int = 1, weights: str | os.PathLike | None = None,
               baseline: bool = True, log: Any = None) -> dict[str, Any]:
-    """Time loading and prediction of one model on a synthetic ``size`` (h, w) image.
+    """Time loading and prediction of one model on a synthetic ``size`` (h, w) image, at that size.
 
-    Each mode runs the optimized path (BatchNorm folded into convolutions, channels_last, decomposed
-    heads, Winograd 3x3, batched windows) and, with ``baseline``, a naive one in the same process
-    (BatchNorm kept, contiguous memory, concatenating heads, one window at a time); labels of the
-    two are compared. Weights: ``weights``, else the
-    cached checkpoint, else the architecture's initial weights (timings do not depend on values).
+    The image is not resized to the entry's test scale: whole mode runs one ``size`` forward, slide
+    mode the entry's windows over it. Each mode runs the optimized path (BatchNorm folded into
+    convolutions, the fast paths chosen for the device (on the CPU, measured once per machine), batched
+    windows) and, with ``baseline``, a naive one in the same process (BatchNorm kept, contiguous
+    memory, heads that concatenate, one window at a time); labels of the two are compared. Weights:
+    ``weights``, else the cached checkpoint, else the architecture's initial weights (timings do not
+    depend on values).
     """
     say = log or (lambda _msg: None)
     entry = get_entry(name)
+    h, w = size
+    if min(h, w) <= 0 or max(h, w) > predictor.MAX_SIDE:
+        raise PredictionError(f"size {h}x{w} must be between 1 and {predictor.MAX_SIDE} pixels a side")
+    settings = {mode: _settings_at(entry, mode, (h, w)) for mode in modes}  # checked before any work
     dev = predictor.select_device(device)
     dataset = get_dataset(entry.dataset)
     cached = entry.weights is not None and hub.checkpoint_path(entry).is_file()
     t0 = time.perf_counter()
+    slow: Segmenter | None
     if weights is not None or cached:
         source = str(weights) if weights is not None else "cached checkpoint"
         fast = load(entry.name, weights=weights, device=dev, offline=True)
         load_seconds = time.perf_counter() - t0
-        slow = load(entry.name, weights=weights, device=dev, offline=True, fuse_bn=False, channels_last=False)
-        use_fast_paths(slow.model, False)
+        slow = load(entry.name, weights=weights, device=dev, offline=True, fuse_bn=False).use_fast_paths(False)
     else:
         source = "initial weights (no checkpoint cached)"
         plain = build_segmentor(entry.architecture).eval()
         fused = build_segmentor(entry.architecture).eval()
         fused.load_state_dict(plain.state_dict())
-        fast = Segmenter(predictor.prepare_model(fused.fuse_bn(), dev), entry, dev, torch.float32, dataset)
+        predictor.prepare_model(fused.fuse_bn(), dev)
+        fast = Segmenter(fused, entry, dev, torch.float32, dataset)
         load_seconds = time.perf_counter() - t0
-        plain = use_fast_paths(predictor.prepare_model(plain, dev, channels_last=False), False)
-        slow = Segmenter(plain, entry, dev, torch.float32, dataset)
+        predictor.prepare_model(plain, dev)
+        slow = Segmenter(plain, entry, dev, torch.float32, dataset, fast_paths=False)
     if not baseline:
         slow = None
-    h, w = size
+    if dev.type == "cpu":
+        say("choosing the fast paths for this CPU ...")
+    fast.decide_fast_paths()
     image = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     runs: list[dict[str, Any]] = []
     for mode in modes:
-        settings = inference_settings(entry, mode=mode)
         say(f"{mode}: optimized ...")
-        t_fast, peak_fast, labels_fast = _timed_predict(fast, image, settings, None, repeat)
-        row = {"mode": mode, "variant": "optimized", "seconds": t_fast, "peak_bytes": peak_fast}
+        t_fast, peak_fast, labels_fast = _timed_predict(fast, image, settings[mode], None, repeat)
+        crop = settings[mode].crop_size
+        forward = [h, w] if crop is None or mode == "whole" else [min(h, crop[0]), min(w, crop[1])]
+        row: dict[str, Any] = {"mode": mode, "variant": "optimized", "seconds": t_fast, "peak_bytes": peak_fast,
+                               "forward_size": forward}
         runs.append(row)
         if slow is not None:
             say(f"{mode}: baseline ...")
-            t_slow, peak_slow, labels_slow = _timed_predict(slow, image, settings, 1, repeat)
-            runs.append({"mode": mode, "variant": "baseline", "seconds": t_slow, "peak_bytes": peak_slow})
+            t_slow, peak_slow, labels_slow = _timed_predict(slow, image, settings[mode], 1, repeat)
+            runs.append({"mode": mode, "variant": "baseline", "seconds": t_slow, "peak_bytes": peak_slow,
+                         "forward_size": row["forward_size"]})
             row["speedup"] = t_slow / t_fast
             row["labels_equal"] = float((labels_fast == labels_slow).mean())
     return {
@@ -125,5 +147,7 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
         "size": [h, w],
         "weights": source,
         "load_seconds": load_seconds,
+        "fast_paths": asdict(fast.fast_paths),
+        "fast_path_measurement": (fast.fast_path_measurement or {}).get("measured"),
         "runs": runs,
     }

@@ -10,20 +10,24 @@ and shapes (``psegzoo.models.state_shapes(model)``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as serialize
 
-from .errors import CheckpointError
+from . import files
+from .errors import CheckpointError, OutputError, VerificationError
 from .manifest import Architecture
 
 log = logging.getLogger(__name__)
@@ -34,12 +38,16 @@ MIN_TORCH = (2, 6)  # weights_only loading has known escapes before 2.6
 __all__ = [
     "FORMATS",
     "check_classes",
+    "check_converted",
+    "check_values",
     "convert_state_dict",
     "load_converted",
+    "load_converted_bytes",
     "load_into",
     "mapping_rules",
     "read_checkpoint",
     "save_converted",
+    "write_converted",
 ]
 
 
@@ -58,8 +66,8 @@ def _numpy_safe_globals() -> list[Any]:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
         return []
-    multiarray = getattr(np, "_core", None)
-    multiarray = multiarray.multiarray if multiarray is not None else np.core.multiarray
+    core = getattr(np, "_core", None) or getattr(np, "core")  # noqa: B009  (numpy 2.x, else 1.x)
+    multiarray = core.multiarray
     allowed: list[Any] = [np.dtype, np.ndarray]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed.append((multiarray.scalar, f"{module}.scalar"))
@@ -81,18 +89,19 @@ _NUMPY_DTYPE_CLASSES = (
 
 def _require_safe_torch() -> None:
     version = torch.torch_version.TorchVersion(torch.__version__)
-    if version < MIN_TORCH:
+    if version < f"{MIN_TORCH[0]}.{MIN_TORCH[1]}":
         raise CheckpointError(
             f"torch {torch.__version__} cannot load checkpoints safely (its weights_only loader has known "
             f"escapes); install torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}"
         )
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, data: bytes | None = None) -> Any:
     _require_safe_torch()
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # sparse tensors are checked while they are rebuilt: a malformed one is an error, not a crash
+        with torch.serialization.safe_globals(_numpy_safe_globals()), torch.sparse.check_sparse_tensor_invariants(True):
+            return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         wanted = re.search(r"GLOBAL\s+([\w.]+)", text)
@@ -142,18 +151,32 @@ def _is_tensor_dict(obj: Mapping[Any, Any]) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Read a published checkpoint safely: ``(state_dict, meta, fmt)`` with fmt ``mmseg`` or ``ssseg``.
 
     Accepted layouts (detected from the content, not the file name): mmseg's
     ``{"state_dict": ..., "meta": ...}``, a bare state dict, SSSegmentation's
     ``{"model": ..., "epoch" | "cur_epoch"/"cur_iter": ..., "optimizer": ...}``; a ``module.`` prefix
     on every key is removed. Both torch's zip format and the legacy (pre-1.6) format load.
+
+    With ``sha256`` (the verified hash of a cached file) the bytes are hashed in the same read that
+    loads them, and a file changed since it was verified is refused (VerificationError) unread.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
-    obj = _torch_load(p)
+    data = None
+    if sha256 is not None:
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {str(p)!r}: {exc.strerror or exc}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise VerificationError(
+                f"{str(p)!r} changed since it was verified: its SHA-256 is {actual}, the record says {sha256}"
+            )
+    obj = _torch_load(p, data)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{str(p)!r} holds a {type(obj).__name__}, not a checkpoint dict; it is not an mmseg or SSSegmentation checkpoint"
@@ -186,6 +209,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{str(p)!r}: state dict entries that are not tensors: {_listing([str(k) for k in bad])}")
+    odd = [f"{k} ({v.layout})" for k, v in sd.items() if v.layout != torch.strided or v.is_quantized]
+    if odd:
+        raise CheckpointError(
+            f"{str(p)!r} holds tensors that are not dense ({_listing(odd)}); published checkpoints hold dense tensors "
+            "only: check that the file is the original one"
+        )
     if not sd:
         raise CheckpointError(f"{str(p)!r} holds an empty state dict")
     log.debug("read %s: %d tensors, format %s", p, len(sd), fmt)
@@ -406,7 +435,7 @@ def convert_state_dict(
         if target in origin:
             duplicate.append(f"{origin[target]} and {key} -> {target}")
             continue
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.layout != torch.strided:
             not_float.append(key)
             continue
         out[target] = value if value.dtype == torch.float32 else value.float()
@@ -418,7 +447,7 @@ def convert_state_dict(
     if duplicate:
         problems.append(f"{len(duplicate)} keys mapped twice: {_listing(duplicate)}")
     if not_float:
-        problems.append(f"{len(not_float)} keys that are not floating-point tensors: {_listing(not_float)}")
+        problems.append(f"{len(not_float)} keys that are not dense floating-point tensors: {_listing(not_float)}")
     extra = [f"{origin[t]} -> {t}" for t in out if t not in expected]
     if extra:
         problems.append(f"{len(extra)} keys the model does not have: {_listing(extra)}")
@@ -438,7 +467,48 @@ def convert_state_dict(
             f"{arch.decode_head.type}, {arch.num_classes} classes): " + "; ".join(problems)
             + ". Check that the file belongs to the chosen model."
         )
+    check_values(out, source, {t: origin[t] for t in out})
     return out
+
+
+def check_values(state_dict: Mapping[str, torch.Tensor], source: str, names: Mapping[str, str] | None = None) -> None:
+    """Refuse weights that cannot be right: NaN or infinite values, negative running variances.
+
+    Either gives a constant label map; the error names the keys (``names`` maps ours to the file's).
+    """
+    names = names or {}
+    real = {k: v for k, v in state_dict.items() if v.device.type != "meta"}  # shapes only: nothing to check
+    non_finite = [names.get(k, k) for k, v in real.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    negative = [names.get(k, k) for k, v in real.items() if k.endswith("running_var") and bool((v < 0).any())]
+    problems = []
+    if non_finite:
+        problems.append(f"NaN or infinite values in {_listing(non_finite)}")
+    if negative:
+        problems.append(f"negative running variances in {_listing(negative)}")
+    if problems:
+        raise CheckpointError(
+            f"{source} holds weights that cannot be right: " + "; ".join(problems)
+            + ". The file is damaged or not a trained checkpoint; delete it and get it again."
+        )
+
+
+def check_converted(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], *,
+                    path: str | os.PathLike | None = None) -> None:
+    """Refuse converted weights that psegzoo did not write: every tensor must be a dense float32
+    tensor of the model's shape, with finite values (keys are checked by :func:`load_into`)."""
+    what = f"converted weights {str(path)!r}" if path is not None else "the converted weights"
+    wrong = [
+        f"{k} ({str(v.dtype).replace('torch.', '')}, {tuple(v.shape)})"
+        for k, v in state_dict.items()
+        if v.layout != torch.strided or v.dtype != torch.float32
+        or (k in expected and tuple(v.shape) != tuple(expected[k]))
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{what} hold tensors that are not float32 of the model's shape: {_listing(wrong)}; "
+            "convert the original checkpoint again"
+        )
+    check_values(state_dict, what[0].upper() + what[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,25 +516,32 @@ def convert_state_dict(
 # --------------------------------------------------------------------------------------------
 
 
-def save_converted(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    """Write ``state_dict`` as safetensors atomically (temp file in the same folder, then rename)."""
-    target = Path(path)
+def write_converted(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Write ``state_dict`` as safetensors into the existing file ``path`` (its mode is kept).
+
+    The low-level writer: :func:`save_converted` and the cache call it on their temporary file.
+    The bytes are made in memory and written here (safetensors' own ``save_file`` would leave a
+    temporary file of its own behind if killed). A write that fails (full disk, file too large) is
+    an ``OSError``.
+    """
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; bad entries: {bad}")
-    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    data = serialize({k: v.detach().contiguous() for k, v in state_dict.items()}, metadata=dict(metadata))
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def save_converted(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Write ``state_dict`` as safetensors to ``path`` atomically (mode 0666 & ~umask; temporary
+    file beside it, fsync, rename). Raises OutputError naming the file when it cannot be written."""
+    target = Path(path)
     try:
-        save_file(tensors, tmp, metadata=dict(metadata))
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with files.atomic_path(target, tag="convert") as tmp:
+            write_converted(state_dict, tmp, metadata)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -486,6 +563,18 @@ def load_converted(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
     """Read weights written by :func:`save_converted` (no pickle involved): ``(state_dict, metadata)``."""
     with _open_converted(path) as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def load_converted_bytes(data: bytes, *, path: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Weights from the bytes of a converted file (read and verified once by the cache): ``(state_dict, metadata)``."""
+    try:
+        state_dict = load_safetensors_bytes(data)
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n])
+    except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({_first_line(str(exc))})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return state_dict, {str(k): str(v) for k, v in (meta or {}).items()}
 
 
 def converted_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -96,3 +96,12 @@ class OutputError(PsegzooError):
 
 class DistributedError(PsegzooError):
     """A multi-process (torchrun) job cannot start, or stopped because one of its processes failed."""
+
+
+class DatasetError(PsegzooError):
+    """An evaluation dataset cannot be used: a missing folder, split list or label, a label of
+    another size than its image, a label value that is no class, or an empty split."""
+
+
+class ExportError(PsegzooError):
+    """A model cannot be exported to ONNX, or an exported file cannot be read or run (or its packages are missing)."""

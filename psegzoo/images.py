@@ -28,28 +28,36 @@ naming the file, with a one-line reason.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, option
 
 log = logging.getLogger(__name__)
 
+SAMPLE_IMAGE = "street.png"
 DEFAULT_MAX_PIXELS = 2**27
 MAX_PIXELS_ENV = "PSEGZOO_MAX_PIXELS"
 
 # Extensions picked up when a directory is searched (files named explicitly may have any).
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+# Video extensions, picked up from directories when videos are asked for (read by psegzoo.video).
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts",
+     ".m2ts", ".3gp", ".ogv", ".vob"}
 )
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
@@ -130,8 +138,8 @@ def _from_file(path: Path, limit: int) -> np.ndarray:
                 if w * h > limit:
                     raise ImageError(
                         f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {limit} "
-                        f"(possible decompression bomb); raise it with {MAX_PIXELS_ENV} or max_pixels "
-                        "if the file is trusted"
+                        f"(possible decompression bomb); raise it with {option('max_pixels=N', '--max-pixels N')} "
+                        f"or {MAX_PIXELS_ENV} if the file is trusted"
                     )
                 try:
                     im.load()
@@ -278,105 +286,211 @@ class FoundImages:
         return [f.path for f in self.images]
 
 
+def sample_image() -> Path:
+    """A small street scene shipped with psegzoo (512 x 256 PNG) to try a model on.
+
+    Drawn by ``tools/make_sample_image.py`` (procedural, no photograph): psegzoo's own work,
+    under psegzoo's licence (Apache-2.0).
+    """
+    return Path(str(resources.files("psegzoo") / "data" / SAMPLE_IMAGE))
+
+
 def _has_magic(text: str) -> bool:
     return glob.has_magic(text)
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _walk(root: Path, excluded: set[Path]) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and _resolved(here / d) not in excluded
-        )
-        for fn in sorted(filenames):
-            p = here / fn
-            if not fn.startswith(".") and _is_image_name(p) and p.is_file():
-                found.append(p)
-    return found
 
 
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop on older Pythons
         return path.absolute()
 
 
-def _relative_name(path: Path, base: Path | None) -> str:
-    if base is not None:
-        try:
-            rel = path.relative_to(base)
-            return rel.with_suffix("").as_posix()
-        except ValueError:
-            pass
-    return path.stem
+def _inside(path: Path, folders: set[Path]) -> Path | None:
+    """The folder of ``folders`` that holds ``path`` (both real paths), or None."""
+    for folder in folders:
+        if path == folder or folder in path.parents:
+            return folder
+    return None
+
+
+class _Search:
+    """One expansion of the inputs: files in input order, each once, and a problem per input.
+
+    Folders are walked without following directory symlinks (a link to a parent would loop
+    forever); files are de-duplicated by real path. Nothing inside an excluded folder (the
+    output folder) is found by a walk or a pattern, so earlier outputs never come back as inputs.
+    """
+
+    def __init__(self, excluded: set[Path], extensions: frozenset[str]):
+        self.excluded = excluded
+        self.extensions = extensions
+        self.seen: set[Path] = set()
+        self.images: list[FoundImage] = []
+        self.errors: list[ImageError] = []
+
+    def add(self, path: Path, relative: str) -> None:
+        key = _resolved(path)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.images.append(FoundImage(path=path, relative=relative))
+
+    def walk(self, root: Path, match: Callable[[tuple[str, ...], bool], bool] | None = None) -> list[tuple[Path, tuple[str, ...]]]:
+        """Image files below ``root`` as (path, parts relative to root), sorted, pruned by ``match``.
+
+        ``match(parts, False)`` says whether a path matches, ``match(parts, True)`` whether a folder
+        may hold matches further down (else it is not entered). A folder that matches as a whole
+        gives every image below it; without ``match`` every image is taken.
+        """
+        found: list[tuple[Path, tuple[str, ...]]] = []
+        whole: set[str] = set()
+
+        def unreadable(exc: OSError) -> None:
+            where = exc.filename if exc.filename is not None else root
+            self.errors.append(ImageError(
+                f"{where}: folder cannot be read ({exc.strerror or exc}); the images in it were skipped"
+            ))
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+            here = Path(dirpath)
+            rel_dir = here.relative_to(root).parts if here != root else ()
+            inherited = dirpath in whole
+            keep = []
+            for d in sorted(dirnames):
+                parts = (*rel_dir, d)
+                if d.startswith(".") or (here / d).is_symlink() or _inside(_resolved(here / d), self.excluded):
+                    continue
+                if inherited or match is None or match(parts, False):
+                    whole.add(os.path.join(dirpath, d))
+                    keep.append(d)
+                elif match(parts, True):
+                    keep.append(d)
+            dirnames[:] = keep
+            for fn in sorted(filenames):
+                parts = (*rel_dir, fn)
+                if fn.startswith(".") or Path(fn).suffix.lower() not in self.extensions:
+                    continue
+                if not (inherited or match is None or match(parts, False)):
+                    continue
+                p = here / fn
+                if p.is_file():
+                    found.append((p, parts))
+        return found
+
+    def excluded_root(self, text: str, root: Path) -> bool:
+        folder = _inside(_resolved(root), self.excluded)
+        if folder is None:
+            return False
+        self.errors.append(ImageError(
+            f"{text}: lies in the output folder {folder}, which is never searched for inputs (its files "
+            "may be earlier results); choose an output folder outside the inputs"
+        ))
+        return True
+
+    def folder(self, text: str, root: Path) -> None:
+        if self.excluded_root(text, root):
+            return
+        problems = len(self.errors)
+        files = self.walk(root)
+        if not files and len(self.errors) == problems:
+            what = "image or video" if self.extensions != IMAGE_EXTENSIONS else "image"
+            kinds = ", ".join(sorted(self.extensions))
+            self.errors.append(ImageError(f"{text}: no {what} files in this directory ({kinds})"))
+        for path, parts in files:
+            self.add(path, _stem_name(parts))
+
+    def pattern(self, text: str) -> None:
+        base, pats = _split_pattern(text)
+        root = base if base is not None else Path(".")
+        if not root.is_dir():
+            self.errors.append(ImageError(f"{text}: no image file matches this pattern"))
+            return
+        if self.excluded_root(text, root):
+            return
+        problems = len(self.errors)
+        files = self.walk(root, lambda parts, prefix: _match_parts(parts, pats, prefix))
+        if not files and len(self.errors) == problems:
+            self.errors.append(ImageError(f"{text}: no image file matches this pattern"))
+        for path, parts in files:
+            # Named below the pattern's fixed folder; a pattern without one names files by their stem.
+            self.add(path, _stem_name(parts) if base is not None else _stem_name(parts[-1:]))
+
+
+def _stem_name(parts: tuple[str, ...]) -> str:
+    """Relative parts of a file -> its output name: folders kept, the last extension dropped.
+
+    Built as text, not with ``Path.with_suffix``: a file named ``..png`` has the stem ``.``, which
+    a path would swallow.
+    """
+    *folders, name = parts
+    suffix = Path(name).suffix
+    stem = name[: -len(suffix)] if suffix else name
+    return "/".join((*folders, stem))
+
+
+def _split_pattern(pattern: str) -> tuple[Path | None, tuple[str, ...]]:
+    """``data/**/*.png`` -> (``data``, (``**``, ``*.png``)): the fixed folder, then the parts to match."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if _has_magic(part):
+            break
+        fixed.append(part)
+    return (Path(*fixed) if fixed else None), tuple(parts[len(fixed):])
+
+
+def _match_parts(names: tuple[str, ...], pats: tuple[str, ...], prefix: bool) -> bool:
+    """Whether ``names`` matches ``pats`` as :mod:`glob` would (``**`` spans folders, wildcards skip
+    hidden names); with ``prefix``, whether a folder ``names`` may hold a match further down."""
+
+    def component(name: str, pat: str) -> bool:
+        if name.startswith(".") and not pat.startswith("."):
+            return False
+        return fnmatch.fnmatchcase(name, pat) if _has_magic(pat) else name == pat
+
+    def match(i: int, j: int) -> bool:
+        if i == len(names):
+            return j < len(pats) if prefix else all(p == "**" for p in pats[j:])
+        if j == len(pats):
+            return False
+        if pats[j] == "**":
+            return match(i, j + 1) or (not names[i].startswith(".") and match(i + 1, j))
+        return component(names[i], pats[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
 
 
 def find_images(
     inputs: Iterable[str | os.PathLike],
     *,
     exclude: Iterable[str | os.PathLike] = (),
+    videos: bool = False,
 ) -> FoundImages:
     """Expand files, directories (recursive, by image extension) and globs, keeping input order.
 
-    A file named explicitly is taken whatever its extension (a non-image fails later, when it is
-    read). In directories, hidden files and folders and the ``exclude`` folders (e.g. the output
-    folder) are skipped. A file reached twice is listed once. Inputs that match nothing become
+    With ``videos``, folders and patterns also give the files with a video extension
+    (:data:`VIDEO_EXTENSIONS`), for callers that segment videos too (``psegzoo predict``).
+
+    A file named explicitly is taken whatever its extension and wherever it lies (a non-image
+    fails later, when it is read). Folders and patterns skip hidden files and folders, do not
+    follow directory symlinks, and never look inside the ``exclude`` folders (e.g. the output
+    folder), even when one of them is the folder given: compared by real path. A file reached
+    twice is listed once. Inputs that match nothing and folders that cannot be read become
     :class:`ImageError` entries in ``errors`` instead of stopping the search, so a batch goes on.
     """
-    excluded = {_resolved(Path(p)) for p in exclude}
-    seen: set[Path] = set()
-    images: list[FoundImage] = []
-    errors: list[ImageError] = []
-
-    def add(path: Path, base: Path | None) -> None:
-        key = _resolved(path)
-        if key in seen:
-            return
-        seen.add(key)
-        images.append(FoundImage(path=path, relative=_relative_name(path, base)))
-
+    search = _Search({_resolved(Path(p)) for p in exclude}, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS)
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            files = _walk(path, excluded)
-            if not files:
-                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-                errors.append(ImageError(f"{text}: no image files in this directory ({kinds})"))
-            for f in files:
-                add(f, path)
+            search.folder(text, path)
         elif path.exists():
-            add(path, None)
+            search.add(path, _stem_name((path.name,)))
         elif _has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            base = _glob_base(text)
-            files = []
-            for m in matches:
-                mp = Path(m)
-                if mp.is_dir():
-                    files.extend(_walk(mp, excluded))
-                elif mp.is_file() and _is_image_name(mp):
-                    files.append(mp)
-            if not files:
-                errors.append(ImageError(f"{text}: no image file matches this pattern"))
-            for f in files:
-                add(f, base)
+            search.pattern(text)
         else:
-            errors.append(ImageError(f"{text}: file not found"))
-    return FoundImages(images=tuple(images), errors=tuple(errors))
-
-
-def _glob_base(pattern: str) -> Path | None:
-    """The fixed directory part of a glob (``data/**/*.png`` -> ``data``), or None."""
-    fixed = []
-    for part in Path(pattern).parts[:-1]:
-        if _has_magic(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else None
+            search.errors.append(ImageError(f"{text}: file not found"))
+    return FoundImages(images=tuple(search.images), errors=tuple(search.errors))

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from . import files
 from .errors import OutputError, PredictionError
 
 Palette = Sequence[Sequence[int]]
@@ -145,6 +145,14 @@ def class_areas(labels: np.ndarray, classes: Sequence[str]) -> list[dict[str, An
     ]
 
 
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (kept by Python as surrogates) shown as U+FFFD.
+
+    A file name need not be UTF-8; JSON and terminals need text that is.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def summary(
     labels: np.ndarray,
     classes: Sequence[str],
@@ -157,7 +165,7 @@ def summary(
     """The per-image JSON document: image, size, model, class areas, timings (seconds)."""
     h, w = labels.shape
     doc: dict[str, Any] = {
-        "image": image,
+        "image": printable(image) if image is not None else None,
         "width": int(w),
         "height": int(h),
         "model": model,
@@ -175,31 +183,14 @@ def summary(
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write through ``write(file object)`` to a temporary file beside ``path``, then rename."""
+    """Write through ``write(file object)`` with psegzoo's one atomic writer (mode 0666 & ~umask,
+    temporary file beside ``path``, fsync, rename)."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        return files.write_atomic(target, write)
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return target
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike) -> Path:
@@ -295,38 +286,67 @@ class OutputPaths:
     json: Path
 
 
-def _check_name(name: str) -> PurePosixPath:
-    rel = PurePosixPath(name.replace("\\", "/"))
-    if not name or rel.is_absolute() or any(p in ("", ".", "..") for p in rel.parts) or ":" in rel.parts[0]:
+def _split_name(name: str) -> tuple[tuple[str, ...], str]:
+    """``sub/dir/stem`` -> (("sub", "dir"), "stem"), refusing names that leave the output folder.
+
+    The stem is text, not a path component: any legal file name works (``.`` for an input named
+    ``..png`` gives ``..png``; ``:`` and, outside Windows, ``\\`` are ordinary characters).
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise OutputError(f"output name {name!r} must be a non-empty relative path")
+    text = name.replace("\\", "/") if os.name == "nt" else name
+    *folders, stem = text.split("/")
+    if text.startswith("/") or (os.name == "nt" and PureWindowsPath(text).drive) or not stem or any(
+        f in ("", ".", "..") for f in folders
+    ):
         raise OutputError(f"output name {name!r} must be a relative path without '..'")
-    return rel
+    return tuple(folders), stem
 
 
 def output_paths(out_dir: str | os.PathLike, name: str) -> OutputPaths:
     """The output files of the image named ``name`` (a stem, possibly with subfolders) in ``out_dir``."""
-    rel = _check_name(name)
-    base = Path(out_dir).joinpath(*rel.parts)
-    return OutputPaths(**{k: base.with_name(base.name + s) for k, s in OUTPUT_SUFFIXES.items()})
+    folders, stem = _split_name(name)
+    base = Path(out_dir).joinpath(*folders)
+    return OutputPaths(**{k: base / (stem + s) for k, s in OUTPUT_SUFFIXES.items()})
 
 
-def unique_names(names: Sequence[str]) -> list[str]:
+def unique_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = None,
+                 inputs: Iterable[str | os.PathLike] = ()) -> list[str]:
     """Output names, in order, with ``_2``, ``_3``, ... added where files would collide.
 
     Two names collide when any of their output files would be the same (compared without case,
     for case-insensitive file systems): ``x`` and ``X``, but also ``x`` and ``x_overlay`` (whose
-    label map ``x_overlay.png`` is ``x``'s overlay).
+    label map ``x_overlay.png`` is ``x``'s overlay). Given ``out_dir`` and the ``inputs``, a name
+    whose files would replace an input (compared by real path, through any symlink) is renamed
+    the same way: no output ever overwrites an input.
     """
+    protected: set[str] = set()
+    if out_dir is not None:
+        for p in inputs:  # the input as named (a link is an input too) and the file it leads to
+            protected.update((_real_key(Path(p)), os.path.realpath(p).lower()))
     taken: set[str] = set()
     result = []
     for name in names:
-        rel = _check_name(name).as_posix()
+        folders, stem = _split_name(name)
+        rel = "/".join((*folders, stem))
         candidate, n = rel, 1
-        while any(f in taken for f in _family(candidate)):
+        while any(f in taken for f in _family(candidate)) or _replaces_input(out_dir, candidate, protected):
             n += 1
             candidate = f"{rel}_{n}"
         taken.update(_family(candidate))
         result.append(candidate)
     return result
+
+
+def _real_key(path: Path) -> str:
+    """A file's real path (its folder resolved, the name kept: writes replace a link, not its target), lower case."""
+    return os.path.join(os.path.realpath(path.parent), path.name).lower()
+
+
+def _replaces_input(out_dir: str | os.PathLike | None, name: str, protected: set[str]) -> bool:
+    if out_dir is None or not protected:
+        return False
+    return any(_real_key(p) in protected for p in vars(output_paths(out_dir, name)).values())
 
 
 def _family(name: str) -> list[str]:

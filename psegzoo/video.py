@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,14 +38,12 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import outputs
+from . import files, outputs
 from .errors import OutputError, VideoError
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts",
-     ".m2ts", ".3gp", ".ogv", ".vob"}
-)
+__all__ = ["VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoPaths", "VideoResult", "VideoWriter", "available", "encoder",
+           "is_video", "predict_video", "probe", "read_frames", "require", "video_paths"]
 INSTALL_HINT = "pip install 'psegzoo[video]'"
 DEFAULT_FPS = Fraction(25)
 FRAME_NAME = re.compile(r"\d{6,}\.png")  # a label frame in a video's folder
@@ -204,6 +202,9 @@ def encoder() -> str:
 class VideoWriter:
     """An MP4 written to a hidden temporary file beside ``path``; :meth:`commit` renames it into place.
 
+    The temporary file is made, flushed and renamed by psegzoo's one writer (:mod:`psegzoo.files`:
+    mode ``0666 & ~umask``, fsync, rename); FFmpeg streams the frames into it by name.
+
     Frames are H x W x 3 uint8 RGB of one size; odd sizes are padded by one edge pixel.
     Use as a context manager: leaving it without :meth:`commit` removes the temporary file.
     """
@@ -223,12 +224,15 @@ class VideoWriter:
         codec = self.codec or encoder()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
+            tmp = files.temp_sibling(self.path, "video")
+            os.close(files.create_new(tmp))
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        self._tmp = Path(tmp)
-        self._container = av.open(tmp, "w", format="mp4")
+        self._tmp = tmp
+        try:
+            self._container = av.open(str(tmp), "w", format="mp4")
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
         stream = self._container.add_stream(codec, rate=self.fps)
         stream.width, stream.height = w + w % 2, h + h % 2
         stream.pix_fmt = "yuv420p"
@@ -268,11 +272,10 @@ class VideoWriter:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
-            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
-            os.replace(self._tmp, self.path)
+            tmp, self._tmp = self._tmp, None
+            files.commit(tmp, self.path)  # removes the temporary file if it fails
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
-        self._tmp = None
         return self.path
 
     def discard(self) -> None:
@@ -348,19 +351,42 @@ class _Predictor(Protocol):
     def predict(self, image: Any, **kwargs: Any) -> Any: ...
 
 
+@dataclass(frozen=True)
+class VideoResult:
+    """What :func:`predict_video` wrote: the paths (the frame folder first) and the video's facts."""
+
+    paths: tuple[Path, ...]
+    model: str
+    width: int
+    height: int
+    fps: float  # the input's frame rate
+    every: int
+    frames: int  # label frames written
+
+    def summary(self) -> dict[str, Any]:
+        """The video's JSON document without its per-frame class areas (those are in ``<stem>.json``)."""
+        return {"model": self.model, "width": self.width, "height": self.height, "fps": self.fps, "every": self.every,
+                "frames": self.frames}
+
+
 def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str | os.PathLike, name: str, *,
                   every: int = 1, overlay: bool = False, opacity: float = 0.5, color: bool = False,
-                  summary: bool = False, codec: str | None = None, **predict_kwargs: Any) -> list[Path]:
+                  summary: bool = False, codec: str | None = None, progress: Callable[[int, int], None] | None = None,
+                  **predict_kwargs: Any) -> VideoResult:
     """Segment frames 0, ``every``, ... of ``path`` and write ``out_dir/<name>/*.png`` and the requested
-    videos and JSON; returns the paths written (the frame folder first).
+    videos and JSON.
 
-    ``segmenter`` is a :class:`psegzoo.Segmenter`; ``predict_kwargs`` go to its ``predict``.
-    ``codec`` overrides the encoder (:func:`encoder`).
+    ``segmenter`` is a :class:`psegzoo.Segmenter`; ``predict_kwargs`` go to its ``predict`` (the
+    class scores are not kept unless ``keep_scores=True`` is passed: frames need labels only).
+    ``codec`` overrides the encoder (:func:`encoder`). ``progress(done, total)`` is told of the
+    frames as they are done (``total`` from the container's header, an estimate for some formats).
     """
     path = Path(path)
     paths = video_paths(out_dir, name)
     info = probe(path)
     fps = info.fps / every if isinstance(every, int) and every >= 1 else info.fps
+    expected = -(-info.frames // every) if isinstance(every, int) and every >= 1 else info.frames
+    predict_kwargs.setdefault("keep_scores", False)
     try:
         paths.frames.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{paths.frames.name}.", suffix=".tmp", dir=paths.frames.parent))
@@ -383,6 +409,8 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
                 records.append({"index": frame.index, "time": frame.time, "classes": prediction.class_areas()})
             kept.append(frame.index)
             size = frame.rgb.shape[:2]
+            if progress is not None:
+                progress(len(kept), max(expected, len(kept)))
         written = [writer.commit() for writer in writers.values()]
         if summary:
             document = {"video": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
@@ -394,7 +422,8 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
             writer.discard()
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return [paths.frames, *written]
+    return VideoResult(paths=(paths.frames, *written), model=segmenter.entry.name, width=int(size[1]),
+                       height=int(size[0]), fps=float(info.fps), every=every, frames=len(kept))
 
 
 def _install_frames(staging: Path, target: Path, kept: Sequence[int]) -> None:

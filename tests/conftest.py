@@ -1,6 +1,8 @@
 """Fixtures shared by every test module."""
 from __future__ import annotations
 
+from tests.support.eval_data import eval_data
 from tests.support.http_server import http_server
+from tests.support.hub import ckpt_bytes, hub_env, other_bytes, zoo
 
-__all__ = ["http_server"]
+__all__ = ["ckpt_bytes", "eval_data", "http_server", "hub_env", "other_bytes", "zoo"]

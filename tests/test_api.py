@@ -162,7 +162,7 @@ def test_load_downloads_verifies_converts_and_caches(zoo, fresh_home, probe, mon
     ckpt = hub.checkpoint_path(entry)
     assert ckpt == fresh_home / "checkpoints" / zoo.mm_file and hub.file_sha256(ckpt) == zoo.mm_sha
     converted = hub.converted_path(entry)
-    assert converted == ckpt.with_suffix(".safetensors") and converted.is_file()
+    assert converted == fresh_home / "converted" / zoo.mm_file.replace(".pth", ".safetensors") and converted.is_file()
     meta = metadata(converted)
     assert meta["source_sha256"] == zoo.mm_sha and meta["name"] == MM_NAME
     assert meta["source_file"] == zoo.mm_file and meta["source_format"] == "mmseg"
@@ -238,7 +238,7 @@ def test_convert_checkpoint_file_and_name(zoo, fresh_home, seg, probe, tmp_path)
 
     # By name: downloaded, converted into the cache where load() finds it; -o writes a copy.
     cached = psegzoo.convert_checkpoint(MM_NAME, progress=False)
-    assert cached == hub.converted_path(seg.entry) and cached.parent == fresh_home / "checkpoints"
+    assert cached == hub.converted_path(seg.entry) and cached.parent == fresh_home / "converted"
     copy = psegzoo.convert_checkpoint(MM_NAME, tmp_path / "named.safetensors", progress=False)
     assert metadata(copy) == metadata(cached)
     a, _ = convert.load_converted(copy)

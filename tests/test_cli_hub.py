@@ -1,4 +1,4 @@
-"""`psegzoo download / cache / verify / import` as a user runs them, over real HTTP on 127.0.0.1.
+"""`psegzoo download / cache / verify / import / mirror` as a user runs them, over real HTTP on 127.0.0.1.
 
 Entries come from an extra manifest (PSEGZOO_INDEX or --index) whose weights URLs point at the
 loopback server of tests/support/http_server.py. Most cases use click's CliRunner; a few run the
@@ -8,47 +8,37 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+import psegzoo
 from tests.support.cli import cli, run_script
 from tests.support.http_server import FileServer
-from tests.test_hub import URL_DIR, Zoo, _checkpoint_bytes, sha
+from tests.support.hub import Zoo, cache_listing, checkpoint_bytes, clean_env, free_port, sha, url_path
 
 SSSEG_NAME = "pspnet_resnet50os8_voc"
 
 
 @pytest.fixture(scope="module")
 def ckpt_bytes() -> bytes:
-    return _checkpoint_bytes(10, numel=200_000)  # ~0.8 MB
+    return checkpoint_bytes(10, numel=200_000)  # ~0.8 MB
 
 
 @pytest.fixture(scope="module")
 def other_bytes() -> bytes:
-    return _checkpoint_bytes(11, numel=200_000)
+    return checkpoint_bytes(11, numel=200_000)
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """An empty cache, fast retries, and an 80-column non-terminal output as in a pipe."""
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_") or name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
-    # Recorded so that what `--index` adds to os.environ is undone after the test.
-    monkeypatch.setenv("PSEGZOO_INDEX", "")
-    monkeypatch.delenv("PSEGZOO_INDEX")
+    home = clean_env(monkeypatch, tmp_path / "home")
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "80")
-    home = tmp_path / "home"
-    monkeypatch.setenv("PSEGZOO_HOME", str(home))
-    monkeypatch.setenv("PSEGZOO_BACKOFF", "0.01")
     monkeypatch.setenv("PSEGZOO_RETRIES", "2")
-    monkeypatch.setenv("PSEGZOO_TIMEOUT", "5")
-    monkeypatch.setenv("PSEGZOO_CONNECT_TIMEOUT", "2")
     return home
 
 
@@ -57,27 +47,23 @@ def zoo(tmp_path, monkeypatch, env, http_server):
     return Zoo(tmp_path, monkeypatch, http_server)
 
 
-def error_line(text: str) -> str:
-    """The one line of ``text`` that carries the error; the message must not be wrapped."""
+def error_line(text: str, *, warnings: int = 0) -> str:
+    """The one line of ``text`` that carries the error (the message is not wrapped), after exactly
+    ``warnings`` one-line warnings (retries shown as they happened)."""
     lines = [line for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and len(lines) == 1, text
+    shown = [line for line in lines if line.startswith("warning: ")]
+    assert len(errors) == 1 and len(shown) == warnings and len(lines) == 1 + warnings, text
     return errors[0]
 
 
-def url_path(entry) -> str:
-    return f"{URL_DIR}/{entry.weights.file}"
-
-
 def cache_files(home: Path) -> list[str]:
-    d = home / "checkpoints"
-    return sorted(os.listdir(d)) if d.is_dir() else []
+    """Every file of the cache relative to its root; trust records (kept on purpose) and locks aside."""
+    return [p for p in cache_listing(home) if not p.startswith("trusted/")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ckpt_and_record(entry) -> list[str]:
+    return [f"checkpoints/{entry.weights.file}", f"records/{entry.weights.file}.json"]
 
 
 def flip_byte(path: Path, at: int) -> None:
@@ -97,9 +83,9 @@ def test_download_prints_the_cached_path(zoo, http_server, ckpt_bytes, env):
     path = env / "checkpoints" / entry.weights.file
     assert result.stdout.splitlines() == [str(path)]
     assert path.read_bytes() == ckpt_bytes
-    record = json.loads(path.with_name(path.name + ".json").read_text())
+    record = json.loads((env / "records" / (path.name + ".json")).read_text())
     assert record["sha256"] == sha(ckpt_bytes) and record["size"] == len(ckpt_bytes)
-    assert cache_files(env) == sorted([path.name, path.name + ".json"])
+    assert cache_files(env) == ckpt_and_record(entry)
     # Cached: the same path again without a request; --force downloads again.
     assert cli("download", "m_ok").stdout.splitlines() == [str(path)]
     assert len(http_server.gets(url_path(entry))) == 1
@@ -146,7 +132,7 @@ def test_mirror_order_then_fallback_to_the_original(zoo, http_server, ckpt_bytes
         assert result.stdout.strip() == str(path) and path.read_bytes() == ckpt_bytes
         assert [(r.method, r.path) for r in first.requests] == [("GET", url_path(entry))]
         assert len(second.gets(url_path(entry))) == 1
-        assert json.loads(path.with_name(path.name + ".json").read_text())["url"] == second.url(url_path(entry))
+        assert json.loads((env / "records" / (path.name + ".json")).read_text())["url"] == second.url(url_path(entry))
     assert http_server.requests == []  # the original URL was never contacted
 
     # Mirrors from the environment: one refuses connections, one answers 500; the original serves.
@@ -199,9 +185,14 @@ def test_retries_and_timeout_options(zoo, http_server, ckpt_bytes, env):
     # Silence right after the headers, twice (attempts that make progress are not counted).
     stall = zoo.add("m_stall", ckpt_bytes, plan=[{"stall_after": 0, "stall": 30}] * 2)
     t0 = time.monotonic()
-    line = error_line(cli("download", "m_stall", "--timeout", "0.3", "--retries", "1", code=1).stderr)
+    stderr = cli("download", "m_stall", "--timeout", "0.3", "--retries", "1", code=1).stderr
+    line = error_line(stderr, warnings=1)
     assert time.monotonic() - t0 < 5 and "read timeout" in line
     assert len(http_server.gets(url_path(stall))) == 2
+    # the retry was shown as it happened: reason, where from, which retry, how long the wait
+    (shown,) = [ln for ln in stderr.splitlines() if ln.startswith("warning: ")]
+    assert shown == (f"warning: no data for 0.3 s (read timeout) after 0 B of {psegzoo.format_size(len(ckpt_bytes))} "
+                     f"from {stall.weights.url}; retry 1 of 1 in 0.0 s")
 
 
 def test_unknown_name_suggests_and_other_names_still_download(zoo, http_server, ckpt_bytes, env):
@@ -309,8 +300,8 @@ def test_import_then_cache_lists_it(zoo, http_server, ckpt_bytes, env, tmp_path)
 
     table = cli("cache").stdout
     (row,) = [line for line in table.splitlines() if "m_import" in line]
-    assert entry.weights.file in row and sha(ckpt_bytes)[:16] in row
-    assert f"{len(ckpt_bytes) / 1024:.1f} KB" in row
+    assert sha(ckpt_bytes)[:16] in row
+    assert f" {psegzoo.format_size(len(ckpt_bytes))} " in row and "kB" in row  # decimal units, as everywhere
     assert "1 checkpoint(s)" in table
 
     listing = json.loads(cli("cache", "--json").stdout)
@@ -323,12 +314,17 @@ def test_import_then_cache_lists_it(zoo, http_server, ckpt_bytes, env, tmp_path)
 
     # The imported file serves offline downloads without any request.
     assert cli("download", "m_import", "--offline").stdout.strip() == str(path)
-    # A file with another name is imported with --name.
+    # A renamed .pth is recognised by its hash; a file whose name says nothing is imported with --name.
     cli("cache", "rm", "--all")
-    odd = tmp_path / "downloads" / "weights (1).pth"
+    renamed = tmp_path / "downloads" / "weights (1).pth"
+    renamed.write_bytes(ckpt_bytes)
+    assert cli("import", str(renamed)).stdout.strip() == f"imported m_import -> {path}"
+    assert cli("import", str(renamed)).stdout.strip() == f"already cached: m_import -> {path}"
+    cli("cache", "rm", "--all")
+    odd = tmp_path / "downloads" / "weights.dat"
     odd.write_bytes(ckpt_bytes)
     line = error_line(cli("import", str(odd), code=1).stderr)
-    assert "--name" in line and not path.exists()
+    assert "--name" in line and "name=" not in line and not path.exists()
     cli("import", str(odd), "--name", "m_import")
     assert path.read_bytes() == ckpt_bytes
     assert http_server.requests == []
@@ -363,8 +359,7 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     a = zoo.add("m_verify_a", ckpt_bytes)
     b = zoo.add("m_verify_b", other_bytes)
     pa = Path(cli("download", "m_verify_a", "-q").stdout.strip())
-    pb = Path(cli("download", "m_verify_b", "-q").stdout.strip())
-    pa.with_name(pa.name[: -len(".pth")] + ".safetensors").write_bytes(b"converted")
+    cli("download", "m_verify_b", "-q")
     out = cli("verify").stdout.splitlines()
     assert out == [f"ok  m_verify_a  sha256 {sha(ckpt_bytes)}", f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
 
@@ -374,7 +369,7 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     assert line.startswith("corrupt  m_verify_a") and "differs from the recorded" in line and "deleted" in line
     assert sha(ckpt_bytes) in line
     assert proc.stderr == ""  # said once, not again by a log message
-    assert cache_files(env) == sorted([pb.name, pb.name + ".json"])
+    assert cache_files(env) == ckpt_and_record(b)
     assert cli("verify").stdout.splitlines() == [f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
     assert "missing" in cli("verify", "m_verify_a", code=1).stdout
     # The next use downloads it again.
@@ -392,13 +387,15 @@ def test_cache_rm_name_and_all(zoo, ckpt_bytes, other_bytes, env):
     zoo.add("m_rm_b", other_bytes, prefix=None)
     pa = Path(cli("download", "m_rm_a").stdout.strip())
     pb = Path(cli("download", "m_rm_b", "--allow-unverified").stdout.strip())
-    conv_b = pb.with_name(pb.name[: -len(".pth")] + ".safetensors")
+    conv_b = env / "converted" / pb.name.replace(".pth", ".safetensors")
+    conv_b.parent.mkdir()
     conv_b.write_bytes(b"x" * 10)
     assert json.loads(cli("cache", "--json").stdout)["total_bytes"] == len(ckpt_bytes) + len(other_bytes) + 10
 
     removed = cli("cache", "rm", "m_rm_b").stdout.splitlines()
-    assert sorted(removed) == sorted(f"removed {p}" for p in (pb, pb.with_name(pb.name + ".json"), conv_b))
-    assert cache_files(env) == sorted([pa.name, pa.name + ".json"])
+    record_b = env / "records" / (pb.name + ".json")
+    assert sorted(removed) == sorted(f"removed {p}" for p in (pb, record_b, conv_b))
+    assert cache_files(env) == ckpt_and_record(a)
     assert (env / "trusted" / "m_rm_b.sha256").is_file()  # trust kept without --forget-trust
     assert [c["name"] for c in json.loads(cli("cache", "--json").stdout)["checkpoints"]] == ["m_rm_a"]
     assert cli("cache", "rm", "m_rm_b").stdout.strip() == "nothing to remove"
@@ -407,9 +404,154 @@ def test_cache_rm_name_and_all(zoo, ckpt_bytes, other_bytes, env):
     assert "--all" in usage.output and pa.exists()
     error_line(cli("cache", "rm", "no_such_model", code=1).stderr)
 
-    pa.with_name(a.weights.file + ".part").write_bytes(b"partial")
+    (env / "partial" / (a.weights.file + ".part")).write_bytes(b"partial")
     result = cli("cache", "rm", "--all", "--forget-trust")
     assert f"removed {pa}" in result.stdout.splitlines()
     assert cache_files(env) == [] and not (env / "trusted" / "m_rm_b.sha256").exists()
     assert json.loads(cli("cache", "--json").stdout) == {"root": str(env), "total_bytes": 0, "checkpoints": []}
     assert "0 checkpoint(s)" in cli("cache").stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Failing well, and saying what happens as it happens
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_source_down_is_one_clear_error_within_seconds(zoo, env, ckpt_bytes, tmp_path, monkeypatch):
+    """The original host does not resolve, its alternative and a mirror refuse: one line, fast, with the ways in."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    original = "https://download.psegzoo-test.invalid/mmsegmentation/v0.5/pspnet/x/m_down.pth"
+    entry = zoo.add("m_down", ckpt_bytes, url=original, weights={"urls": [f"{dead}/alt/m_down.pth"]})
+    monkeypatch.setenv("PSEGZOO_MIRROR", dead)
+    monkeypatch.setenv("PSEGZOO_BACKOFF", "5")  # were these retried with backoff, it would show
+    t0 = time.monotonic()
+    proc = run_script("download", "m_down", code=1, timeout=60)
+    wall = time.monotonic() - t0
+    line = error_line(proc.stderr)
+    assert wall < 8, f"{wall:.1f} s including start-up"
+    mirror_url = f"{dead}/mmsegmentation/v0.5/pspnet/x/m_down.pth"  # <mirror>/<path of the original URL>
+    del entry
+    assert f"{mirror_url}: connection refused" in line and f"{original}: host name not found" in line
+    assert f"{dead}/alt/m_down.pth: connection refused" in line
+    assert line.index(mirror_url) < line.index(original) < line.index(f"{dead}/alt")
+    assert "its original host download.psegzoo-test.invalid is unreachable" in line
+    for way in ("psegzoo import FILE|DIR", "--search DIR", "PSEGZOO_SEARCH_PATH", "--mirror URL", "hf://ORG/REPO",
+                "psegzoo mirror"):
+        assert way in line
+    assert "mirrors=" not in line and "search=" not in line  # the command line names its flags
+    assert cache_files(env) == []
+
+
+def test_predict_says_the_weights_are_unreachable(zoo, env, ckpt_bytes, tmp_path):
+    from PIL import Image
+
+    original = "https://download.psegzoo-test.invalid/mmsegmentation/v0.5/pspnet/x/m_down2.pth"
+    zoo.add("m_down2", ckpt_bytes, url=original)
+    image = tmp_path / "street.png"
+    Image.new("RGB", (8, 6)).save(image)
+    proc = run_script("predict", "--model", "m_down2", image, "-o", tmp_path / "out", code=1, timeout=120)
+    line = error_line(proc.stderr)
+    assert f"{original}: host name not found" in line and "psegzoo import FILE|DIR" in line and "--mirror URL" in line
+
+
+def test_retries_are_shown_as_they_happen_and_quiet_hides_them(zoo, http_server, ckpt_bytes, env):
+    entry = zoo.add("m_shown", ckpt_bytes, plan=[{"status": 503}, {"status": 503}])
+    proc = run_script("download", "m_shown", timeout=60)
+    shown = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert shown == [f"warning: HTTP 503 Service Unavailable from {entry.weights.url}; retry {n} of 2 in 0.0 s"
+                     for n in (1, 2)]  # one record each, printed once, never wrapped
+    cli("cache", "rm", "m_shown")
+    zoo.server.add(url_path(entry), ckpt_bytes, plan=[{"status": 503}])
+    quiet = cli("-q", "download", "m_shown")
+    assert quiet.stderr == "" and quiet.stdout.strip().endswith(entry.weights.file)
+    cli("cache", "rm", "m_shown")
+    verbose = cli("-v", "download", "m_shown")
+    assert f"info: got {entry.weights.file} from {entry.weights.url}" in verbose.stderr
+
+
+def test_bad_settings_are_one_line_errors(zoo, ckpt_bytes, env, monkeypatch):
+    zoo.add("m_settings", ckpt_bytes)
+    line = error_line(cli("download", "m_settings", "--timeout", "0", code=1).stderr)
+    assert line == "error: --timeout S got 0.0: it must be a number from 0.01 to 86400"
+    monkeypatch.setenv("PSEGZOO_BACKOFF", "nan")
+    line = error_line(cli("download", "m_settings", code=1).stderr)
+    assert "PSEGZOO_BACKOFF='nan'" in line and "unset it or fix its value" in line
+    monkeypatch.setenv("PSEGZOO_BACKOFF", "0.01")
+    home_file = env.parent / "a-file"
+    home_file.write_text("x")
+    monkeypatch.setenv("PSEGZOO_HOME", str(home_file))
+    line = error_line(cli("cache", code=1).stderr)
+    assert "is a file, not a folder; point PSEGZOO_HOME at a folder" in line
+
+
+def test_index_option_is_passed_not_written_to_the_environment(zoo, http_server, ckpt_bytes, env, monkeypatch):
+    entry = zoo.add("m_index_env", ckpt_bytes)
+    monkeypatch.delenv("PSEGZOO_INDEX")
+    cli("download", "--index", str(zoo.path), "m_index_env")
+    assert "PSEGZOO_INDEX" not in os.environ
+    info = json.loads(cli("info", "--index", str(zoo.path), "m_index_env", "--json").stdout)
+    assert info["cached"] and info["cached_sha256"] == sha(ckpt_bytes)  # the full hash, to pin and share
+    assert [c["sha256"] for c in json.loads(cli("cache", "--json").stdout)["checkpoints"]] == [sha(ckpt_bytes)]
+    assert len(http_server.gets(url_path(entry))) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Ways in: copies found, import DIR, mirror DIR
+# --------------------------------------------------------------------------------------------
+
+
+def test_download_finds_a_copy_in_a_search_folder(zoo, http_server, ckpt_bytes, other_bytes, env, tmp_path,
+                                                   monkeypatch):
+    entry = zoo.add("m_found", ckpt_bytes)
+    other = zoo.add("m_found_env", other_bytes)
+    (tmp_path / "old-runs" / "work_dirs").mkdir(parents=True)
+    copy = tmp_path / "old-runs" / "work_dirs" / entry.weights.file
+    copy.write_bytes(ckpt_bytes)
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / other.weights.file).write_bytes(other_bytes)
+    monkeypatch.setenv("PSEGZOO_SEARCH_PATH", str(tmp_path / "team"))  # --search adds to it
+    result = cli("download", "m_found", "m_found_env", "--search", tmp_path / "old-runs", "--offline")
+    assert result.stdout.splitlines() == [str(env / "checkpoints" / e.weights.file) for e in (entry, other)]
+    assert result.stderr.splitlines()[0] == f"m_found: verified copy found at {copy.resolve().as_uri()}"
+    assert http_server.requests == []
+
+
+def test_import_folder_prints_a_table_and_never_stops(zoo, ckpt_bytes, other_bytes, env, tmp_path):
+    good = zoo.add("m_dir_ok", ckpt_bytes)
+    bad = zoo.add("m_dir_tampered", other_bytes)
+    root = tmp_path / "stash"
+    (root / "sub").mkdir(parents=True)
+    (root / good.weights.file).write_bytes(ckpt_bytes)
+    tampered = bytearray(other_bytes)
+    tampered[len(tampered) // 2] ^= 0x01
+    (root / "sub" / bad.weights.file).write_bytes(bytes(tampered))
+    (root / "README.txt").write_text("notes")
+    result = cli("import", root, code=1)  # a refused checkpoint: exit 1, after everything was looked at
+    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in result.stdout.splitlines()
+             if line.startswith("│")]
+    rows = {c[0]: c[1:] for c in cells if c[0] and c[0] != "file"}
+    assert rows[good.weights.file] == ["m_dir_ok", "imported"]
+    assert rows[f"sub/{bad.weights.file}"] == ["m_dir_tampered", "hash mismatch"]
+    assert rows["README.txt"] == ["-", "not a zoo file"]
+    (why,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert why.startswith(f"hash mismatch: sub/{bad.weights.file}: ") and "does not match the published hash prefix" in why
+    assert result.stdout.strip().splitlines()[-1] == "1 imported, 1 hash mismatch, 1 not a zoo file"
+    assert cache_files(env) == ckpt_and_record(good)
+    again = cli("import", root, code=1)
+    assert "already cached" in again.stdout and "1 already cached" in again.stdout
+
+
+def test_mirror_command_and_a_colleagues_download_from_it(zoo, http_server, ckpt_bytes, env, tmp_path, monkeypatch):
+    entry = zoo.add("m_share", ckpt_bytes)
+    cli("download", "m_share")
+    share = tmp_path / "share"
+    result = cli("mirror", share)
+    target = share / url_path(entry).lstrip("/")
+    assert result.stdout.strip() == f"linked m_share -> {target}"
+    assert "1 checkpoint(s) in" in result.stderr and "--mirror" in result.stderr
+    assert (share / "SHA256SUMS").read_text() == f"{sha(ckpt_bytes)}  {url_path(entry).lstrip('/')}\n"
+    monkeypatch.setenv("PSEGZOO_HOME", str(tmp_path / "colleague"))
+    got = cli("download", "m_share", "--mirror", share.as_uri(), "--offline")
+    assert Path(got.stdout.strip()).read_bytes() == ckpt_bytes and len(http_server.requests) == 1
+    line = error_line(cli("mirror", share, "no_such_model", code=1).stderr)
+    assert "unknown model 'no_such_model'" in line

@@ -161,10 +161,12 @@ def test_predict_end_to_end_from_the_loopback_server(zoo, fresh_home, tmp_path):
     assert zoo.gets(zoo.mm_file) == gets + 1
     # Downloaded, verified, converted into the cache.
     ckpt = fresh_home / "checkpoints" / zoo.mm_file
-    assert ckpt.is_file() and ckpt.with_name(ckpt.name + ".json").is_file()
-    with safe_open(str(ckpt.with_suffix(".safetensors")), "pt") as f:
+    assert ckpt.is_file() and (fresh_home / "records" / (ckpt.name + ".json")).is_file()
+    with safe_open(str(fresh_home / "converted" / ckpt.name.replace(".pth", ".safetensors")), "pt") as f:
         assert f.metadata()["name"] == MM_NAME and f.metadata()["source_sha256"] == sha256_hex(ckpt.read_bytes())
-    assert proc.stdout.splitlines() == [str(out / "street.png")]
+    (line,) = proc.stdout.splitlines()  # --json: one JSON object per image on stdout
+    summary = json.loads(line)
+    assert summary["input"] == str(image) and summary["output"] == str(out / "street.png")
     assert "1 image(s) written" in proc.stderr
 
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -189,6 +191,8 @@ def test_predict_end_to_end_from_the_loopback_server(zoo, fresh_home, tmp_path):
     np.testing.assert_allclose(logits, expected.logits, rtol=2e-3, atol=2e-3)
     doc = json.loads((out / "street.json").read_text())
     assert doc["model"] == MM_NAME and (doc["width"], doc["height"]) == (60, 40)
+    assert sorted(summary["files"]) == sorted(str(p) for p in out.iterdir())
+    assert summary["classes"] == doc["classes"] and summary["model"] == MM_NAME and summary["width"] == 60
     assert abs(sum(c["percent"] for c in doc["classes"]) - 100.0) < 1e-2
     assert sum(c["pixels"] for c in doc["classes"]) == 40 * 60
     assert {c["name"] for c in doc["classes"]} <= set(cityscapes.classes)
@@ -255,6 +259,7 @@ def test_bad_inputs_are_reported_and_the_rest_written(zoo, seg, tmp_path):
     assert "not an image" in by_file["notes.png"][0]
     assert "truncated" in by_file["truncated.png"][0]
     assert "10000" in by_file["bomb.png"][0] and "decompression bomb" in by_file["bomb.png"][0]
+    assert "--max-pixels N" in by_file["bomb.png"][0] and "max_pixels=" not in by_file["bomb.png"][0]
     assert "zero size" in by_file["zero.png"][0]
     assert "empty" in by_file["empty.png"][0]
     # The good images are written, and only they.
@@ -292,13 +297,14 @@ def test_unknown_model_is_one_line(zoo, fresh_home, tmp_path):
     result = cli("predict", "-m", "pspnet_r18-d8_clitest_cityscapez", image, "-o", tmp_path / "out", code=1)
     line = only_error_line(result.stderr)
     assert "unknown model" in line and MM_NAME in line  # the close name is suggested
+    assert "'psegzoo list'" in line and "list_models" not in line  # the CLI names commands, not functions
     assert not fresh_home.exists()
 
 
 def test_no_image_at_all_is_an_error(zoo, seg, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     result = cli("predict", "-m", MM_NAME, tmp_path / "empty_dir", "-o", tmp_path / "out", code=1)
-    assert "no image files" in result.stderr and len(error_lines(result.stderr)) == 2
+    assert "no image or video files" in result.stderr and len(error_lines(result.stderr)) == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +347,12 @@ def test_duplicate_stems_do_not_overwrite_each_other(zoo, seg, tmp_path):
     save_image(second, seed=2)
     Image.fromarray(make_image(3)).save(third, quality=95)
     out = tmp_path / "out"
-    cli("predict", "-m", MM_NAME, first, second, third, "-o", out, "--json", "-q")
+    result = cli("predict", "-m", MM_NAME, first, second, third, "-o", out, "--json")
+    mapping = [line for line in result.stderr.splitlines() if " -> " in line]  # renamed images are named
+    assert mapping == [f"{second} -> {out / 'frame_2'}.png (name taken by another input)",
+                       f"{third} -> {out / 'frame_3'}.png (name taken by another input)"]
+    assert [json.loads(line)["output"] for line in result.stdout.splitlines()] == [
+        str(out / "frame.png"), str(out / "frame_2.png"), str(out / "frame_3.png")]
     assert sorted(p.name for p in out.iterdir()) == [
         "frame.json", "frame.png", "frame_2.json", "frame_2.png", "frame_3.json", "frame_3.png"]
     for path, name in ((first, "frame"), (second, "frame_2"), (third, "frame_3")):
@@ -368,10 +379,142 @@ def test_predict_overrides_and_tta_from_the_command_line(zoo, seg, tmp_path):
     expected = seg.predict(image, flip=True, scales=[0.5, 1.0], scale=(96, 48))
     assert np.array_equal(read_labels(out / "tta" / "a.png"), expected.labels)
     np.testing.assert_allclose(np.load(out / "tta" / "a_probs.npy"), expected.confidence(), atol=1e-5)
-    for bad in (["--scales", "0.5,x"], ["--scale", "64by32"], ["--half", "--bf16"]):
+    for bad in (["--scales", "0.5,x"], ["--scale", "64by32"], ["--half", "--bf16"], ["--opacity", "0.3"],
+                ["--weights", image, "--mirror", "http://127.0.0.1:9"], ["--weights", image, "--offline"]):
         result = cli("predict", "-m", MM_NAME, image, "-o", out / "bad", *bad, code=2)
         assert "Traceback" not in result.output
+    result = cli("predict", "-m", MM_NAME, "-o", out / "bad", code=2)
+    assert "--sample" in result.output
     assert not (out / "bad").exists()
+
+
+def test_sample_image_from_the_command_line(zoo, seg, tmp_path):
+    out = tmp_path / "out"
+    result = cli("predict", "-m", MM_NAME, "--sample", "-o", out, "--json")
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["input"] == str(psegzoo.sample_image())
+    assert np.array_equal(read_labels(out / "street.png"), seg.predict(psegzoo.sample_image()).labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Checked before the model is loaded
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, words", [("bogus", "bogus"), ("cuda:7", "cuda:7"), ("tpu", "tpu")])
+def test_bad_device_fails_before_any_model_load(zoo, fresh_home, tmp_path, device, words):
+    image = tmp_path / "a.png"
+    save_image(image)
+    requests = len(zoo.server.requests)
+    result = cli("predict", "-m", MM_NAME, image, "-o", tmp_path / "out", "--device", device, code=1)
+    line = only_error_line(result.stderr)
+    assert words in line and "device" in line
+    # Nothing was fetched, cached or written: the device was refused before the load began.
+    assert len(zoo.server.requests) == requests and not fresh_home.exists() and not (tmp_path / "out").exists()
+
+
+def test_unusable_output_folder_fails_before_any_model_load(zoo, fresh_home, tmp_path):
+    image = tmp_path / "a.png"
+    save_image(image)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file where the output folder would go")
+    requests = len(zoo.server.requests)
+    for out in (blocker, blocker / "sub" / "deeper"):
+        result = cli("predict", "-m", MM_NAME, image, "-o", out, code=1)
+        line = only_error_line(result.stderr)
+        assert str(out) in line and "notes.txt" in line and "is a file" in line and "--output" in line
+    assert len(zoo.server.requests) == requests and not fresh_home.exists()
+    assert blocker.read_text() == "a file where the output folder would go"
+
+
+# --------------------------------------------------------------------------------------------
+# No output over an input; the output folder is never an input
+# --------------------------------------------------------------------------------------------
+
+
+def test_output_into_the_input_folder_never_replaces_an_input(zoo, seg, tmp_path):
+    folder = tmp_path / "photos"
+    street = folder / "street.png"
+    original = save_image(street, seed=7)
+    before = street.read_bytes()
+    result = cli("predict", "-m", MM_NAME, street, "-o", folder, "--overlay")  # `-o .` beside the photo
+    assert street.read_bytes() == before  # the photo is intact
+    assert sorted(p.name for p in folder.iterdir()) == ["street.png", "street_2.png", "street_2_overlay.png"]
+    assert f"{street} -> {folder / 'street_2'}.png" in result.stderr
+    assert np.array_equal(read_labels(folder / "street_2.png"), seg.predict(original).labels)
+    # Run again on the folder itself, or a glob in it: the outputs are not fed back in, nothing is written.
+    for again in (folder, str(folder / "*.png")):
+        result = cli("predict", "-m", MM_NAME, again, "-o", folder, code=1)
+        assert "output folder" in result.stderr and "no images to predict" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["street.png", "street_2.png", "street_2_overlay.png"]
+    assert street.read_bytes() == before
+
+
+def test_reruns_never_feed_outputs_back_in(zoo, seg, tmp_path):
+    photos = tmp_path / "photos"
+    save_image(photos / "a.png", seed=1)
+    out = photos / "seg"
+    for _ in range(3):
+        result = cli("predict", "-m", MM_NAME, photos, str(photos / "**" / "*.png"), "-o", out, "--overlay")
+        assert "1 image(s) written" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# Odd names, links and folders: the batch goes on
+# --------------------------------------------------------------------------------------------
+
+
+def test_any_legal_file_name_is_predicted(zoo, seg, tmp_path):
+    src = tmp_path / "in:put"
+    names = ["..png", "...png", "a:b.png", "c:d/e:f.png", "-dash.png", "sp ace.png"]
+    for i, n in enumerate(names):
+        (src / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(make_image(i)).save(src / n, format="PNG")  # Pillow takes no extension from "..png"
+    raw = os.fsencode(src) + b"/caf\xe9.png"  # not UTF-8
+    Image.fromarray(make_image(9)).save(os.fsdecode(raw), format="PNG")
+    out = tmp_path / "out"
+    result = cli("predict", "-m", MM_NAME, *(src / n for n in names[:2]), src, "-o", out, "--json")
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == sorted(["..png", "...png", "a:b.png", "c:d/e:f.png", "-dash.png", "sp ace.png",
+                              os.fsdecode(b"caf\xe9.png")])
+    assert "7 image(s) written" in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 7 and os.fsdecode(raw) in {d["input"] for d in lines}  # JSON keeps the exact name
+    assert np.array_equal(read_labels(out / "..png"), seg.predict(src / "..png").labels)
+
+
+def test_symlink_loop_and_unreadable_folder(zoo, seg, tmp_path, monkeypatch):
+    from tests.test_images import _make_unreadable
+
+    data = tmp_path / "data"
+    save_image(data / "a.png", seed=1)
+    save_image(data / "locked" / "b.png", seed=2)
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    locked = data / "locked"
+    _make_unreadable(locked, monkeypatch)
+    try:
+        out = tmp_path / "out"
+        result = cli("predict", "-m", MM_NAME, str(data / "**" / "*.png"), "-o", out, code=1)
+        (line,) = error_lines(result.stderr)
+        assert str(locked) in line and "cannot be read" in line
+        assert [p.name for p in out.iterdir()] == ["a.png"]
+    finally:
+        locked.chmod(0o755)
+
+
+def test_an_elongated_image_is_predicted_with_the_others(zoo, seg, tmp_path):
+    good = tmp_path / "good.png"
+    save_image(good, seed=1)
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 5000, 3), np.uint8)).save(thin)  # would resize to zero rows without the 1-pixel floor
+    out = tmp_path / "out"
+    result = cli("predict", "-m", MM_NAME, thin, good, "-o", out, "--json")
+    assert error_lines(result.stderr) == []
+    docs = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [("error" in d, d["input"]) for d in docs] == [(False, str(thin)), (False, str(good))]
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.png", "thin.json", "thin.png"]
+    assert read_labels(out / "thin.png").shape == (1, 5000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +524,7 @@ def test_predict_overrides_and_tta_from_the_command_line(zoo, seg, tmp_path):
 
 def test_convert_by_name_and_by_file(zoo, fresh_home, tmp_path):
     result = cli("convert", MM_NAME)
-    cached = fresh_home / "checkpoints" / zoo.mm_file.replace(".pth", ".safetensors")
+    cached = fresh_home / "converted" / zoo.mm_file.replace(".pth", ".safetensors")
     assert result.stdout.strip() == str(cached) and cached.is_file()
 
     renamed = tmp_path / "downloaded.pth"

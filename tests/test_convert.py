@@ -5,6 +5,7 @@ import ast
 import dataclasses
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from psegzoo.convert import (
     read_checkpoint,
     save_converted,
 )
-from psegzoo.errors import CheckpointError
+from psegzoo.errors import CheckpointError, OutputError, VerificationError
 from psegzoo.models import build_segmentor, state_shapes
 from tests.support.archs import mmseg_architecture, ssseg_architecture
 from tests.support.synth import (
@@ -32,9 +33,8 @@ from tests.support.synth import (
     write_ssseg_checkpoint,
 )
 from tests.support.zoo import (
+    builtin_manifest,
     entry_for_file,
-    manifest_available,
-    manifest_or_none,
     mmseg_arch,
     mmseg_spec_files,
     ssseg_arch,
@@ -121,9 +121,6 @@ def test_ssseg_matches_mmseg_pspnet_mapping():
 # The manifest: all 111 mmseg entries and the 12 SSSegmentation ones fit their specs
 # ---------------------------------------------------------------------------------------------
 
-needs_manifest = pytest.mark.skipif(not manifest_available(), reason="model_index.json is not generated yet")
-
-
 def _structure(arch) -> dict:
     """The fields that decide the network, normalised (single ints vs 1-tuples)."""
     b, h = arch.backbone, arch.decode_head
@@ -141,9 +138,8 @@ def _structure(arch) -> dict:
     }
 
 
-@needs_manifest
 def test_all_mmseg_entries_map_to_their_spec():
-    manifest = manifest_or_none()
+    manifest = builtin_manifest()
     files = {e.weights.file: e for e in manifest.models if e.source == "mmsegmentation" and e.weights}
     assert len(files) == 111 and set(files) == set(SPECS.mmseg_index)
     for file_name, spec_id in sorted(SPECS.mmseg_index.items()):
@@ -156,9 +152,8 @@ def test_all_mmseg_entries_map_to_their_spec():
         assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(s) for k, s in expected.items()}
 
 
-@needs_manifest
 def test_all_ssseg_entries_map_to_their_spec_in_both_layouts():
-    manifest = manifest_or_none()
+    manifest = builtin_manifest()
     names = {e.name for e in manifest.models if e.source == "sssegmentation"}
     assert names == set(SPECS.ssseg_index)
     for config, spec_id in sorted(SPECS.ssseg_index.items()):
@@ -449,10 +444,10 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     target = tmp_path / "w.safetensors"
 
     def broken(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(convert, "save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(convert, "serialize", broken)
+    with pytest.raises(OutputError, match=f"cannot write {target}: No space left on device"):
         save_converted({"a": torch.zeros(2)}, target, {"k": "v"})
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(TypeError, match="metadata"):
@@ -472,6 +467,99 @@ def test_load_converted_refuses_other_files(tmp_path):
     cut.write_bytes(cut.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_converted(cut)
+
+
+def test_file_too_large_while_saving_is_an_error_naming_the_file(tmp_path):
+    """A real kernel error (EFBIG from a file size limit) through safetensors' writer, in a child process."""
+    code = (
+        "import resource, signal, sys, torch\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from psegzoo.convert import save_converted\n"
+        "from psegzoo.errors import OutputError\n"
+        "try:\n"
+        "    save_converted({'w': torch.zeros(100000)}, sys.argv[1], {})\n"
+        "except OutputError as exc:\n"
+        "    print(exc)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.safetensors")], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"cannot write {tmp_path / 'w.safetensors'}: ") and "too large" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_converted_files_get_the_umask_mode(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_converted({"a": torch.zeros(2)}, tmp_path / "w.safetensors", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights that cannot be right
+# ---------------------------------------------------------------------------------------------
+
+
+def test_non_finite_weights_and_negative_variances_are_refused_with_the_key_named(r18b_sd):
+    nan = dict(r18b_sd)
+    nan["decode_head.conv_seg.weight"] = r18b_sd["decode_head.conv_seg.weight"].clone()
+    nan["decode_head.conv_seg.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in decode_head\.conv_seg\.weight"):
+        _convert_r18b(nan)
+    inf = dict(r18b_sd, **{"backbone.conv1.weight": r18b_sd["backbone.conv1.weight"] * float("inf")})
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in backbone\.conv1\.weight"):
+        _convert_r18b(inf)
+    key = "backbone.layer1.0.bn1.running_var"
+    negative = dict(r18b_sd, **{key: -r18b_sd[key].abs() - 1})
+    with pytest.raises(CheckpointError, match=rf"negative running variances in {key.replace('.', '[.]')}"):
+        _convert_r18b(negative)
+    _convert_r18b(r18b_sd)  # the untouched weights pass
+
+
+def test_a_sparse_tensor_in_a_checkpoint_is_refused(tmp_path, r18b_sd):
+    sd = dict(r18b_sd)
+    dense = sd["decode_head.conv_seg.weight"]
+    sd["decode_head.conv_seg.weight"] = dense.reshape(dense.shape[0], -1).to_sparse()
+    path = tmp_path / "sparse.pth"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=r"not dense \(decode_head\.conv_seg\.weight \(torch\.sparse_coo\)\)"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not dense floating-point tensors: decode_head.conv_seg.weight"):
+        _convert_r18b(sd)
+
+
+def test_reading_a_verified_file_hashes_it_in_the_same_read(tmp_path):
+    import hashlib
+
+    path = write_mmseg_checkpoint(R18B_SPEC, tmp_path / "x.pth")
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_checkpoint(path, sha256=good)[2] == "mmseg"
+    with pytest.raises(VerificationError, match=f"changed since it was verified: its SHA-256 is {good}"):
+        read_checkpoint(path, sha256="0" * 64)
+
+
+def test_converted_weights_must_be_float32_of_the_model_shape(tmp_path, r18b_sd):
+    from psegzoo.convert import check_converted
+
+    arch = mmseg_architecture(R18B)
+    shapes = state_shapes(_meta_model(arch))
+    converted = _convert_r18b(r18b_sd)
+    check_converted(converted, shapes)
+    key = "head.classifier.weight"
+    for bad, what in ((converted[key].half(), "float16"), (converted[key].int(), "int32"),
+                      (torch.zeros(3, 3), "float32, (3, 3)")):
+        with pytest.raises(CheckpointError, match=re.escape(f"not float32 of the model's shape: {key} ({what}")):
+            check_converted(dict(converted, **{key: bad}), shapes, path="w.safetensors")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        check_converted(dict(converted, **{key: converted[key] * float("nan")}), shapes)
 
 
 def test_convert_does_not_import_models():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import psegzoo
 from psegzoo.errors import ImageError
-from psegzoo.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, find_images, load_image, max_pixels_limit
+from psegzoo.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, find_images, load_image, max_pixels_limit, sample_image
 
 
 def _png_bytes(w: int, h: int, rows: bytes, *, bit_depth: int = 8, color_type: int = 0) -> bytes:
@@ -266,6 +268,8 @@ def test_bomb_guard_refuses_before_decoding(tmp_path, monkeypatch):
         load_image(path)
     text = _one_line(exc, path)
     assert "decompression bomb" in text and MAX_PIXELS_ENV in text
+    assert "max_pixels=" in text and "--max-pixels" not in text  # Python callers read keyword arguments
+    assert "--max-pixels N" in exc.value.cli_message() and "max_pixels=" not in exc.value.cli_message()
     # Far beyond Pillow's own hard limit: still our error type and message style.
     huge = tmp_path / "huge.png"
     huge.write_bytes(_png_bytes(100000, 100000, b"\x00"))
@@ -329,3 +333,115 @@ def test_find_images_excludes_output_dir_and_flags_empty_dir(tmp_path):
     found = find_images([tmp_path / "in", tmp_path / "empty"], exclude=[tmp_path / "in" / "out"])
     assert [f.relative for f in found.images] == ["a"]
     assert len(found.errors) == 1 and "no image files" in str(found.errors[0])
+
+
+def test_recursive_glob_survives_directory_symlink_loops(tmp_path):
+    root = tmp_path / "data"
+    a = _touch_png(root / "a.png")
+    b = _touch_png(root / "deep" / "b.png")
+    (root / "deep" / "loop").symlink_to(root, target_is_directory=True)  # data/deep/loop -> data
+    (root / "self").symlink_to(root / "self", target_is_directory=True)  # a link to itself
+    outside = _touch_png(tmp_path / "elsewhere" / "c.png")
+    (root / "link_out").symlink_to(outside.parent, target_is_directory=True)
+    found = find_images([str(root / "**" / "*.png")])  # would walk data/deep/loop/deep/loop/... forever
+    assert found.paths == [a, b] and not found.errors
+    assert [f.relative for f in found.images] == ["a", "deep/b"]
+    folder = find_images([root])
+    assert folder.paths == [a, b] and not folder.errors
+
+
+def test_glob_matches_like_glob_module_without_following_links(tmp_path):
+    root = tmp_path / "g"
+    files = [_touch_png(root / p) for p in ("x1.png", "y.png", "s/x2.png", "s/t/x3.jpg", "u/x4.png", ".h/x5.png")]
+    _touch_png(root / "s" / ".x6.png")
+    assert find_images([str(root / "x*.png")]).paths == [files[0]]
+    assert find_images([str(root / "*" / "x*.png")]).paths == [files[2], files[4]]
+    assert find_images([str(root / "**" / "x*")]).paths == [files[0], files[2], files[3], files[4]]
+    assert find_images([str(root / "s" / "**")]).paths == [files[2], files[3]]  # a matched folder gives its images
+    assert [f.relative for f in find_images([str(root / "s" / "**" / "*.jpg")]).images] == ["t/x3"]
+    assert find_images([str(root / "[su]" / "x?.png")]).paths == [files[2], files[4]]
+
+
+@pytest.mark.parametrize("name", ["..png", "...png", ".png", "a:b.png", "c:\\d.png", "-x.png", "sp ace.png",
+                                  "new\nline.png", "ünï.png", "a.b.c.png"])
+def test_any_legal_file_name_is_found_and_named(tmp_path, name):
+    path = _touch_png(tmp_path / name)
+    for found in (find_images([path]), find_images([tmp_path]) if not name.startswith(".") else None):
+        if found is None:
+            continue
+        assert found.paths == [path] and not found.errors
+        (image,) = found.images
+        assert image.relative == (name[: -len(".png")] if name != ".png" else ".png")
+
+
+def test_any_legal_folder_name_is_walked(tmp_path):
+    path = _touch_png(tmp_path / "in" / "c:d" / "e.f:g" / "x:y.png")
+    found = find_images([tmp_path / "in"])
+    assert found.paths == [path] and [f.relative for f in found.images] == ["c:d/e.f:g/x:y"]
+
+
+def test_undecodable_file_name(tmp_path):
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
+    Image.new("RGB", (2, 2)).save(os.fsdecode(raw), format="PNG")
+    found = find_images([tmp_path])
+    assert len(found.paths) == 1 and os.fsencode(found.paths[0]) == raw and not found.errors
+
+
+def _make_unreadable(folder: Path, monkeypatch) -> None:
+    """chmod 000; where that does not stop this user (root), listing the folder fails the same way."""
+    folder.chmod(0)
+    try:
+        os.listdir(folder)
+    except PermissionError:
+        return
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args, **kwargs):
+        if os.fspath(path) == os.fspath(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_unreadable_subfolder_is_reported(tmp_path, monkeypatch):
+    a = _touch_png(tmp_path / "in" / "a.png")
+    _touch_png(tmp_path / "in" / "locked" / "b.png")
+    locked = tmp_path / "in" / "locked"
+    _make_unreadable(locked, monkeypatch)
+    try:
+        for found in (find_images([tmp_path / "in"]), find_images([str(tmp_path / "in" / "**" / "*.png")])):
+            assert found.paths == [a]
+            (error,) = found.errors
+            assert str(locked) in str(error) and "cannot be read" in str(error)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_output_folder_is_never_searched_even_when_walked(tmp_path):
+    src = tmp_path / "photos"
+    a = _touch_png(src / "a.png")
+    _touch_png(src / "out" / "a.png")
+    # The output folder inside the folder walked: skipped.
+    assert find_images([src], exclude=[src / "out"]).paths == [a]
+    # The output folder is the folder walked (or holds it): nothing of it is an input, and it says why.
+    for walked in (src, src / "out", str(src / "**" / "*.png")):
+        found = find_images([walked], exclude=[src])
+        assert found.paths == []
+        (error,) = found.errors
+        assert "output folder" in str(error)
+    # Through a symlink, or spelled differently: compared by real path.
+    (tmp_path / "alias").symlink_to(src, target_is_directory=True)
+    assert find_images([tmp_path / "alias"], exclude=[src]).paths == []
+    assert find_images([src], exclude=[tmp_path / "alias" / ".." / "photos"]).paths == []
+    # A file named explicitly is taken even there.
+    assert find_images([a], exclude=[src]).paths == [a]
+
+
+def test_sample_image_ships_with_the_package():
+    path = sample_image()
+    assert path.is_file() and path.suffix == ".png" and path.stat().st_size < 200_000
+    arr = load_image(path)
+    assert arr.shape[2] == 3 and 200 <= arr.shape[0] <= 600 and 200 <= arr.shape[1] <= 1200
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 100  # a picture, not a flat fill
+    assert psegzoo.sample_image() == path

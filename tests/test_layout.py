@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,21 +13,29 @@ PKG = Path(__file__).resolve().parents[1] / "psegzoo"
 ALLOWED = {
     "errors": set(),
     "units": set(),
+    "files": set(),
     "manifest": {"units", "errors"},
-    "hub": {"units", "errors", "manifest"},
-    "convert": {"units", "errors", "manifest"},
+    "hub": {"units", "errors", "files", "manifest"},
+    "convert": {"units", "errors", "files", "manifest"},
     "models": {"units", "errors", "manifest", "models"},
     "images": {"units", "errors"},
-    "outputs": {"units", "errors"},
+    "outputs": {"units", "errors", "files"},
     "predictor": {"units", "errors", "manifest"},
-    "video": {"units", "errors", "images", "outputs"},
-    "api": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "__init__"},
-    "bench": {"units", "errors", "manifest", "hub", "models", "predictor", "api"},
-    "distributed": {"units", "errors", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "video",
-                    "api"},
+    "prefetch": set(),
+    "video": {"units", "errors", "files", "images", "outputs"},
+    "api": {"units", "errors", "files", "prefetch", "manifest", "hub", "convert", "models", "images", "outputs",
+            "predictor", "__init__"},
+    "bench": {"units", "errors", "files", "manifest", "hub", "models", "predictor", "api"},
+    "evaluation": {"units", "errors", "files", "prefetch", "manifest", "images", "outputs", "predictor", "api",
+                   "evaluation"},
+    "export": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api",
+               "__init__"},
+    "distributed": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor",
+                    "video", "api"},
     "cli": {"__init__"},
 }
-NO_TORCH = {"units", "errors", "manifest", "hub", "images", "outputs", "video", "cli"}
+NO_TORCH = {"units", "errors", "files", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
+STDLIB_ONLY = {"units", "errors", "files", "prefetch", "manifest"}
 
 
 def _module_of(path: Path) -> str:
@@ -81,6 +90,15 @@ def test_imports_flow_left_to_right(path):
     assert ours <= ALLOWED[module], f"{path.name} imports {sorted(ours - ALLOWED[module])}"
     if module in NO_TORCH:
         assert not theirs & {"torch", "safetensors"}, f"{path.name} must not import torch"
+    if module in STDLIB_ONLY:
+        assert theirs <= set(sys.stdlib_module_names) | {"__future__"}, f"{path.name} imports {theirs}"
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_no_fcntl_anywhere(path):
+    """Locks come from filelock: the package must import on Windows, where there is no fcntl."""
+    _, theirs = _imports(path)
+    assert "fcntl" not in theirs and "msvcrt" not in theirs, path
 
 
 def test_no_openmmlab_imports():

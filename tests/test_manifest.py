@@ -100,14 +100,15 @@ def test_alias_tie_prefers_longer_schedule(raw_index, tmp_path, monkeypatch):
     [
         ("pspnet_r102-d8_cityscapes", "pspnet_r101-d8_cityscapes"),
         ("pspnet_r50-d8_512x1024_40k_cityscape", "pspnet_r50-d8_512x1024_40k_cityscapes"),
-        ("upernet_r50_ade", "upernet_r50_ade20k"),
+        ("upernet_r50_ade21k", "upernet_r50_ade20k"),
     ],
 )
 def test_unknown_name_lists_close_names(bad, suggestion):
     with pytest.raises(psegzoo.UnknownModelError) as info:
         psegzoo.get_entry(bad)
     message = str(info.value)
-    assert bad in message and suggestion in message and "psegzoo list" in message
+    assert bad in message and suggestion in message and "psegzoo.list_models()" in message
+    assert "'psegzoo list'" not in message and "'psegzoo list'" in info.value.cli_message()
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "___", "pspnet", "x" * 300])
@@ -122,6 +123,94 @@ def test_short_name_of_entries():
     for e in load_manifest().models:
         assert short_name(e) is not None, e.name
         assert psegzoo.get_entry(short_name(e)).name.startswith(short_name(e).split("_")[0])
+
+
+@pytest.mark.parametrize(
+    "typed, expected",
+    [
+        ("PSPNet_R50-D8_512x1024_40K_Cityscapes", "pspnet_r50-d8_512x1024_40k_cityscapes"),
+        ("PSPNET_R50-D8_512X1024_40K_CITYSCAPES_20200605_003338-2966598C.PTH", "pspnet_r50-d8_512x1024_40k_cityscapes"),
+        ("PSPNet_R101-D8_Cityscapes", "pspnet_r101-d8_769x769_80k_cityscapes"),
+        ("UPerNet_R50_ADE20K", "upernet_r50_512x512_160k_ade20k"),
+        ("  pspnet_resnet50os8_VOC ", "pspnet_resnet50os8_voc"),
+    ],
+)
+def test_names_and_aliases_are_case_insensitive(typed, expected):
+    assert psegzoo.get_entry(typed).name == expected
+
+
+def test_patterns_are_case_insensitive():
+    lower = [e.name for e in psegzoo.list_models("*r101*")]
+    assert lower and [e.name for e in psegzoo.list_models("*R101*")] == lower
+    assert [e.name for e in psegzoo.list_models("UPERNET")] == [e.name for e in psegzoo.list_models("upernet")]
+    assert psegzoo.list_models("*R999*") == []
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("pspnet_r50-d8_4xb2-40k_cityscapes-512x1024", "pspnet_r50-d8_512x1024_40k_cityscapes"),
+        ("configs/pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py", "pspnet_r50-d8_512x1024_40k_cityscapes"),
+        ("upernet_r50_4xb4-80k_ade20k-512x512", "upernet_r50_512x512_80k_ade20k"),
+        ("pspnet_r18-d8_4xb2-80k_cityscapes-769x769.py", "pspnet_r18-d8_769x769_80k_cityscapes"),
+        ("DeepLabV3_R101-D8_4xb4-20k_VOC12aug-512x512", "deeplabv3_r101-d8_512x512_20k_voc12aug"),
+    ],
+)
+def test_mmseg_config_names_resolve_to_their_checkpoint(config, expected):
+    res = psegzoo.resolve(config)
+    assert res.entry.name == expected and not res.is_alias
+
+
+def test_every_config_name_resolves_to_its_own_entry():
+    manifest = load_manifest(extra=[])
+    with_config = [e for e in manifest.models if e.config]
+    assert len(with_config) == len(manifest.models)
+    renamed = [e for e in with_config if e.config != e.name]
+    assert len(renamed) == 111  # every mmseg entry: 1.x config names differ from the 0.x file names
+    for e in with_config:
+        assert manifest.resolve(e.config).entry is e, e.config
+
+
+@pytest.mark.parametrize(
+    "spelling, canonical_alias",
+    [
+        ("pspnet_r101-d8_voc", "pspnet_r101-d8_voc12aug"),
+        ("pspnet_r101-d8_pascal_voc", "pspnet_r101-d8_voc12aug"),
+        ("upernet_r50_ade", "upernet_r50_ade20k"),
+        ("UPerNet_R50_ADE", "upernet_r50_ade20k"),
+        ("pspnet_r50-d8_512x1024_city", "pspnet_r50-d8_512x1024_cityscapes"),
+        ("pspnet_r101-d8_context59", "pspnet_r101-d8_pascal_context_59"),
+        ("pspnet_r50-d8_cocostuff164k", "pspnet_r50-d8_coco-stuff164k"),
+        ("pspnet_resnet50os8_ade", "pspnet_resnet50os8_ade20k"),
+    ],
+)
+def test_aliases_accept_the_dataset_spellings_of_dataset_option(spelling, canonical_alias):
+    expected = psegzoo.resolve(canonical_alias)
+    got = psegzoo.resolve(spelling)
+    assert got.entry is expected.entry
+    assert {e.name for e in got.alternatives} == {e.name for e in expected.alternatives}
+
+
+def test_a_dataset_spelling_never_crosses_datasets():
+    assert psegzoo.get_entry("pspnet_r101-d8_context").dataset == "pascal_context"
+    assert psegzoo.get_entry("pspnet_r101-d8_context59").dataset == "pascal_context_59"
+    with pytest.raises(psegzoo.UnknownModelError):
+        psegzoo.get_entry("pspnet_r50-d8_imagenet")
+
+
+def test_extra_entry_differing_only_in_case_replaces_the_builtin(raw_index, tmp_path, monkeypatch):
+    shouted = _clone(raw_index, "upernet_r50_512x512_80k_ade20k", name="UPerNet_R50_512x512_80k_ADE20K", miou=1.5)
+    _extra(tmp_path, monkeypatch, [shouted])
+    assert len(load_manifest().models) == len(raw_index["models"])
+    assert psegzoo.get_entry("upernet_r50_512x512_80k_ade20k").miou == 1.5
+
+
+def test_one_manifest_may_not_hold_two_spellings_of_a_name(raw_index, tmp_path, monkeypatch):
+    a = _clone(raw_index, "upernet_r50_512x512_80k_ade20k", name="upernet_r50_512x512_1k_ade20k")
+    b = _clone(raw_index, "upernet_r50_512x512_80k_ade20k", name="UPERNET_r50_512x512_1k_ade20k")
+    _extra(tmp_path, monkeypatch, [a, b])
+    with pytest.raises(psegzoo.ManifestError, match="case-insensitive"):
+        load_manifest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,8 +339,11 @@ def test_entries_are_frozen():
 def test_to_json_round_trips(raw_index):
     for obj in raw_index["models"]:
         entry = psegzoo.get_entry(obj["name"])
-        assert json.loads(json.dumps(entry.to_json())) == json.loads(json.dumps(entry.to_json()))
+        assert entry.to_json() == obj  # what the index says, field for field
         assert psegzoo.manifest.parse_manifest({"schema_version": 1, "models": [entry.to_json()]})[0][0] == entry
+    changed = copy.deepcopy(raw_index["models"][0])
+    changed["test"]["scale"] = [1, 1]
+    assert psegzoo.get_entry(changed["name"]).to_json() != changed  # the comparison can fail
 
 
 def test_listing_never_imports_torch():

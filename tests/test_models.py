@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from psegzoo.convert import check_classes, convert_state_dict, load_into, read_checkpoint
 from psegzoo.errors import CheckpointError, ManifestError
-from psegzoo.models import build_segmentor, psa_mask, state_shapes
-from psegzoo.models.layers import BatchNorm2d, Conv2d
+from psegzoo.models import FastPaths, build_segmentor, fast_paths_of, psa_mask, state_shapes, use_fast_paths
+from psegzoo.models.layers import BatchNorm2d
 from tests.support.archs import mmseg_architecture
 from tests.support.synth import load_specs, write_mmseg_checkpoint, write_ssseg_checkpoint
 from tests.support.zoo import mmseg_arch, ssseg_arch
@@ -107,14 +107,22 @@ def test_fused_bn_matches(golden_model):
     _assert_matches(out, tensors, meta)
 
 
-def test_optimized_model_matches(golden_model):
-    """BatchNorm folded, channels-last, decomposed heads and Winograd's 3x3 convolutions together."""
+@pytest.mark.parametrize("paths", [FastPaths.all(), FastPaths(decompose=True), FastPaths(winograd=True,
+                                   channels_last=True)], ids=str)
+def test_optimized_model_matches(golden_model, paths):
+    """BatchNorm folded with the fast paths (decomposed heads, Winograd's 3x3, channels-last) on."""
     model, tensors, meta = golden_model
-    fast = copy.deepcopy(model).fuse_bn().to(memory_format=torch.channels_last)
+    fast = use_fast_paths(copy.deepcopy(model).fuse_bn(), paths)
+    assert fast_paths_of(fast) == paths
+    x = tensors["input"].contiguous(memory_format=torch.channels_last if paths.channels_last else torch.contiguous_format)
     with torch.no_grad():
-        out = fast(tensors["input"].contiguous(memory_format=torch.channels_last))
-    assert any(m._transformed for m in fast.modules() if isinstance(m, Conv2d))  # Winograd ran
+        out = fast(x)
+        if paths.winograd:  # it really ran: without it the same model rounds differently
+            assert not torch.equal(out, use_fast_paths(fast, dataclasses.replace(paths, winograd=False))(x))
     _assert_matches(out, tensors, meta)
+    assert fast_paths_of(use_fast_paths(fast, False)) == FastPaths.none()
+    with torch.no_grad():
+        _assert_matches(fast(tensors["input"]), tensors, meta)  # and the plain paths once more
 
 
 @torch.no_grad()
@@ -306,3 +314,34 @@ def test_model_keys_read_well():
     ):
         assert key in keys
     assert not any(k.endswith("num_batches_tracked") for k in keys)
+
+
+def test_classifier_scores_are_float32_under_autocast():
+    """bf16 scores would tie classes within 0.5% of each other; the classifier computes in float32."""
+    from psegzoo.models.layers import Classifier
+
+    torch.manual_seed(0)
+    clf = Classifier(16, 5).eval()
+    x = torch.randn(1, 16, 7, 9)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = torch.nn.functional.relu(x)  # a bf16 op first, as a head's features would be
+        out = clf(inside.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    expected = F.conv2d(x.relu().to(torch.bfloat16).float(), clf.weight, clf.bias)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    plain = torch.nn.Conv2d(16, 5, 1)
+    plain.load_state_dict(clf.state_dict())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plain(x).dtype == torch.bfloat16  # the control: a plain conv rounds its output
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+def test_adaptive_pooling_forms_are_the_same_average(size):
+    from psegzoo.models.pooling import adaptive_avg_pool2d, adaptive_avg_pool2d_windows
+
+    x = torch.randn(2, 8, 37, 53, dtype=torch.float64)
+    expected = F.adaptive_avg_pool2d(x, size)
+    torch.testing.assert_close(adaptive_avg_pool2d(x, size), expected, rtol=1e-12, atol=1e-12)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(adaptive_avg_pool2d(nhwc, size), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(adaptive_avg_pool2d_windows(x, size), expected, rtol=1e-12, atol=1e-12)

@@ -1,9 +1,10 @@
-"""The models' exact speed-ups against the plain computations they replace.
+"""The models' exact speed-ups (``psegzoo.models.fast``) against the plain computations they replace.
 
-* Convolutions of concatenated upsampled maps (``ConvBNReLU.of_concat``, ``conv_of_concat``) against
+* Convolutions of concatenated upsampled maps (``conv_of_concat``) against
   ``conv(cat([F.interpolate(p), ...]))`` written out with PyTorch's own ops.
-* Winograd's F(2x2, 3x3) (``psegzoo.models.winograd``) against ``F.conv2d`` in float64.
-* Each decode head with ``decompose`` on and off, and a whole model with every fast path on.
+* Winograd's F(2x2, 3x3) against ``F.conv2d`` in float64, and where ``WinogradConv2d`` uses it.
+* Each decode head decomposed and plain, a whole model with every fast path on, switching back.
+* The plain model (and the decomposed heads) trace with ``torch._dynamo`` in one graph, no breaks.
 """
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from psegzoo.models import build_segmentor, winograd
-from psegzoo.models.layers import Conv2d, ConvBNReLU, conv_of_concat, decomposable, interpolation_matrix
+from psegzoo.models import FastPaths, build_segmentor, fast_paths_of, use_fast_paths
+from psegzoo.models.fast import winograd
+from psegzoo.models.fast.decompose import conv_bn_relu_of_concat, conv_of_concat, decomposable, interpolation_matrix
+from psegzoo.models.fast.heads import DECOMPOSED
+from psegzoo.models.fast.winograd import WinogradConv2d
+from psegzoo.models.layers import ConvBNReLU
 from tests.support.archs import mmseg_architecture
 
 REL = 1e-5
@@ -66,7 +72,7 @@ def test_conv_of_concat_matches_concatenation(case, align_corners, channels_last
     size, pooled, k, pad, dil = case
     g = _gen(case, align_corners, channels_last, bias)
     widths = [5] + [3] * len(pooled)
-    conv = Conv2d(sum(widths), 4, k, padding=pad, dilation=dil, bias=bias).requires_grad_(False)
+    conv = nn.Conv2d(sum(widths), 4, k, padding=pad, dilation=dil, bias=bias).requires_grad_(False)
     conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
     if bias:
         conv.bias.copy_(torch.randn(4, generator=g))
@@ -84,7 +90,7 @@ def test_conv_of_concat_matches_concatenation(case, align_corners, channels_last
 
 def test_conv_of_concat_takes_parts_in_any_order_and_mixed_corners():
     g = _gen("order")
-    conv = Conv2d(12, 3, 3, padding=1, bias=True).requires_grad_(False)
+    conv = nn.Conv2d(12, 3, 3, padding=1, bias=True).requires_grad_(False)
     conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
     conv.bias.copy_(torch.randn(3, generator=g))
     # ASPP puts the pooled 1x1 map first; PSANet mixes align_corners; two parts at full size
@@ -96,12 +102,12 @@ def test_conv_of_concat_takes_parts_in_any_order_and_mixed_corners():
 
 
 def test_strided_convolution_is_not_decomposed():
-    assert not decomposable(Conv2d(4, 4, 3, stride=2, padding=1))
+    assert not decomposable(nn.Conv2d(4, 4, 3, stride=2, padding=1))
     block = ConvBNReLU(6, 4, 3, padding=1)
     block.conv.stride = (2, 2)
     parts = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 2, 2)]
     with torch.no_grad():
-        out = block.of_concat(parts, (8, 8), False)
+        out = conv_bn_relu_of_concat(block, parts, (8, 8), False)
         ref = block(torch.cat([parts[0], F.interpolate(parts[1], size=(8, 8), mode="bilinear")], dim=1))
     torch.testing.assert_close(out, ref)
 
@@ -138,52 +144,63 @@ def test_winograd_runs_in_bands(monkeypatch):
     assert torch.equal(winograd.conv3x3(x, weight_t, None, (2, 2)), whole)
 
 
-def test_conv2d_uses_winograd_only_where_it_suits(monkeypatch):
+def _winograd_layer(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with Winograd installed as a model gets it (``use_fast_paths``)."""
+    return use_fast_paths(nn.Sequential(conv), FastPaths(winograd=True))[0]
+
+
+def test_winograd_is_installed_only_where_it_suits(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
     g = _gen("dispatch")
-    conv = Conv2d(6, 5, 3, padding=2, dilation=2, bias=True)
+    conv = nn.Conv2d(6, 5, 3, padding=2, dilation=2, bias=True)
+    direct = copy.deepcopy(conv)
+    conv = _winograd_layer(conv)
+    assert isinstance(conv, WinogradConv2d) and set(conv.state_dict()) == set(direct.state_dict())
     x = torch.randn(1, 6, 12, 8, generator=g)
+    xc = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        ref = F.conv2d(x, conv.weight, conv.bias, padding=2, dilation=2)
+        ref = direct(x)
         assert torch.equal(conv(x), ref)  # NCHW input: the direct convolution
-        assert not conv._transformed
-        out = conv(x.contiguous(memory_format=torch.channels_last))
-        assert conv._transformed  # channels-last input: Winograd
-        assert _rel_err(out, ref) < REL
-        conv.winograd = False
-        assert torch.equal(conv(x.contiguous(memory_format=torch.channels_last)),
-                           F.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias,
-                                    padding=2, dilation=2))
-    conv.winograd = True
+        out = conv(xc)  # channels-last input: Winograd, which rounds differently
+        assert not torch.equal(out, direct(xc)) and _rel_err(out, ref) < REL
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the direct (autocast) convolution
+            assert torch.equal(conv(xc), direct(xc))
     with torch.enable_grad():  # training keeps the direct convolution
-        conv._transformed.clear()
-        conv(x.contiguous(memory_format=torch.channels_last))
-        assert not conv._transformed
-    # too little channels, strides and 1x1 kernels stay direct
-    narrow = Conv2d(3, 5, 3, padding=1)
-    strided = Conv2d(6, 5, 3, stride=2, padding=1)
-    pointwise = Conv2d(6, 5, 1)
-    xc = torch.randn(1, 6, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        narrow(xc[:, :3].contiguous(memory_format=torch.channels_last))
-        strided(xc)
-        pointwise(xc)
-    assert not (narrow._transformed or strided._transformed or pointwise._transformed)
+        assert torch.equal(conv(xc), direct(xc))
+    # too few channels, strides, padding other than the dilation and 1x1 kernels are never swapped
+    for layer in (nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(6, 5, 3, stride=2, padding=1),
+                  nn.Conv2d(6, 5, 3, padding=0), nn.Conv2d(6, 5, 1)):
+        assert type(_winograd_layer(layer)) is nn.Conv2d
+    assert type(use_fast_paths(nn.Sequential(conv), False)[0]) is nn.Conv2d
 
 
-def test_conv2d_transforms_its_weights_again_when_they_change(monkeypatch):
+def test_winograd_transforms_its_weights_again_when_they_change(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
     g = _gen("cache")
-    conv = Conv2d(6, 5, 3, padding=1)
+    conv = _winograd_layer(nn.Conv2d(6, 5, 3, padding=1))
     x = torch.randn(1, 6, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         conv(x)
-        conv.weight.mul_(2)  # in place, as fusing batch norm or loading a state dict does
-        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
-        assert _rel_err(conv(x), ref) < REL
     conv.load_state_dict({"weight": torch.randn(5, 6, 3, 3, generator=g), "bias": torch.zeros(5)})
     with torch.no_grad():
         assert _rel_err(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < REL
+        conv.double()
+        out = conv(x.double())  # float64: the direct convolution, on the moved weights
+        assert out.dtype == torch.float64 and torch.equal(out, F.conv2d(x.double(), conv.weight, conv.bias, padding=1))
+
+
+def test_fusing_batch_norm_after_installing_winograd(monkeypatch):
+    """Folding BatchNorm changes the weights in place; the transformed ones follow."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)
+    model = _small(HEADS[0])
+    x = torch.randn(1, 3, 48, 64, generator=_gen("fuse-after"))
+    with torch.no_grad():
+        ref = model(x)
+        use_fast_paths(model, True)
+        model(x.contiguous(memory_format=torch.channels_last))  # transforms made from the unfused weights
+        out = model.fuse_bn()(x.contiguous(memory_format=torch.channels_last))
+    assert fast_paths_of(model).winograd
+    assert _rel_err(out, ref) < REL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,14 +243,17 @@ HEADS = [
 @pytest.mark.parametrize("size", [(64, 96), (41, 57)], ids=str)
 def test_decomposed_heads_match_concatenation(file_name, size):
     model = _small(file_name)
-    assert model.head.decompose
-    feats = model.backbone(torch.randn(1, 3, *size, generator=_gen(file_name, size)))
-    feats = [feats[p] for p in model._feature_pos]
+    plain_type = type(model.head)
+    feats = model.features(torch.randn(1, 3, *size, generator=_gen(file_name, size)))
     with torch.no_grad():
-        fast = model.head(feats)
-        model.head.decompose = False
         plain = model.head(feats)
+        use_fast_paths(model, FastPaths(decompose=True))
+        assert type(model.head) is DECOMPOSED[plain_type]
+        fast = model.head(feats)
     assert _rel_err(fast, plain) < REL
+    assert not torch.equal(fast, plain)  # another computation (rounding differs), not the same one
+    use_fast_paths(model, False)
+    assert type(model.head) is plain_type
 
 
 @pytest.mark.parametrize("file_name", HEADS[:1] + HEADS[3:5], ids=lambda f: f.split("_2020")[0])
@@ -241,12 +261,52 @@ def test_optimized_model_matches_the_plain_one(file_name, monkeypatch):
     """BatchNorm folded, channels-last, decomposed heads and Winograd together, against none of them."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)  # let the small model's layers use it
     plain = _small(file_name)
-    plain.head.decompose = False
-    fast = copy.deepcopy(plain).fuse_bn().to(memory_format=torch.channels_last)
-    fast.head.decompose = True
+    fast = use_fast_paths(copy.deepcopy(plain).fuse_bn(), True)
+    assert fast_paths_of(fast) == FastPaths.all() and fast_paths_of(plain) == FastPaths.none()
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) > 0
     x = torch.randn(2, 3, 75, 99, generator=_gen("whole", file_name))
     with torch.no_grad():
         ref = plain(x)
         out = fast(x.contiguous(memory_format=torch.channels_last))
-    assert any(m._transformed for m in fast.modules() if isinstance(m, Conv2d))
     assert _rel_err(out, ref) < REL
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile: one graph
+# ---------------------------------------------------------------------------------------------
+
+ONE_PER_HEAD = [HEADS[0], HEADS[3], HEADS[4], HEADS[5]]  # PSP, ASPP, UPer, PSA
+
+
+def _tiny(file_name: str):
+    """A zoo architecture with tiny widths (ResNet-18 at 8 channels): traced in about a second."""
+    arch = mmseg_architecture(file_name)
+    backbone = dataclasses.replace(arch.backbone, depth=18, base_channels=8, stem_channels=8)
+    in_channels = (8, 16, 32, 64) if arch.decode_head.type == "UPerHead" else 64
+    extra = {"mask_size": (9, 9)} if arch.decode_head.type == "PSAHead" else {}
+    head = dataclasses.replace(arch.decode_head, in_channels=in_channels, channels=8, **extra)
+    return build_segmentor(dataclasses.replace(arch, backbone=backbone, decode_head=head)).eval()
+
+
+@pytest.mark.parametrize("file_name", ONE_PER_HEAD, ids=lambda f: f.split("_")[0])
+@pytest.mark.parametrize("paths", [FastPaths.none(), FastPaths(decompose=True, channels_last=True)], ids=str)
+def test_model_traces_in_one_graph(file_name, paths):
+    model = use_fast_paths(_tiny(file_name).fuse_bn(), paths)
+    x = torch.randn(1, 3, 64, 80).contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def test_graph_breaks_are_counted():
+    """The negative control: a forward that reads a tensor's data breaks the graph, and is counted."""
+
+    class Reads(nn.Module):
+        def forward(self, x):
+            return x * 2 if bool((x > 0).any()) else x
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(Reads())(torch.randn(4))
+    assert explained.graph_break_count >= 1

@@ -174,3 +174,46 @@ def test_images_and_outputs_do_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("stem, label_file", [(".", "..png"), ("..", "...png"), ("a:b", "a:b.png"), ("c:\\d", "c:\\d.png"),
+                                             ("-x", "-x.png"), ("new\nline", "new\nline.png"), ("ünï", "ünï.png")])
+def test_any_legal_file_name_gives_output_names(tmp_path, labels, stem, label_file):
+    (name,) = unique_names([stem])
+    paths = output_paths(tmp_path / "out", name)
+    assert paths.labels == tmp_path / "out" / label_file and paths.overlay.name == stem + "_overlay.png"
+    save_label_png(labels, PALETTE, paths.labels)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [label_file]
+    nested = output_paths(tmp_path / "out", f"x:y/{name}")
+    assert nested.json == tmp_path / "out" / "x:y" / (stem + ".json")
+
+
+def test_outputs_never_land_on_an_input(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    street = out / "street.png"
+    street.write_bytes(b"input")
+    overlay_input = out / "a_overlay.png"
+    overlay_input.write_bytes(b"input")
+    elsewhere = tmp_path / "elsewhere.png"
+    names = unique_names(["street", "a", "elsewhere"], out_dir=out, inputs=[street, overlay_input, elsewhere])
+    assert names == ["street_2", "a_2", "elsewhere"]
+    # Compared by real path: a symlinked output folder, or a symlinked folder inside it.
+    (tmp_path / "link").symlink_to(out, target_is_directory=True)
+    assert unique_names(["street"], out_dir=tmp_path / "link", inputs=[street]) == ["street_2"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "p.png").write_bytes(b"input")
+    (out / "sub").symlink_to(photos, target_is_directory=True)
+    assert unique_names(["sub/p", "p"], out_dir=out, inputs=[photos / "p.png"]) == ["sub/p_2", "p"]
+    # Without inputs in the way, names stay as they are.
+    assert unique_names(["street", "a"], out_dir=tmp_path / "fresh", inputs=[street, overlay_input]) == ["street", "a"]
+
+
+def test_an_input_reached_through_a_symlink_is_protected_at_its_target(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    real = out / "real.png"
+    real.write_bytes(b"input")
+    (tmp_path / "link.png").symlink_to(real)
+    assert unique_names(["real", "link"], out_dir=out, inputs=[tmp_path / "link.png"]) == ["real_2", "link"]

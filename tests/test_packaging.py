@@ -53,6 +53,8 @@ def test_wheel_install_into_fresh_venv(tmp_path):
     installed_index = target / "psegzoo" / "model_index.json"
     assert installed_index.is_file() and not installed_index.is_symlink()
     assert json.loads(installed_index.read_text()) == json.loads((ROOT / "model_index.json").read_text())
+    sample = target / "psegzoo" / "data" / "street.png"
+    assert sample.read_bytes() == (ROOT / "psegzoo" / "data" / "street.png").read_bytes()
     listing = subprocess.run(
         [str(py), "-m", "psegzoo", "list", "--dataset", "voc", "--json"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env,

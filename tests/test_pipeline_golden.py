@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from psegzoo import convert
 from psegzoo.manifest import load_manifest
-from psegzoo.models import build_segmentor
+from psegzoo.models import FastPaths, build_segmentor, fast_paths_of, use_fast_paths
 from psegzoo.predictor import InferenceSettings, argmax_labels, infer, resize_image, resize_scores
 from tests.support.synth import load_specs, synth_state_dict
 
@@ -56,14 +56,18 @@ def _golden_logits(golden: dict[str, torch.Tensor], meta: dict[str, str], scores
     return golden["logits_slice"][0], scores[start:stop:step]
 
 
-@pytest.mark.parametrize("fuse_bn", [False, True], ids=["plain", "fused-bn"])
+@pytest.mark.parametrize("variant", ["plain", "fused-bn", "fast"])
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name.split(".")[0] + "-" + p.name.split(".")[1])
-def test_pipeline_matches_mmseg(path, fuse_bn):
+def test_pipeline_matches_mmseg(path, variant):
+    """The plain model, BatchNorm folded, and folded with every fast path (decomposed heads, Winograd,
+    channels-last) on: each gives mmseg's logits."""
     golden, meta = _read(path)
     entry = load_manifest().get(meta["checkpoint"])
     model = _model(entry, load_specs().mmseg_index[meta["checkpoint"]], "mmseg")
-    if fuse_bn:
+    if variant != "plain":
         model.fuse_bn()
+    use_fast_paths(model, variant == "fast")
+    assert fast_paths_of(model) == (FastPaths.all() if variant == "fast" else FastPaths.none())
     crop, stride = json.loads(meta["crop_size"]), json.loads(meta["stride"])
     settings = InferenceSettings.from_entry(
         entry,
@@ -97,9 +101,11 @@ def test_ssseg_direct_resize_matches(path):
     settings = InferenceSettings.from_entry(entry)
     assert settings.resize_logits == "direct" and settings.mode == "whole"
     model = _model(entry, load_specs().ssseg_index[meta["config"]], "ssseg")
-    with torch.inference_mode():
-        low = model.forward_lowres(golden["input"])[0]
-    assert low.shape == golden["logits_lowres"].shape[1:]
-    out = resize_scores(low, tuple(golden["logits"].shape[2:]), align_corners=settings.align_corners)
-    ref = golden["logits"][0]
-    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+    for fast in (False, True):
+        use_fast_paths(model, fast)
+        with torch.inference_mode():
+            low = model.forward_lowres(golden["input"])[0]
+        assert low.shape == golden["logits_lowres"].shape[1:]
+        out = resize_scores(low, tuple(golden["logits"].shape[2:]), align_corners=settings.align_corners)
+        ref = golden["logits"][0]
+        assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()

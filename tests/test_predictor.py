@@ -23,6 +23,7 @@ from psegzoo.predictor import (
     argmax_labels,
     default_stride,
     infer,
+    infer_batch,
     probabilities,
     rescale_size,
     resize_bilinear_uint8,
@@ -107,9 +108,12 @@ def test_rescale_size(w, h, scale, expected):
     assert rescale_size(w, h, scale) == expected
 
 
-def test_rescale_size_refuses_zero():
-    with pytest.raises(PredictionError, match="too elongated"):
-        rescale_size(10000, 1, (16, 8))
+def test_rescale_size_keeps_at_least_one_pixel():
+    # 10000 x 1 to (16, 8): factor 16 / 10000, the height rounds to 0 (mmcv's 0 would fail OpenCV)
+    assert rescale_size(10000, 1, (16, 8)) == (16, 1)
+    assert rescale_size(1, 5000, (2048, 1024)) == (1, 2048)
+    with pytest.raises(PredictionError, match="empty"):
+        rescale_size(0, 10, (16, 8))
 
 
 def test_tta_scales_are_ratios_of_the_test_scale():
@@ -444,8 +448,10 @@ def test_infer_refusals():
     s = _settings()
     with pytest.raises(PredictionError, match="HxWx3 uint8"):
         infer(model, img.astype(np.float32), s)
-    with pytest.raises(PredictionError, match="half precision"):
+    with pytest.raises(PredictionError, match="float16 autocast .* is a GPU option"):
         infer(model, img, s, amp_dtype=torch.float16)
+    with pytest.raises(PredictionError, match="amp_dtype must be"):
+        infer(model, img, s, amp_dtype="float8")
     with pytest.raises(PredictionError, match="scale ratios"):
         infer(model, img, s, scales=(0.5, -1.0))
     with pytest.raises(PredictionError, match="batch_windows"):
@@ -477,9 +483,279 @@ def test_bfloat16_model_runs_on_cpu():
 
 def test_select_device():
     assert select_device("cpu") == torch.device("cpu")
-    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    mps = getattr(torch.backends, "mps", None)
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps is not None and mps.is_available() else "cpu"
+    assert select_device("auto").type == expected
+    assert select_device(None).type == expected
     with pytest.raises(PredictionError, match="unknown device|unsupported device"):
         select_device("quantum")
     if not torch.cuda.is_available():
         with pytest.raises(PredictionError, match="no CUDA"):
             select_device("cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# Labels without the C x H x W scores, progress, batches
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, flip, scales", [("whole", False, None), ("slide", False, None),
+                                                ("whole", True, (0.5, 1.0)), ("slide", False, (0.75, 1.25))],
+                         ids=["whole", "slide", "whole-tta", "slide-ms"])
+def test_labels_without_scores_equal_the_argmax_of_the_scores(mode, flip, scales):
+    model = TinySeg(num_classes=7)
+    img = _image(37, 53, seed=4)
+    s = _settings(mode, scale=(90, 60), crop=(32, 40) if mode == "slide" else None,
+                  stride=(20, 24) if mode == "slide" else None)
+    full = infer(model, img, s, flip=flip, scales=scales)
+    banded = infer(model, img, s, flip=flip, scales=scales, keep_scores=False, confidence=True)
+    assert banded.scores is None and banded.is_probs == full.is_probs
+    assert banded.labels.dtype == np.uint8 and banded.labels.shape == (37, 53)
+    np.testing.assert_array_equal(banded.labels, argmax_labels(full.scores))
+    top = probabilities(full.scores, full.is_probs).amax(0).numpy()
+    np.testing.assert_allclose(banded.confidence, top, rtol=1e-5, atol=1e-6)
+    assert infer(model, img, s, flip=flip, scales=scales, keep_scores=False).confidence is None
+
+
+def test_labels_in_bands_across_band_edges(monkeypatch):
+    """Many small bands (several rows each, across views) give the labels one band gives."""
+    import psegzoo.predictor.scores as scores_module
+
+    model = TinySeg(num_classes=300)  # over 256 classes: int32 labels
+    img = _image(41, 29, seed=5)
+    s = _settings("whole", scale=(58, 40))
+    one = infer(model, img, s, scales=(0.5, 1.0), keep_scores=False)
+    monkeypatch.setattr(scores_module, "BAND_BYTES", 1)
+    many = infer(model, img, s, scales=(0.5, 1.0), keep_scores=False)
+    assert one.labels.dtype == np.int32
+    np.testing.assert_array_equal(one.labels, many.labels)
+    full = infer(model, img, s, scales=(0.5, 1.0))
+    np.testing.assert_array_equal(one.labels, full.scores.argmax(0).numpy())
+
+
+def test_progress_counts_windows_of_every_view():
+    model = TinySeg()
+    img = _image(50, 70)
+    s = _settings("slide", scale=(70, 50), crop=(24, 32), stride=(16, 20))
+    seen: list[tuple[int, int]] = []
+    infer(model, img, s, scales=(0.5, 1.0), batch_windows=2, progress=lambda done, total: seen.append((done, total)))
+    per_view = [len(slide_windows(h, w, (24, 32), (16, 20))) for h, w in ((25, 35), (50, 70))]
+    total = sum(per_view)
+    assert total == 1 + 12  # 25x35 fits one 24x32 window row... (1 x 1) + (3 x 4)
+    assert seen[-1] == (total, total) and all(t == total for _, t in seen)
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen}) and len(seen) > 2  # steps, increasing
+    whole: list[tuple[int, int]] = []
+    infer(model, img, _settings(), flip=True, progress=lambda done, total: whole.append((done, total)))
+    assert whole == [(1, 2), (2, 2)]
+
+
+def test_batch_of_whole_images_equals_one_by_one():
+    model = TinySeg(num_classes=6)
+    s = _settings("whole", scale=(64, 48))
+    images = [_image(30, 40, seed=i) for i in range(3)] + [_image(48, 64, seed=9), _image(30, 40, seed=7)]
+    batched = infer_batch(model, images, s, batch_size=2)
+    assert len(batched) == len(images)
+    for img, out in zip(images, batched):
+        alone = infer(model, img, s)
+        np.testing.assert_array_equal(out.labels, argmax_labels(alone.scores))
+        assert out.views[0].size == alone.views[0].size
+    kept = infer_batch(model, images, s, batch_size=4, keep_scores=True)
+    torch.testing.assert_close(kept[3].scores, infer(model, images[3], s).scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(PredictionError, match="whole mode"):
+        infer_batch(model, images, _settings("slide", crop=(16, 16), stride=(8, 8)))
+    with pytest.raises(PredictionError, match="batch_size"):
+        infer_batch(model, images, s, batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Elongated images, absurd settings, memory
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, resized", [((1, 5000), (1, 2048)), ((5000, 1), (2048, 1)), ((3, 4000), (2, 2048))],
+                         ids=str)
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_elongated_images_are_predicted(shape, resized, mode):
+    model = TinySeg()
+    img = _image(*shape)
+    s = _settings(mode, scale=(2048, 1024), crop=(64, 64) if mode == "slide" else None,
+                  stride=(48, 48) if mode == "slide" else None)
+    out = infer(model, img, s, keep_scores=False)
+    assert out.labels.shape == shape
+    assert out.views[0].size == resized  # 0.41 x 1 rounds to 0 in mmcv: kept at one pixel
+    np.testing.assert_array_equal(out.labels, argmax_labels(infer(model, img, s).scores))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(scale=(200000, 200000)), "scale 200000x200000 is too large"),
+    (dict(mode="slide", crop_size=(100000, 512)), "crop_size 100000x512 is too large"),
+    (dict(mode="slide", crop_size=(256, 256), stride=(1, 1)), "460801 windows of 256x256 per image"),
+])
+def test_absurd_settings_are_refused_in_one_line(kwargs, words):
+    with pytest.raises(PredictionError, match=words) as info:
+        InferenceSettings.from_test(WHOLE_TEST, False, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("scales, words", [((500,), "ratio 500 makes the test scale 1024000x256000"),
+                                           ((1e-5,), "ratio 1e-05 makes the test scale 0x0"),
+                                           (tuple(0.5 + i / 100 for i in range(40)), "40 scale ratios"),
+                                           ((0.5, float("nan")), "positive numbers")])
+def test_absurd_test_time_scales_are_refused_before_any_work(scales, words):
+    settings = InferenceSettings.from_test(WHOLE_TEST, False)
+    with pytest.raises(PredictionError, match=words):
+        settings.views(False, scales)
+    calls = []
+
+    class Counting(TinySeg):
+        def forward(self, x):
+            calls.append(x.shape)
+            return super().forward(x)
+
+    with pytest.raises(PredictionError, match=words):
+        infer(Counting(), _image(20, 30), settings, scales=scales)
+    assert calls == []
+    assert len(settings.views(True, (0.5, 1.0, 1.75))) == 6  # the published ms+flip ratios are fine
+
+
+class ManyClasses(PixelSeg):
+    """A 1x1 convolution to many classes that says how many (as psegzoo's models do)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.num_classes = num_classes
+
+
+def test_memory_estimate_counts_the_buffers():
+    from psegzoo.predictor import estimate_memory
+
+    model = ManyClasses(150)
+    full = estimate_memory(model, (7000, 7000), [(512, 512)], 150)
+    assert full.scores == 4 * 150 * 7000 * 7000  # the C x H x W float32 scores: 29.4 GB
+    assert full.views == 4 * 150 * 512 * 512 and full.labels == 0
+    labels = estimate_memory(model, (7000, 7000), [(512, 512)], 150, keep_scores=False, confidence=True)
+    assert labels.labels == 7000 * 7000 * (1 + 4) and labels.scores < 1e9 and labels.total < full.total / 40
+    tta = estimate_memory(model, (700, 700), [(256, 256), (512, 512)], 150, keep_scores=False)
+    assert tta.views == 4 * 150 * (256 * 256 + 512 * 512)  # every view kept for the average
+    slide = estimate_memory(model, (700, 700), [(1024, 2048)], 150, crop_size=(512, 512), batch_windows=3)
+    assert slide.forward == 4 * 3 * 512 * 512 * (3 + 150)  # an unknown model: input and logits of one batch
+
+
+def test_prediction_over_the_memory_limit_is_refused_before_running():
+    model = ManyClasses(150)
+    img = np.zeros((3000, 4000, 3), np.uint8)
+    s = _settings("whole", scale=(256, 192))
+    with pytest.raises(PredictionError) as info:
+        infer(model, img, s, max_memory=2 * 10**9)
+    message = info.value.cli_message()
+    assert "this 4000x3000 image needs about 7.3 GB" in message and "7.2 GB for its 150 class scores" in message
+    assert "no --logits" in message and "--scale LONGxSHORT" in message and "--max-pixels N" in message
+    assert "keep_scores=False" in str(info.value) and "--" not in str(info.value)
+    out = infer(model, img, s, max_memory=2 * 10**9, keep_scores=False)  # labels only: well under the limit
+    assert out.labels.shape == (3000, 4000)
+
+
+def test_prediction_beyond_the_memory_available_is_refused():
+    """Against the memory the system really has now: an image whose scores need twice that."""
+    from psegzoo.predictor import available_memory
+
+    avail = available_memory()
+    assert avail is not None  # Linux: /proc/meminfo
+    pixels = 2 * avail // (4 * 150) + 1
+    h = 4096
+    img = np.zeros((h, pixels // h + 1, 3), np.uint8)  # untouched zero pages: no memory used
+    with pytest.raises(PredictionError, match="is available"):
+        infer(ManyClasses(150), img, _settings("whole", scale=(64, 48)))
+
+
+_LABELS_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource
+    import numpy as np, torch
+    from torch import nn
+    from psegzoo.predictor import InferenceSettings, infer
+    torch.set_num_threads(2)
+    torch.manual_seed(1)
+    model = nn.Conv2d(3, 150, 1).eval()
+    model.num_classes = 150
+    img = np.random.default_rng(0).integers(0, 256, (2000, 3000, 3), dtype=np.uint8)
+    s = InferenceSettings(scale=(384, 256), mode="whole", crop_size=None, stride=None,
+                          mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), align_corners=False)
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 64, 64))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = infer(model, img, s, keep_scores=False, confidence=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"peak": peak, "scores": 4 * 150 * 2000 * 3000, "labels": out.labels.nbytes,
+                      "classes": int(len(np.unique(out.labels))), "conf_max": float(out.confidence.max())}))
+    """
+)
+
+
+def test_labels_of_a_large_image_need_no_score_buffer():
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", _LABELS_MEMORY_SCRIPT], capture_output=True, text=True, cwd=root,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the scores would be 150 x 2000 x 3000 float32 = 3.6 GB; labels 6 MB, confidence 24 MB, bands ~100 MB
+    assert res["peak"] < res["scores"] / 10, res
+    assert res["classes"] > 1 and 0 < res["conf_max"] <= 1.0, res
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------
+
+
+def test_autocast_names_and_devices():
+    from psegzoo.predictor import autocast_dtype
+
+    for name in ("bfloat16", "bf16", "BF16", torch.bfloat16):
+        assert autocast_dtype(name, "cpu") == torch.bfloat16
+    for name in ("float16", "fp16", "half"):
+        assert autocast_dtype(name, "cuda") == torch.float16
+    assert autocast_dtype(None, "cpu") is None and autocast_dtype("float32", "cpu") is None
+    with pytest.raises(PredictionError) as info:
+        autocast_dtype("half", "cpu")
+    assert "is a GPU option" in str(info.value) and "amp_dtype=torch.bfloat16" in str(info.value)
+    assert "--half" in info.value.cli_message() and "--bf16" in info.value.cli_message()
+    with pytest.raises(PredictionError, match="amp_dtype must be"):
+        autocast_dtype(torch.int8, "cpu")
+
+
+def test_bfloat16_autocast_on_cpu_keeps_the_labels():
+    model = TinySeg(num_classes=5)
+    img = _image(40, 56, seed=2)
+    s = _settings("whole", scale=(112, 80))
+    ref = infer(model, img, s)
+    low = infer(model, img, s, amp_dtype="bf16")
+    assert low.scores.dtype == torch.float32
+    assert not torch.equal(low.scores, ref.scores)  # it really ran in bfloat16
+    agree = (argmax_labels(low.scores) == argmax_labels(ref.scores)).mean()
+    assert agree >= 0.99, agree
+
+
+def test_out_of_memory_halves_the_window_batch():
+    """An out-of-memory error (the real exception type) on a batch of windows halves the batch and retries."""
+
+    class FailsAbove(TinySeg):
+        def __init__(self, limit: int):
+            super().__init__()
+            self.limit, self.batches = limit, []
+
+        def forward(self, x):
+            self.batches.append(x.shape[0])
+            if x.shape[0] > self.limit:
+                raise torch.OutOfMemoryError("out of memory (the test's limit)")
+            return super().forward(x)
+
+    img = _image(50, 70)
+    s = _settings("slide", scale=(70, 50), crop=(24, 32), stride=(16, 20))
+    model = FailsAbove(3)
+    out = infer(model, img, s, batch_windows=8)
+    assert model.batches[:3] == [8, 4, 2] and model.batches[2:] == [2, 2, 2, 2, 1]  # 9 windows
+    torch.testing.assert_close(out.scores, infer(TinySeg(), img, s, batch_windows=1).scores, rtol=0, atol=1e-5)
+    with pytest.raises(PredictionError, match="out of memory running one 24x32 window on cpu") as info:
+        infer(FailsAbove(0), img, s, batch_windows=2)
+    assert "--crop-size HxW" in info.value.cli_message() and "--bf16" in info.value.cli_message()

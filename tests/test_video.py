@@ -24,7 +24,7 @@ from tests.support.media import NAME, image, leftovers, read_video, served, writ
 
 @pytest.fixture(scope="module")
 def seg(served):  # noqa: F811
-    return psegzoo.load(NAME, device="cpu", mirrors=[served.mirror], progress=False)
+    return psegzoo.load(NAME, device="cpu", download=psegzoo.DownloadOptions(mirrors=[served.mirror], progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +151,8 @@ def test_a_failure_mid_video_leaves_no_output(seg, lossless, tmp_path):
         video.predict_video(failing, path, out, "clip", overlay=True, color=True, summary=True)
     assert failing.calls == 4
     assert list(out.iterdir()) == []  # no frames, videos, JSON or temporary files
-    paths = video.predict_video(FailsAtFrame(seg, at=0), path, out, "clip", overlay=True)
-    assert paths == [out / "clip", out / "clip_overlay.mp4"]
+    result = video.predict_video(FailsAtFrame(seg, at=0), path, out, "clip", overlay=True)
+    assert result.paths == (out / "clip", out / "clip_overlay.mp4") and result.frames == 6
 
 
 def test_damaged_video_fails_alone(served, seg, lossless, tmp_path):  # noqa: F811
@@ -195,7 +195,9 @@ def test_skip_existing_checks_every_video_output(served, lossless, tmp_path):  #
     assert "nothing to do" in result.stderr
     (out / "clip_overlay.mp4").unlink()
     result = cli("predict", "-m", NAME, path, "-o", out, "--overlay", "--json", "--skip-existing")
-    assert result.stdout.split() == [str(out / "clip")]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["input"], line["output"], line["frames"]) for line in lines] == [(str(path), str(out / "clip"), 6)]
+    assert lines[0]["files"] == [str(out / "clip"), str(out / "clip_overlay.mp4"), str(out / "clip.json")]
     assert (out / "clip_overlay.mp4").is_file()
     assert "1 image(s) written" in result.stderr
 

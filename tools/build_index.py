@@ -93,6 +93,18 @@ SSSEG_SECTIONS = {
     "CityScapes": ("cityscapes", "cityscapes", [2048, 1024]),
 }
 SSSEG_WEIGHTS_URL = "https://github.com/SegmentationBLWX/modelstore/releases/download/ssseg_pspnet/{config}.pth"
+# The object-storage bucket behind download.openmmlab.com: the one alternative the public record
+# gives for the mmseg files (same path; mmpose switched between the two by search-and-replace).
+# Its availability is unknown; psegzoo tries it after the original and verifies it like any source.
+MMSEG_HOST = "https://download.openmmlab.com/"
+MMSEG_ALTERNATIVE_HOST = "https://openmmlab.oss-accelerate.aliyuncs.com/"
+
+
+def alternative_urls(url: str) -> list[str]:
+    """``weights.urls`` of a published mmseg URL: the same path on the bucket that served the domain."""
+    if not url.startswith(MMSEG_HOST):
+        raise BuildError(f"{url} is not on {MMSEG_HOST}: no known alternative")
+    return [MMSEG_ALTERNATIVE_HOST + url[len(MMSEG_HOST):]]
 # SSSegmentation normalises with the ImageNet statistics mmseg uses (RGB, 0-255).
 SSSEG_MEAN = [123.675, 116.28, 103.53]
 SSSEG_STD = [58.395, 57.12, 57.375]
@@ -935,7 +947,8 @@ def mmseg_entry(ckpt: Checkpoint, config_name: str, arch: dict[str, Any], test: 
         "source": "mmsegmentation",
         "fp16": ckpt.fp16,
         "config": config_name,
-        "weights": {"url": ckpt.url, "file": ckpt.file, "sha256_prefix": ckpt.sha256_prefix},
+        "weights": {"url": ckpt.url, "file": ckpt.file, "sha256_prefix": ckpt.sha256_prefix,
+                    "urls": alternative_urls(ckpt.url)},
         "architecture": arch,
         "test": test,
     }

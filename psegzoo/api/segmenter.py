@@ -1,33 +1,64 @@
 """``Segmenter``: a loaded checkpoint that runs the test pipeline on images."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .. import images, predictor
-from ..errors import ImageError
+from .. import hub, images, predictor
+from ..errors import ImageError, PredictionError, PsegzooError
 from ..manifest import Dataset, Entry
-from ..models import Segmentor
+from ..models import FastPaths, Segmentor, fast_paths_of, use_fast_paths
+from ..models.fast import tuning
 from .prediction import Prediction
+
+log = logging.getLogger(__name__)
 
 ImageInput = Any  # path, PIL image or HxWx3 uint8 array
 
+TUNE_MIN_PIXELS = 1 << 18
+"""Forwards at least this large (512 x 512) on the CPU first measure which fast paths pay there."""
+
+COMPILED_FAST_PATHS = FastPaths(decompose=True, winograd=False, channels_last=True)
+"""What :meth:`Segmenter.compile` may keep (where the device's own choice has it on). Winograd is a
+sequence of small operations that breaks the traced model into 39 graphs (``benchmarks/bench_compile.py``);
+the decomposed heads and channels-last trace in one graph and compile as fast as the plain model or faster."""
+
+PROVISIONAL_CPU_PATHS = FastPaths(channels_last=True)
+"""The CPU's paths until it is measured (small forwards, where the choice matters little): channels-last,
+which oneDNN runs deterministically from one model copy to the next (NCHW differs in the last bit)."""
+
+_PREDICT_ONLY = ("flip", "scales", "batch_windows", "max_pixels", "progress")
+
 
 class Segmenter:
-    """A loaded checkpoint ready to predict; ``model(x)`` gives logits for normalized NCHW input."""
+    """A loaded checkpoint ready to predict; ``model(x)`` gives logits for normalized NCHW input.
+
+    ``fast_paths`` (the exact speed-ups of :mod:`psegzoo.models.fast`) are chosen per device: on a
+    GPU at once, on the CPU by a measurement made once per machine (a few seconds, at the first
+    prediction large enough for them to matter, remembered in the cache root). ``channels_last``
+    True or False overrides that choice for the memory format.
+    """
 
     def __init__(self, model: Segmentor, entry: Entry, device: torch.device, dtype: torch.dtype,
-                 dataset: Dataset, timings: Mapping[str, float] | None = None):
+                 dataset: Dataset, timings: Mapping[str, float] | None = None, *, channels_last: bool | None = None,
+                 fast_paths: bool | FastPaths | str = "auto"):
         self.model = model
         self.entry = entry
         self.device = device
         self.dtype = dtype
         self.dataset = dataset
         self.load_timings = dict(timings or {})
+        self._channels_last = channels_last
+        self._pending_tuning = False
+        self.fast_path_measurement: dict[str, Any] | None = None
+        self.use_fast_paths(fast_paths)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -37,13 +68,90 @@ class Segmenter:
     def palette(self) -> tuple[tuple[int, int, int], ...]:
         return self.dataset.palette
 
+    @property
+    def fast_paths(self) -> FastPaths:
+        """The fast paths installed now."""
+        return fast_paths_of(self.model)
+
     def __repr__(self) -> str:
-        return f"Segmenter({self.entry.name!r}, device={self.device}, dtype={self.dtype})"
+        return f"Segmenter({self.entry.name!r}, device={self.device}, dtype={self.dtype}, fast_paths={self.fast_paths})"
+
+    # ----------------------------------------------------------------------------------------
+    # Fast paths and compilation
+    # ----------------------------------------------------------------------------------------
+
+    def use_fast_paths(self, paths: bool | FastPaths | str = "auto") -> Segmenter:
+        """Install fast paths: ``"auto"`` (the device's choice), True (all), False (none) or a
+        :class:`~psegzoo.models.FastPaths`. Returns self."""
+        self._pending_tuning = False
+        if isinstance(paths, str):
+            if paths != "auto":
+                raise PredictionError(f"fast_paths must be 'auto', True, False or a FastPaths, got {paths!r}")
+            if self.device.type == "cpu":
+                self._pending_tuning = True  # decided by measurement at the first large forward
+                chosen = PROVISIONAL_CPU_PATHS
+            else:
+                chosen = tuning.device_fast_paths(self.device)
+        elif isinstance(paths, bool):
+            chosen = FastPaths.all() if paths else FastPaths.none()
+        elif isinstance(paths, FastPaths):
+            chosen = paths
+        else:
+            raise PredictionError(f"fast_paths must be 'auto', True, False or a FastPaths, got {paths!r}")
+        self._install(chosen)
+        return self
+
+    def _install(self, paths: FastPaths) -> None:
+        if self._channels_last is not None:
+            paths = FastPaths(paths.decompose, paths.winograd and self._channels_last, self._channels_last)
+        use_fast_paths(self.model, paths)
+
+    def _cpu_choice(self) -> FastPaths:
+        try:
+            record: Path | None = hub.cache_root() / "fast_paths.json"
+        except (PsegzooError, OSError, RuntimeError):
+            record = None
+        paths, self.fast_path_measurement = tuning.cpu_fast_paths(record)
+        return paths
+
+    def decide_fast_paths(self) -> FastPaths:
+        """Settle the automatic choice now rather than at the first large prediction (on the CPU this
+        measures, once per machine); returns the fast paths installed."""
+        if self._pending_tuning:
+            self._pending_tuning = False
+            self._install(self._cpu_choice())
+        return self.fast_paths
+
+    def _tune_for(self, settings: predictor.InferenceSettings, size: tuple[int, int]) -> None:
+        """Decide the CPU's fast paths before the first forward large enough for them to matter."""
+        if not self._pending_tuning:
+            return
+        new_w, new_h = predictor.rescale_size(size[1], size[0], settings.scale)
+        if settings.mode == "slide" and settings.crop_size is not None:
+            new_h, new_w = min(new_h, settings.crop_size[0]), min(new_w, settings.crop_size[1])
+        if new_h * new_w >= TUNE_MIN_PIXELS:
+            log.info("fast paths on this CPU: %s", self.decide_fast_paths())
 
     def compile(self, **kwargs: Any) -> Segmenter:
-        """Compile the model with ``torch.compile`` (first prediction is slow, later ones faster)."""
-        self.model = torch.compile(self.model, **kwargs)  # type: ignore[assignment]
+        """Compile the model with ``torch.compile`` (``kwargs``, e.g. ``mode="max-autotune"``), in place.
+
+        The fast paths are decided first (on the CPU by its measurement) and only those that help a
+        compiled model are kept (``COMPILED_FAST_PATHS``); the model traces in one graph. The first
+        prediction at each new input size compiles (slow); later ones are faster.
+        """
+        chosen = self._cpu_choice() if self._pending_tuning else self.fast_paths
+        self._pending_tuning = False
+        self._install(FastPaths(decompose=chosen.decompose and COMPILED_FAST_PATHS.decompose,
+                                winograd=chosen.winograd and COMPILED_FAST_PATHS.winograd,
+                                channels_last=chosen.channels_last and COMPILED_FAST_PATHS.channels_last))
+        self.model.compile(**kwargs)
+        if self.entry.test.resize_logits == "direct":
+            self.model.forward_lowres = torch.compile(self.model.forward_lowres, **kwargs)  # type: ignore[method-assign]
         return self
+
+    # ----------------------------------------------------------------------------------------
+    # Prediction
+    # ----------------------------------------------------------------------------------------
 
     def settings(self, *, mode: str | None = None, crop_size: Any = None, stride: Any = None,
                  scale: Any = None) -> predictor.InferenceSettings:
@@ -52,54 +160,147 @@ class Segmenter:
 
     def predict(self, image: ImageInput, *, mode: str | None = None, crop_size: Any = None, stride: Any = None,
                 scale: Any = None, flip: bool = False, scales: Sequence[float] | None = None,
-                batch_windows: int | None = None, amp_dtype: torch.dtype | None = None,
-                max_pixels: int | None = None) -> Prediction:
+                batch_windows: int | None = None, amp_dtype: str | torch.dtype | None = None,
+                max_pixels: int | None = None, keep_scores: bool = True, confidence: bool = False,
+                progress: predictor.Progress | None = None, max_memory: int | None = None) -> Prediction:
         """Run the checkpoint's test pipeline (or the overridden one) on one image.
 
         ``image`` is a path, a PIL image or an H x W x 3 uint8 RGB array. ``mode``, ``crop_size``
         ``(h, w)``, ``stride`` and ``scale`` ``(long, short)`` override the published test settings;
         ``flip`` and ``scales`` (ratios of the test scale) add test-time augmentation.
+        ``amp_dtype``: autocast, ``torch.float16``/``"float16"`` (GPU) or ``torch.bfloat16``/``"bf16"``.
+        ``keep_scores=False`` keeps only the labels (and the top probability with ``confidence``),
+        made without the C x H x W scores: any image size then needs little more than its labels.
+        ``progress(done, total)`` is told of the forwards as they run. ``max_memory`` (bytes)
+        refuses a prediction estimated to need more (default: the memory available).
         """
         settings = self.settings(mode=mode, crop_size=crop_size, stride=stride, scale=scale)
+        settings.views(flip, scales)
+        predictor.autocast_dtype(amp_dtype, self.device)
         t0 = time.perf_counter()
         rgb = images.load_image(image, max_pixels=max_pixels)
         t1 = time.perf_counter()
+        self._tune_for(settings, rgb.shape[:2])
         result = predictor.infer(self.model, rgb, settings, flip=flip, scales=scales, device=self.device,
-                                 batch_windows=batch_windows, amp_dtype=amp_dtype)
-        scores = result.scores
-        labels = predictor.argmax_labels(scores)
-        if result.is_probs:
-            with torch.inference_mode():
-                scores.clamp_(min=torch.finfo(torch.float32).tiny).log_()
+                                 batch_windows=batch_windows, amp_dtype=amp_dtype, keep_scores=keep_scores,
+                                 confidence=confidence, progress=progress, max_memory=max_memory)
         timings = {"load_image": t1 - t0, **{k: float(v) for k, v in result.seconds.items()}}
+        return self._prediction(result, rgb, image, timings)
+
+    def _prediction(self, result: predictor.Inference, rgb: np.ndarray, source: ImageInput,
+                    timings: dict[str, float]) -> Prediction:
+        scores: np.ndarray | None = None
+        if result.scores is not None:
+            labels = predictor.argmax_labels(result.scores)
+            scores = result.scores.cpu().numpy()
+        elif result.labels is not None:
+            labels = result.labels
+        else:
+            raise PredictionError("the prediction gave neither scores nor labels")
         return Prediction(
             labels=labels,
-            logits=scores.numpy(),
+            scores=scores,
+            is_probs=result.is_probs,
             image=rgb,
             entry=self.entry,
             dataset=self.dataset,
             timings=timings,
-            source=str(image) if isinstance(image, (str, os.PathLike)) else None,
+            source=str(source) if isinstance(source, (str, os.PathLike)) else None,
+            top_probability=result.confidence,
         )
 
-    def predict_many(self, inputs: Iterable[ImageInput] | str | os.PathLike, **kwargs: Any) -> Iterator[Prediction | ImageError]:
+    def predict_many(self, inputs: Iterable[ImageInput] | str | os.PathLike, *, batch_size: int = 1,
+                     **kwargs: Any) -> Iterator[Prediction | PsegzooError]:
         """Predict images one by one (the model stays loaded); paths may be files, folders or globs.
 
-        A bad image yields its :class:`ImageError` instead of stopping the batch.
+        Takes :meth:`predict`'s options. A bad image (unreadable, too large, one the model fails on)
+        yields its error (:class:`~psegzoo.ImageError` or :class:`~psegzoo.PredictionError`, naming
+        the image) instead of stopping the others; options that are wrong for every image raise at
+        once. ``batch_size`` > 1 runs whole-mode images of the same size through the model together
+        (faster on a GPU); results come in input order either way.
         """
+        self._check_options(kwargs)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
-        for item in inputs:
+        batched = batch_size > 1 and self._batchable(kwargs)
+        pending: list[tuple[ImageInput, str]] = []
+        for n, item in enumerate(inputs):
             if isinstance(item, (str, os.PathLike)):
                 found = images.find_images([item])
                 yield from found.errors
-                for image in found.images:
-                    try:
-                        yield self.predict(image.path, **kwargs)
-                    except ImageError as exc:
-                        yield exc
-                continue
+                named = [(image.path, str(image.path)) for image in found.images]
+            else:
+                named = [(item, f"input {n}")]
+            for image, label in named:
+                if not batched:
+                    yield self._guarded(image, label, kwargs)
+                    continue
+                pending.append((image, label))
+                if len(pending) == batch_size:
+                    yield from self._batch(pending, batch_size, kwargs)
+                    pending = []
+        if pending:
+            yield from self._batch(pending, batch_size, kwargs)
+
+    def _check_options(self, kwargs: Mapping[str, Any]) -> None:
+        """Raise at once for options that would fail on every image."""
+        known = {"mode", "crop_size", "stride", "scale", "amp_dtype", "keep_scores", "confidence", "max_memory",
+                 *_PREDICT_ONLY}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise PredictionError(f"unknown option(s) {', '.join(unknown)}; see Segmenter.predict")
+        settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
+        settings.views(bool(kwargs.get("flip", False)), kwargs.get("scales"))
+        predictor.autocast_dtype(kwargs.get("amp_dtype"), self.device)
+
+    def _guarded(self, image: ImageInput, label: str, kwargs: Mapping[str, Any]) -> Prediction | PsegzooError:
+        """``predict(image)``, or the error that stopped it, naming the image."""
+        try:
+            return self.predict(image, **kwargs)
+        except ImageError as exc:
+            return exc
+        except PsegzooError as exc:
+            return type(exc)(f"{label}: {exc.args[0] if exc.args else exc}")
+        except (RuntimeError, ValueError, MemoryError) as exc:  # the model failed on this input
+            return PredictionError(f"{label}: prediction failed: {exc}".splitlines()[0])
+
+    def _batchable(self, kwargs: Mapping[str, Any]) -> bool:
+        settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
+        return (settings.mode == "whole" and not kwargs.get("flip") and kwargs.get("scales") in (None, [1.0], (1.0,))
+                and kwargs.get("progress") is None)
+
+    def _batch(self, pending: list[tuple[ImageInput, str]], batch_size: int,
+               kwargs: Mapping[str, Any]) -> Iterator[Prediction | PsegzooError]:
+        """Whole-mode images through :func:`predictor.infer_batch`; one by one if that fails."""
+        loaded: list[tuple[ImageInput, str, np.ndarray | PsegzooError, float]] = []
+        for image, label in pending:
+            t0 = time.perf_counter()
             try:
-                yield self.predict(item, **kwargs)
+                loaded.append((image, label, images.load_image(image, max_pixels=kwargs.get("max_pixels")),
+                               time.perf_counter() - t0))
             except ImageError as exc:
-                yield exc
+                loaded.append((image, label, exc, 0.0))
+        good = [(i, rgb) for i, (_, _, rgb, _) in enumerate(loaded) if isinstance(rgb, np.ndarray)]
+        results: dict[int, predictor.Inference] = {}
+        if good:
+            settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
+            self._tune_for(settings, good[0][1].shape[:2])
+            try:
+                out = predictor.infer_batch(self.model, [rgb for _, rgb in good], settings, device=self.device,
+                                            amp_dtype=kwargs.get("amp_dtype"), batch_size=batch_size,
+                                            keep_scores=kwargs.get("keep_scores", True),
+                                            confidence=kwargs.get("confidence", False),
+                                            max_memory=kwargs.get("max_memory"))
+                results = {i: r for (i, _), r in zip(good, out)}
+            except (PsegzooError, RuntimeError, ValueError, MemoryError) as exc:
+                log.info("batched prediction failed (%s); predicting one by one", str(exc).splitlines()[0])
+        for i, (image, label, rgb, load_seconds) in enumerate(loaded):
+            if isinstance(rgb, PsegzooError):
+                yield rgb
+            elif i in results:
+                timings = {"load_image": load_seconds, **{k: float(v) for k, v in results[i].seconds.items()}}
+                yield self._prediction(results[i], rgb, image, timings)
+            else:
+                yield self._guarded(image, label, kwargs)

@@ -12,19 +12,20 @@ from .common import console, escape, fmt_size, handle_errors, index_option, pair
 
 @click.command("bench")
 @click.argument("name")
-@click.option("--size", default="1024x2048", show_default=True, help="Image size HxW.")
+@click.option("--size", default="1024x2048", show_default=True,
+              help="Image size HxW; the forwards run at this size (whole) or over the model's windows on it (slide).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["whole", "slide"]),
               help="Modes to time (default: both).")
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Timed runs per mode.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to use (default: cached, else initial weights).")
-@click.option("--no-baseline", is_flag=True, help="Skip the naive baseline (one window at a time, no channels_last, no BN folding).")
+@click.option("--no-baseline", is_flag=True, help="Skip the naive baseline (one window at a time, no fast paths, no BN folding).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @index_option
 @handle_errors
 def bench_command(name, size, device, modes, repeat, weights, no_baseline, as_json) -> None:
     """Time load and prediction of one model against a naive baseline in the same run."""
-    hw = pair_option(size, "--size")
+    hw = pair_option(size, "--size") or (1024, 2048)
     report = psegzoo.benchmark(name, size=hw, device=device, modes=list(modes) or ["whole", "slide"], repeat=repeat,
                                weights=weights, baseline=not no_baseline,
                                log=None if as_json else lambda msg: console(stderr=True).print(escape(msg)))
@@ -41,5 +42,9 @@ def bench_command(name, size, device, modes, repeat, weights, no_baseline, as_js
                       fmt_size(row.get("peak_bytes")), f"{row['speedup']:.2f}x" if row.get("speedup") else "-",
                       "-" if row.get("labels_equal") is None else f"{row['labels_equal'] * 100:.3f}%")
     out = console()
-    out.print(f"load: {report['load_seconds']:.2f} s ({report['weights']})")
+    paths = ", ".join(k for k, v in report["fast_paths"].items() if v) or "none"
+    out.print(f"load: {report['load_seconds']:.2f} s ({escape(report['weights'])}); fast paths: {paths}")
+    forwards = {row["mode"]: "x".join(str(v) for v in row["forward_size"]) for row in report["runs"]}
+    out.print("; ".join(f"{mode}: {'forwards' if mode == 'whole' else 'windows'} of {size}"
+                        for mode, size in forwards.items()))
     out.print(table)

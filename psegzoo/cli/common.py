@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,15 +18,21 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (kept by Python as surrogates) shown as U+FFFD:
+    a file may be named in any bytes, a terminal takes text."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def error_line(exc: BaseException) -> str:
     """How an error reads on the command line: options named as flags, rich markup escaped."""
     text = exc.cli_message() if isinstance(exc, psegzoo.PsegzooError) else str(exc)
-    return f"[bold red]error:[/] {escape(text)}"
+    return f"[bold red]error:[/] {escape(printable(text))}"
 
 
 def fail(message: str, code: int = 1) -> None:
     # One unwrapped line: URLs and paths in the message stay whole (copyable, greppable).
-    console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    console(stderr=True).print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -52,13 +57,19 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
+_INDEX_KEY = "psegzoo.index"
+_DOWNLOAD_KEY = "psegzoo.download"
+QUIET_KEY = "psegzoo.quiet"
+
+
 def index_option(func: Callable) -> Callable:
-    """``--index FILE`` (repeatable) on every command: extra manifests merged over the built-in one."""
+    """``--index FILE`` (repeatable) on every command: extra manifests merged over the built-in one
+    (after those of ``PSEGZOO_INDEX``). The value is kept in the click context and passed explicitly
+    (:func:`manifest_index`); nothing is written to the environment."""
 
     def remember(ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> None:
         if value:
-            current = [p for p in os.environ.get("PSEGZOO_INDEX", "").split(os.pathsep) if p]
-            os.environ["PSEGZOO_INDEX"] = os.pathsep.join(current + [str(Path(v).resolve()) for v in value])
+            ctx.meta.setdefault(_INDEX_KEY, []).extend(str(Path(v).resolve()) for v in value)
 
     return click.option(
         "--index",
@@ -71,6 +82,22 @@ def index_option(func: Callable) -> Callable:
     )(func)
 
 
+def manifest_index() -> tuple[Path, ...] | None:
+    """The extra manifests of this command: ``PSEGZOO_INDEX``'s, then ``--index``'s; None without ``--index``
+    (then the manifest reads ``PSEGZOO_INDEX`` itself)."""
+    ctx = click.get_current_context(silent=True)
+    extra = ctx.meta.get(_INDEX_KEY) if ctx is not None else None
+    if not extra:
+        return None
+    return (*psegzoo.manifest.extra_index_paths(), *(Path(p) for p in extra))
+
+
+def quiet() -> bool:
+    """``psegzoo -q``: only errors are printed."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(QUIET_KEY))
+
+
 def fmt(value: Any, digits: int | None = None) -> str:
     if value is None:
         return "-"
@@ -80,14 +107,8 @@ def fmt(value: Any, digits: int | None = None) -> str:
 
 
 def fmt_size(num_bytes: int | None) -> str:
-    if num_bytes is None:
-        return "-"
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
+    """Byte sizes as everywhere in psegzoo: decimal units (``psegzoo.units.format_size``)."""
+    return psegzoo.format_size(num_bytes)
 
 
 def is_cached(entry: psegzoo.Entry) -> bool:
@@ -95,35 +116,75 @@ def is_cached(entry: psegzoo.Entry) -> bool:
         return False
     return psegzoo.checkpoint_path(entry).is_file()
 
+
+def _remember_download(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is None or value == ():
+        return
+    assert param.name is not None
+    ctx.meta.setdefault(_DOWNLOAD_KEY, {})[param.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def download_options(func: Callable) -> Callable:
-    """Options shared by every command that may fetch weights."""
+    """Options shared by every command that may fetch weights. Their values are collected in the
+    click context; :func:`download_settings` turns them into one ``psegzoo.DownloadOptions``."""
+
+    def opt(*decls: str, **attrs: Any) -> Callable:
+        return click.option(*decls, expose_value=False, callback=_remember_download, **attrs)
+
     options = [
-        click.option("--mirror", "mirrors", multiple=True, metavar="URL",
-                     help="Base URL tried before the original host (repeatable; also PSEGZOO_MIRROR)."),
-        click.option("--offline", is_flag=True, default=None,
-                     help="No network access; use cached files only (also PSEGZOO_OFFLINE=1)."),
-        click.option("--allow-unverified", is_flag=True, default=None,
-                     help="Allow a checkpoint that has no published hash; its SHA-256 is recorded and trusted from then on."),
-        click.option("--sha256", "sha256", metavar="HEX",
-                     help="Pin the SHA-256 the file must have (for checkpoints without a published hash)."),
-        click.option("--retries", type=click.IntRange(0, 50), default=None, help="Retries per URL (default 4; PSEGZOO_RETRIES)."),
-        click.option("--timeout", type=click.FloatRange(0.1, None), default=None,
-                     help="Read timeout in seconds: a stalled server fails after this (default 60; PSEGZOO_TIMEOUT)."),
+        opt("--mirror", "mirrors", multiple=True, metavar="URL",
+            help="Mirror tried before the original host: a base URL, a template with {path}, {file} or "
+                 "{name}, or hf://ORG/REPO[@REV][/DIR] (repeatable; also PSEGZOO_MIRROR)."),
+        opt("--search", "search", multiple=True, metavar="DIR", type=click.Path(file_okay=False),
+            help="Folder (with subfolders) searched for a copy before any download (repeatable; also "
+                 "PSEGZOO_SEARCH_PATH). torch hub's and mim's download folders are always searched."),
+        opt("--offline", is_flag=True, default=None,
+            help="No network access; use the cache, local copies and file:// mirrors (also PSEGZOO_OFFLINE=1)."),
+        opt("--allow-unverified", is_flag=True, default=None,
+            help="Allow a checkpoint that has no published hash; its SHA-256 is recorded and trusted from then on."),
+        opt("--sha256", "sha256", metavar="HEX",
+            help="Pin the SHA-256 the file must have (for checkpoints without a published hash)."),
+        opt("--retries", type=click.IntRange(0, 50), default=None,
+            help="Retries per URL on timeouts, dropped connections, 429 and 5xx (default 4; PSEGZOO_RETRIES)."),
+        opt("--timeout", "read_timeout", type=float, default=None, metavar="S",
+            help="Read timeout in seconds: a silent server fails after this (default 60; PSEGZOO_TIMEOUT)."),
+        opt("--deadline", type=float, default=None, metavar="S",
+            help="Give up on a checkpoint after this many seconds in all (default: none; PSEGZOO_DEADLINE)."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
-def download_kwargs(mirrors: Sequence[str], offline: bool | None, allow_unverified: bool | None,
-                     sha256: str | None, retries: int | None, timeout: float | None) -> dict[str, Any]:
-    return {
-        "mirrors": list(mirrors) or None,
-        "offline": offline,
-        "allow_unverified": allow_unverified,
-        "sha256": sha256,
-        "retries": retries,
-        "timeout": timeout,
-    }
+
+def download_flags_given() -> list[str]:
+    """The download flags given on this command line (``--mirror``, ``--offline``, ...), in order."""
+    ctx = click.get_current_context()
+    given = ctx.meta.get(_DOWNLOAD_KEY, {})
+    flags = []
+    for param in ctx.command.params:
+        if param.name in given and isinstance(param, click.Option):
+            flags.append(max(param.opts, key=len))
+    return flags
+
+
+def download_settings(**fields: Any) -> psegzoo.DownloadOptions:
+    """The command's download options, built once: its flags, then the environment, then defaults.
+
+    ``fields`` add or override fields (``progress=False``, ``force=True``, ``link=True``); None is ignored.
+    """
+    ctx = click.get_current_context()
+    given = dict(ctx.meta.get(_DOWNLOAD_KEY, {}))
+    given.update({k: v for k, v in fields.items() if v is not None})
+    index = manifest_index()
+    if index is not None:
+        given["index"] = index
+    if quiet():
+        given.setdefault("progress", False)
+    search = given.pop("search", ())
+    options = psegzoo.DownloadOptions(**given)
+    if search:  # --search adds to PSEGZOO_SEARCH_PATH
+        options = options.with_(search=(*options.search, *search))
+    return options
 
 
 def pair_option(value: str | None, what: str) -> tuple[int, int] | None:

@@ -1,7 +1,18 @@
-"""``psegzoo predict``: segment images and write label maps."""
+"""``psegzoo predict``: segment images and videos and write label maps.
+
+Everything that can be checked is checked before the model is loaded (option combinations, the
+device, the inputs, the output folder), so a mistake costs a second, not a download and a load.
+Under torchrun every process makes the same checks and the same list of inputs; the job then
+shares the inputs out (see :mod:`psegzoo.distributed`) and only rank 0 prints.
+"""
 from __future__ import annotations
 
+import json
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -9,41 +20,95 @@ import psegzoo
 
 from .common import (
     console,
-    download_kwargs,
+    download_flags_given,
     download_options,
+    download_settings,
     error_line,
     escape,
     fail,
     handle_errors,
     index_option,
     pair_option,
+    printable,
     ratios_option,
 )
 from .jobs import as_job
 
 
+def _given(ctx: click.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)
+    return source is not None and source not in (click.core.ParameterSource.DEFAULT,
+                                                  click.core.ParameterSource.DEFAULT_MAP)
+
+
+def check_combinations(ctx: click.Context, *, inputs: Sequence[str], sample: bool, weights: str | None,
+                       overlay: bool, half: bool, bf16: bool) -> None:
+    """Refuse option combinations that cannot mean what the user wants (exit code 2, like click)."""
+    if not inputs and not sample:
+        raise click.UsageError("give the images to segment (files, folders or globs), or --sample to try the "
+                               "sample image shipped with psegzoo")
+    if half and bf16:
+        raise click.UsageError("choose one of --half and --bf16")
+    if _given(ctx, "opacity") and not overlay:
+        raise click.UsageError("--opacity sets the overlay's opacity; add --overlay")
+    if weights is not None:
+        clashing = download_flags_given()  # every download option means nothing with a local file
+        if clashing:
+            raise click.UsageError(f"--weights reads a local file, so {', '.join(clashing)} would do nothing; "
+                                   "drop one or the other")
+
+
+def check_output_folder(out_dir: str) -> None:
+    """The output folder exists as a writable folder, or can be created: checked without creating it."""
+    path = Path(out_dir)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise psegzoo.OutputError(f"output folder {out_dir}: {probe} is a broken symbolic link")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        raise psegzoo.OutputError(f"output folder {out_dir} {what}; choose another with -o/--output")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (it would be created in {probe})"
+        raise psegzoo.OutputError(f"output folder {out_dir} is not writable{where}; choose another with -o/--output")
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    # ASCII escapes keep any file name exact, even bytes that are not UTF-8.
+    return json.dumps(obj, allow_nan=False)
+
+
 @click.command("predict")
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("-m", "--model", "name", required=True, help="Model name or alias, e.g. pspnet_r101-d8_cityscapes.")
+@click.argument("inputs", nargs=-1)
+@click.option("-m", "--model", "name",
+              help="Model name, alias or mmseg config name, e.g. pspnet_r18-d8_512x1024_cityscapes.")
+@click.option("--sample", is_flag=True, help="Also segment the sample street scene shipped with psegzoo.")
+@click.option("--onnx", type=click.Path(dir_okay=False),
+              help="Run this 'psegzoo export' file with onnxruntime instead of PyTorch (the same pipeline).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local mmseg/SSSegmentation checkpoint or converted .safetensors.")
-@click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
-@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (colours over the image).")
+@click.option("-o", "--output", "out_dir", default="psegzoo_out", show_default=True, type=click.Path(),
+              help="Output folder (never searched for inputs).")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (a video: <stem>_overlay.mp4).")
 @click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="Overlay opacity.")
-@click.option("--color", is_flag=True, help="Also write <stem>_color.png (the colour map alone).")
+@click.option("--color", is_flag=True, help="Also write <stem>_color.png, the colour map alone (a video: <stem>_color.mp4).")
 @click.option("--probs", type=click.Choice(["png", "npy"]), is_flag=False, flag_value="png", default=None,
               help="Also write per-pixel confidence (max softmax): 16-bit PNG (default) or float32 .npy.")
 @click.option("--logits", "save_logits", is_flag=True, help="Also write <stem>_logits.npy (float16, C x H x W).")
-@click.option("--json", "save_json", is_flag=True, help="Also write <stem>.json: class areas, model, timings.")
+@click.option("--json", "save_json", is_flag=True,
+              help="Also write <stem>.json (class areas, model, timings) and print one JSON line per input on stdout.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Override the checkpoint's test mode.")
 @click.option("--crop-size", help="Slide window HxW (e.g. 512x1024).")
 @click.option("--stride", help="Slide stride HxW (default: the checkpoint's, or 2/3 of the crop).")
 @click.option("--scale", help="Test scale LONGxSHORT for the keep-ratio resize (e.g. 2048x1024).")
 @click.option("--flip", is_flag=True, help="Test-time augmentation: add horizontally flipped views.")
 @click.option("--scales", help="Test-time augmentation: ratios of the test scale, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
-@click.option("--half", is_flag=True, help="float16 autocast (GPU only).")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPU only).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps; under torchrun, cuda means cuda:LOCAL_RANK.")
+@click.option("--half", is_flag=True, help="float16 autocast (CUDA, MPS).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA, MPS, CPU).")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (slow first image).")
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
@@ -52,96 +117,152 @@ from .jobs import as_job
               help="Videos: segment every K-th frame (the output videos keep the input's duration).")
 @click.option("--skip-existing", is_flag=True,
               help="Skip inputs whose requested outputs all exist (resume an interrupted job).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, name mapping or summary (JSON lines still print).")
 @download_options
 @index_option
 @handle_errors
 @as_job
-def predict_command(inputs, name, weights, out_dir, overlay, opacity, color, probs, save_logits, save_json, mode,
-                    crop_size, stride, scale, flip, scales, device, half, bf16, use_compile, batch_windows,
-                    max_pixels, every, skip_existing, quiet, mirrors, offline, allow_unverified, sha256, retries,
-                    timeout, job) -> None:
+def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opacity, color, probs, save_logits,
+                    save_json, mode, crop_size, stride, scale, flip, scales, device, half, bf16, use_compile,
+                    batch_windows, max_pixels, every, skip_existing, quiet, job) -> None:
     """Segment images and videos (files, folders, globs) and write label maps as palette PNGs.
 
     \b
     Examples:
-      psegzoo predict --model pspnet_r101-d8_cityscapes street.png --overlay
+      psegzoo predict --model pspnet_r18-d8_512x1024_cityscapes --sample --overlay
       psegzoo predict --model pspnet_r101-d8_cityscapes clip.mp4 --overlay
       torchrun --nproc-per-node 4 -m psegzoo predict --model pspnet_r101-d8_cityscapes photos/
     Each image gives OUT/<stem>.png (pixel value = class index); a video gives OUT/<stem>/<frame>.png
     and, with --overlay or --color, OUT/<stem>_overlay.mp4 or _color.mp4 (needs psegzoo[video]).
-    Under torchrun the inputs are shared out between the processes. A bad image is reported and
-    skipped; the exit code is 1 if any input failed.
+    Folders and globs never look inside the output folder, and no output ever replaces an input
+    (a clashing name gets _2 and the mapping is printed). Under torchrun the inputs are shared out
+    between the processes. A bad input is reported and skipped; the exit code is 1 if any input
+    failed. With --json, stdout carries one JSON object per input.
     """
-    if half and bf16:
-        raise click.UsageError("choose one of --half and --bf16")
+    ctx = click.get_current_context()
+    check_combinations(ctx, inputs=inputs, sample=sample, weights=weights, overlay=overlay, half=half, bf16=bf16)
     overrides = dict(mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
                      scale=pair_option(scale, "--scale"))
     ratios = ratios_option(scales)
-    entry = psegzoo.get_entry(name)
-    # Check the settings before any download, so a bad stride fails at once.
-    psegzoo.inference_settings(entry, **overrides)
-    found = psegzoo.find_images(inputs, exclude=[out_dir])
+    download = download_settings(progress=False if quiet else None)
+    amp = "float16" if half else "bfloat16" if bf16 else None
+    onnx_model = None
+    if onnx is not None:
+        if weights or use_compile or half or bf16:
+            raise click.UsageError("--weights, --compile, --half and --bf16 do not apply to --onnx (fixed at export)")
+        onnx_model = psegzoo.load_onnx(onnx, device=device)
+        onnx_model.settings(**overrides)
+        entry = onnx_model.entry
+        if name is not None and psegzoo.get_entry(name, index=download.index).name != entry.name:
+            raise click.UsageError(f"--model {name} is not the model in {onnx} ({entry.name})")
+    elif name is None:
+        raise click.UsageError("give the model with --model NAME (or an exported file with --onnx FILE)")
+    else:
+        entry = psegzoo.get_entry(name, index=download.index)
+        # A bad stride, crop, scale, device or precision fails here, before any download.
+        psegzoo.inference_settings(entry, **overrides, flip=flip, scales=ratios)
+        psegzoo.autocast_dtype(amp, psegzoo.select_device(device))
+    sources = [*inputs, *([str(psegzoo.sample_image())] if sample else [])]
+    found = psegzoo.find_images(sources, exclude=[out_dir], videos=True)
     err = console(stderr=True)
     failures = 0
     for problem in found.errors:
         failures += 1
         err.print(error_line(problem), soft_wrap=True)
+        if save_json:
+            click.echo(_json_line({"input": None, "error": printable(problem.cli_message())}))
     if not found.images:
-        fail("no images to predict" + ("" if found.errors else f" in {', '.join(inputs)}"))
-    names = psegzoo.unique_output_names([img.relative for img in found.images])
+        fail("no images to predict" + ("" if found.errors else f" in {', '.join(map(printable, sources))}"))
+    check_output_folder(out_dir)
+    asked = [img.relative for img in found.images]
+    names = psegzoo.unique_output_names(asked, out_dir=out_dir, inputs=[img.path for img in found.images])
     wanted = psegzoo.distributed.Wanted(overlay=overlay, color=color, probs=probs, logits=save_logits, json=save_json)
-    plan = job.plan(psegzoo.distributed.predict_tasks(found.images, names, wanted), weigh=lambda t: t.pixels(every),
+    # Videos need PyAV, and take neither --probs nor --logits: refused here, before any load.
+    tasks = psegzoo.distributed.predict_tasks(found.images, names, wanted)
+    if not quiet:
+        for task, want in zip(tasks, asked):
+            if want != task.name:
+                where = os.path.join(out_dir, task.name) + ("" if task.is_video else ".png")
+                err.print(f"[dim]{escape(printable(str(task.path)))} -> {escape(printable(where))} "
+                          "(name taken by another input)[/]", soft_wrap=True)
+    plan = job.plan(tasks, weigh=lambda t: t.pixels(every),
                     skip=(lambda t: t.complete(out_dir, wanted)) if skip_existing else None)
     if not plan.total:
         if not quiet:
-            err.print(f"nothing to do: the outputs of all {plan.skipped} input(s) exist in {escape(out_dir)}", soft_wrap=True)
+            err.print(f"nothing to do: the outputs of all {plan.skipped} input(s) exist in {escape(printable(out_dir))}",
+                      soft_wrap=True)
         sys.exit(1 if failures else 0)
-    # One process per node downloads and converts; the others then load from the cache, offline.
-    segmenter = job.main_first(lambda first: psegzoo.load(
-        entry.name, weights=weights, device=job.device(device),
-        **download_kwargs(mirrors, offline if first else True, allow_unverified, sha256, retries, timeout),
-        progress=False if quiet else None,
-    ))
+
+    def load(first: bool) -> Any:
+        # One process per node downloads and converts; the others then load from the cache, offline.
+        return psegzoo.load(entry.name, weights=weights, device=job.device(device),
+                            download=download if first else download.with_(offline=True))
+
+    segmenter = onnx_model if onnx_model is not None else job.main_first(load)
     if use_compile:
         segmenter.compile()
-    amp = "float16" if half else "bfloat16" if bf16 else None
     progress = None
+    shown = 0
     if not quiet and err.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=err, transient=True)
         progress.start()
-        task = progress.add_task("predicting", total=plan.total)
+        bar = progress.add_task("predicting", total=plan.total)
 
-    def predict_one(item):
-        if item.is_video:
-            return psegzoo.video.predict_video(
-                segmenter, item.path, out_dir, item.name, every=every, overlay=overlay, opacity=opacity, color=color,
-                summary=save_json, flip=flip, scales=ratios, batch_windows=batch_windows, amp_dtype=amp, **overrides)[0]
-        prediction = segmenter.predict(item.path, flip=flip, scales=ratios, batch_windows=batch_windows,
-                                       amp_dtype=amp, max_pixels=max_pixels, **overrides)
-        return prediction.write(out_dir, item.name, overlay=overlay, opacity=opacity, color=color,
-                                probs=probs, logits=save_logits, summary=save_json)[0]
+    def within(done: int, total: int) -> None:  # forwards (or frames) of the input in hand, on rank 0
+        if progress is not None:
+            progress.update(bar, completed=shown + done / max(total, 1))
 
-    def show(event):  # every input of the job, on rank 0
+    def predict_one(task: Any) -> dict[str, Any]:
+        """The input's outputs, and what its JSON line says (a small dict: it travels to rank 0)."""
+        try:
+            if task.is_video:
+                result = psegzoo.video.predict_video(
+                    segmenter, task.path, out_dir, task.name, every=every, overlay=overlay, opacity=opacity,
+                    color=color, summary=save_json, flip=flip, scales=ratios, batch_windows=batch_windows,
+                    amp_dtype=amp, progress=within if job.is_main else None, **overrides)
+                return {"input": str(task.path), "output": str(result.paths[0]),
+                        "files": [str(p) for p in result.paths], **result.summary()}
+            # only --logits needs the C x H x W scores; labels (and confidence) are made without them
+            prediction = segmenter.predict(task.path, flip=flip, scales=ratios, batch_windows=batch_windows,
+                                           amp_dtype=amp, max_pixels=max_pixels, keep_scores=save_logits,
+                                           confidence=probs is not None, progress=within if job.is_main else None,
+                                           **overrides)
+            paths = prediction.write(out_dir, task.name, overlay=overlay, opacity=opacity, color=color,
+                                     probs=probs, logits=save_logits, summary=save_json)
+        except psegzoo.PsegzooError as exc:  # reported with the input's name; the others go on
+            if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)):
+                raise
+            raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
+        doc = {k: v for k, v in prediction.summary().items() if k != "image"}
+        return {"input": str(task.path), "output": str(paths[0]), "files": [str(p) for p in paths], **doc}
+
+    def show(event: Any) -> None:  # every input of the job, on rank 0
+        nonlocal shown
+        shown += 1
         if not event.ok:
             err.print(error_line(event.error), soft_wrap=True)
+            if save_json:
+                message = event.error.cli_message() if isinstance(event.error, psegzoo.PsegzooError) else str(event.error)
+                click.echo(_json_line({"input": printable(str(event.task.path)), "error": printable(message)}))
+        elif save_json:
+            click.echo(_json_line(event.value))
         elif not quiet and progress is None:
-            click.echo(str(event.value))
+            click.echo(printable(event.value["output"]))
         if progress is not None:
-            progress.advance(task)
+            progress.update(bar, completed=shown)
 
     try:
-        totals = job.run(plan.tasks, predict_one, show=show, failed=(psegzoo.ImageError, psegzoo.OutputError))
+        totals = job.run(plan.tasks, predict_one, show=show, failed=(psegzoo.PsegzooError,))
     finally:
         if progress is not None:
             progress.stop()
-    written = totals.done
     failures += totals.failed
     if not quiet:
-        err.print(f"{written} image(s) written to {escape(out_dir)}" + (f", {failures} failed" if failures else "")
+        err.print(f"{totals.done} image(s) written to {escape(printable(out_dir))}"
+                  + (f", {failures} failed" if failures else "")
                   + (f", {plan.skipped} skipped (outputs exist)" if plan.skipped else ""), soft_wrap=True)
     if failures:
         sys.exit(1)

@@ -1,129 +1,134 @@
-"""``download``, ``cache``, ``verify``, ``import`` and ``convert``: getting and keeping checkpoints."""
+"""``download``, ``cache``, ``verify``, ``import``, ``mirror`` and ``convert``: getting and keeping checkpoints.
+
+Everything shown comes from return values (paths, hashes, results); what the library logs while it
+works (retries, files found) is printed once by the group's log handler.
+"""
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
 import psegzoo
 
-from .common import console, download_kwargs, download_options, error_line, escape, fmt_size, handle_errors, index_option
-
-# --------------------------------------------------------------------------------------------
-
-
-# Warnings the cache module logs that these commands print themselves (said once, not twice).
-_TRUSTED_LOG = "%s has no published hash; trusting the downloaded file"
-_REMOVED_LOG = "removed %s from the cache"
-
-
-@contextlib.contextmanager
-def _not_logged(*message_starts: str) -> Iterator[None]:
-    """Drop the cache module's log records that start with ``message_starts`` while in the block."""
-    logger = logging.getLogger("psegzoo.hub")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(message_starts)
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
+from .common import (
+    console,
+    download_options,
+    download_settings,
+    error_line,
+    escape,
+    fmt_size,
+    handle_errors,
+    index_option,
+    quiet,
+)
 
 
+def _trusted_notice(name: str, sha256: str, origin: str | None) -> str:
+    where = f" from {escape(origin)}" if origin else ""
+    return (f"[yellow]{escape(name)} publishes no hash; trusted on first use with SHA-256 {sha256}{where}[/] "
+            "(every later use must match it)")
+
+
+def _wide(out):
+    """Tables in a pipe are not cut to 80 columns: paths and hashes stay whole and greppable."""
+    if not out.is_terminal:
+        out.width = max(out.width, 200)
+    return out
 
 
 @click.command("download")
 @click.argument("names", nargs=-1, required=True)
 @download_options
-@click.option("--force", is_flag=True, help="Download again even if a verified copy is cached.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Download again even if a verified copy is cached (kept until the new one verifies).")
+@click.option("--link", is_flag=True, help="Hard-link copies found on this machine into the cache instead of copying.")
+@click.option("-q", "--quiet", "no_bar", is_flag=True, help="No progress bar.")
 @index_option
 @handle_errors
-def download_command(names: Sequence[str], mirrors, offline, allow_unverified, sha256, retries, timeout,
-                     force: bool, quiet: bool) -> None:
-    """Download and verify checkpoints into the cache (prints each cached path).
+def download_command(names: Sequence[str], force: bool, link: bool, no_bar: bool) -> None:
+    """Get and verify checkpoints into the cache (prints each cached path).
 
-    Every file is checked against its published SHA-256 prefix before it is kept. Checkpoints that
-    publish no hash need --allow-unverified (trust on first use) or --sha256 HEX.
+    Looks first for copies already on this machine (torch hub's and mim's download folders,
+    --search folders), then tries the mirrors, the original URL and its alternatives. Every file is
+    checked against its published SHA-256 before it is kept. Checkpoints that publish no hash need
+    --allow-unverified (trust on first use) or --sha256 HEX.
     """
-    kwargs = download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout)
+    options = download_settings(force=force or None, link=link or None, progress=False if no_bar else None)
     failed = 0
     err = console(stderr=True)
     for name in names:
         try:
-            entry = psegzoo.get_entry(name)
-            with _not_logged(_TRUSTED_LOG):
-                fetched = psegzoo.fetch(entry, progress=False if quiet else None, force=force, **kwargs)
+            entry = psegzoo.get_entry(name, index=options.index)
+            fetched = psegzoo.fetch(entry, options)
         except psegzoo.PsegzooError as exc:
             failed += 1
             err.print(error_line(exc), soft_wrap=True)
             continue
         if fetched.newly_trusted:
-            err.print(
-                f"[yellow]{escape(entry.name)} publishes no hash; trusted on first use with SHA-256 "
-                f"{fetched.sha256}[/] (every later use must match it)",
-                soft_wrap=True,
-            )
+            err.print(_trusted_notice(entry.name, fetched.sha256, fetched.url), soft_wrap=True)
+        elif fetched.source == "local" and not quiet():
+            err.print(f"{escape(entry.name)}: verified copy found at {escape(fetched.url or '')}", soft_wrap=True)
         click.echo(str(fetched.path))
     if failed:
         sys.exit(1)
 
 
 @click.group("cache", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON (full SHA-256 of every file).")
 @click.pass_context
 @index_option
 @handle_errors
 def cache_group(ctx: click.Context, as_json: bool) -> None:
-    """List cached checkpoints (name, size, hash, converted); 'cache rm' removes them."""
+    """List cached checkpoints (name, size, SHA-256, converted); 'cache rm' removes them."""
     if ctx.invoked_subcommand is not None:
         return
-    items = psegzoo.cached()
-    total = sum(i.size for i in items) + sum(i.converted_size or 0 for i in items)
+    options = download_settings()
+    items = psegzoo.cached(options)
+    total = sum(i.total_size for i in items)
     if as_json:
-        rows = [{"name": i.name, "file": i.file, "path": str(i.path), "size": i.size, "sha256": i.sha256,
-                 "converted": i.converted, "converted_size": i.converted_size, "url": i.url,
+        rows = [{"name": i.name, "file": i.file, "path": str(i.path), "complete": i.complete, "size": i.size,
+                 "sha256": i.sha256, "converted": i.converted, "converted_size": i.converted_size,
+                 "converted_sha256": i.converted_sha256, "partial_size": i.partial_size, "url": i.url,
                  "source": i.source, "at": i.at, "trusted": i.trusted} for i in items]
-        click.echo(json.dumps({"root": str(psegzoo.cache_root()), "total_bytes": total, "checkpoints": rows}, indent=1))
+        click.echo(json.dumps({"root": str(options.home), "total_bytes": total, "checkpoints": rows}, indent=1))
         return
     from rich.table import Table
 
-    out = console()
-    table = Table(title=f"cache: {psegzoo.cache_root()}", title_justify="left", header_style="bold")
-    for column in ("name", "file", "size", "sha256", "converted"):
-        table.add_column(column, no_wrap=column in ("name", "file"))
+    out = _wide(console())
+    table = Table(title=f"cache: {options.home}", title_justify="left", header_style="bold")
+    for column, justify in (("name", "left"), ("size", "right"), ("sha256", "left"), ("converted", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for i in items:
-        table.add_row(escape(i.name or "?"), escape(i.file), fmt_size(i.size), (i.sha256 or "-")[:16],
-                      fmt_size(i.converted_size) if i.converted else "no")
-    if not out.is_terminal:
-        out.width = max(out.width, 200)
+        size = fmt_size(i.size) if i.complete else f"partial {fmt_size(i.partial_size)}"
+        if i.complete and i.partial_size:
+            size += f" (+{fmt_size(i.partial_size)} unfinished)"
+        table.add_row(escape(i.name), size, (i.sha256 or "-")[:16], fmt_size(i.converted_size) if i.converted else "no")
     out.print(table)
-    out.print(f"{len(items)} checkpoint(s), {fmt_size(total)} in total")
+    out.print(f"{sum(i.complete for i in items)} checkpoint(s), {fmt_size(total)} in total")
 
 
 @cache_group.command("rm")
 @click.argument("names", nargs=-1)
-@click.option("--all", "remove_all", is_flag=True, help="Remove every cached checkpoint and converted file.")
+@click.option("--all", "remove_all", is_flag=True, help="Remove every cached checkpoint, converted file and unfinished download.")
 @click.option("--forget-trust", is_flag=True,
               help="Also forget hashes trusted on first use (a later download may then have another hash).")
 @index_option
 @handle_errors
 def cache_rm_command(names: Sequence[str], remove_all: bool, forget_trust: bool) -> None:
-    """Remove cached checkpoints by name (or --all)."""
+    """Remove cached checkpoints by name (or --all); files another process is writing are left alone."""
     if not names and not remove_all:
         raise click.UsageError("give one or more model names, or --all")
+    options = download_settings()
     if remove_all:
-        removed = psegzoo.remove(all=True, forget_trust=forget_trust)
+        removed = psegzoo.remove(options=options, all=True, forget_trust=forget_trust)
     else:
         removed = []
         for name in names:
-            removed += psegzoo.remove(psegzoo.get_entry(name), forget_trust=forget_trust)
+            removed += psegzoo.remove(psegzoo.get_entry(name, index=options.index), options=options,
+                                      forget_trust=forget_trust)
     for path in removed:
         click.echo(f"removed {path}")
     if not removed:
@@ -135,38 +140,103 @@ def cache_rm_command(names: Sequence[str], remove_all: bool, forget_trust: bool)
 @index_option
 @handle_errors
 def verify_command(names: Sequence[str]) -> None:
-    """Re-hash cached checkpoints against their records; a mismatching file is deleted."""
-    entries = [psegzoo.get_entry(n) for n in names] or [None]
+    """Re-hash cached checkpoints and converted weights against their records; bad files are deleted."""
+    options = download_settings()
+    targets: list[psegzoo.Entry | None] = [psegzoo.get_entry(n, index=options.index) for n in names]
     bad = 0
-    for entry in entries:
-        with _not_logged(_REMOVED_LOG):
-            reports = psegzoo.verify(entry, full=True)
-        for report in reports:
-            ok = report.ok
-            bad += not ok
-            mark = "[green]ok[/]" if ok else f"[bold red]{report.status}[/]"
-            detail = f"sha256 {report.sha256}" if ok else (report.problem or "")
-            if report.removed:
-                detail += " (deleted; it will be downloaded again on next use)"
-            console().print(f"{mark}  {escape(report.name or report.file)}  {escape(detail)}", soft_wrap=True)
+    out = console()
+    for target in targets or [None]:
+        for report in psegzoo.verify(target, options=options, full=True):
+            bad += not report.ok
+            if report.status != "ok":
+                detail = report.problem or ""
+                if report.removed:
+                    detail += " (deleted; it will be got again on next use)"
+                out.print(f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}", soft_wrap=True)
+                continue
+            line = f"[green]ok[/]  {escape(report.name)}  sha256 {report.sha256}"
+            if report.converted_status == "ok":
+                line += "  (converted weights ok)"
+            elif report.converted_status is not None:
+                line += (f"  [bold red]converted weights {report.converted_status}[/]: {escape(report.converted_problem or '')}"
+                         " (deleted; converted again on next use)")
+            out.print(line, soft_wrap=True)
     if bad:
         sys.exit(1)
 
 
 @click.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--name", help="Model name (default: taken from the file name).")
-@click.option("--sha256", "sha256", metavar="HEX", help="Pin the SHA-256 the file must have.")
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--name", help="Model name (default: recognised from the file name or its hash). FILE only.")
+@click.option("--sha256", "sha256", metavar="HEX", help="Pin the SHA-256 the file must have. FILE only.")
+@click.option("--link", is_flag=True, help="Hard-link into the cache instead of copying (same file system).")
 @index_option
 @handle_errors
-def import_command(file: str, name: str | None, sha256: str | None) -> None:
-    """Put a checkpoint you already have into the cache (air-gapped or host-down use).
+def import_command(path: str, name: str | None, sha256: str | None, link: bool) -> None:
+    """Put checkpoints you already have into the cache: one FILE, or every one under DIR.
 
-    The file must match the published hash. For a checkpoint that publishes none, importing it
-    records its SHA-256 as trusted (or checks it against --sha256 / an earlier trust record).
+    Each file must match the published hash. For a checkpoint that publishes none, importing it
+    records its SHA-256 as trusted (or checks it against --sha256 / an earlier trust record). A
+    folder is searched with its subfolders; every file gets a line in the result table, and files
+    that are not checkpoints of the zoo are listed, never fatal (exit 1 if a checkpoint was refused).
     """
-    entry, path = psegzoo.import_checkpoint(file, name=name, sha256=sha256)
-    click.echo(f"imported {entry.name} -> {path}")
+    options = download_settings(sha256=sha256, link=link or None)
+    source = Path(path)
+    if not source.is_dir():
+        result = psegzoo.import_checkpoint(source, name=name, options=options)
+        if result.newly_trusted and result.name and result.sha256:
+            console(stderr=True).print(_trusted_notice(result.name, result.sha256, str(source)), soft_wrap=True)
+        verb = "already cached:" if result.status == "already cached" else "imported"
+        click.echo(f"{verb} {result.name} -> {result.path}")
+        return
+    if name or sha256:
+        raise click.UsageError("--name and --sha256 apply to one FILE, not to a folder")
+    results = psegzoo.import_folder(source, options)
+    from rich.table import Table
+
+    out = _wide(console())
+    table = Table(title=f"import {source}", title_justify="left", header_style="bold")
+    for column in ("file", "model", "result"):
+        table.add_column(column, no_wrap=column != "result")
+    style = {"imported": "green", "already cached": "green", "not a zoo file": "dim"}
+    for r in results:
+        table.add_row(escape(str(r.source.relative_to(source))), escape(r.name or "-"),
+                      f"[{style.get(r.status, 'bold red')}]{escape(r.status)}[/]")
+    out.print(table)
+    err = console(stderr=True)
+    for r in results:
+        if r.error is not None:  # why a checkpoint was refused, one whole line each
+            err.print(f"[bold red]{r.status}:[/] {escape(str(r.source.relative_to(source)))}: "
+                      f"{escape(r.error.cli_message())}", soft_wrap=True)
+    counts = {s: sum(r.status == s for r in results) for s in ("imported", "already cached", "hash mismatch",
+                                                                  "not a zoo file", "unreadable")}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")
+    if counts["hash mismatch"] or counts["unreadable"]:
+        sys.exit(1)
+
+
+@click.command("mirror")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("names", nargs=-1)
+@click.option("--copy", is_flag=True, help="Copy the files (default: hard-link where the file system allows).")
+@index_option
+@handle_errors
+def mirror_command(directory: str, names: Sequence[str], copy: bool) -> None:
+    """Write verified cached checkpoints (NAMEs, or all) into DIR in their original URL layout, with
+    DIR/SHA256SUMS. Serve DIR with any static HTTP server and pass its URL to --mirror."""
+    options = download_settings()
+    results = psegzoo.mirror(directory, list(names) or None, options=options, link=not copy)
+    err = console(stderr=True)
+    for r in results:
+        if r.path is not None:
+            click.echo(f"{r.status} {r.name} -> {r.path}")
+        else:
+            err.print(f"[bold red]{r.status}[/]  {escape(r.name)}  {escape(r.detail or '')}", soft_wrap=True)
+    written = sum(r.path is not None for r in results)
+    err.print(f"{written} checkpoint(s) in {escape(directory)} (serve it, e.g. 'python -m http.server -d {escape(directory)}', "
+              "and pass its URL to --mirror)", soft_wrap=True)
+    if written != len(results):
+        sys.exit(1)
 
 
 @click.command("convert")
@@ -176,9 +246,16 @@ def import_command(file: str, name: str | None, sha256: str | None) -> None:
 @download_options
 @index_option
 @handle_errors
-def convert_command(source: str, output: str | None, name: str | None, mirrors, offline, allow_unverified, sha256,
-                    retries, timeout) -> None:
-    """Convert a checkpoint (NAME or FILE) to psegzoo's safetensors format."""
-    kwargs = download_kwargs(mirrors, offline, allow_unverified, sha256, retries, timeout)
-    out = psegzoo.convert_checkpoint(source, output, name=name, **kwargs)
+def convert_command(source: str, output: str | None, name: str | None) -> None:
+    """Convert a checkpoint (NAME or FILE) to psegzoo's safetensors format.
+
+    For a NAME whose converted weights are already cached and verify, returns at once.
+    """
+    options = download_settings()
+    if output is None and name is None and not Path(source).is_file():
+        ready = psegzoo.converted_file(psegzoo.get_entry(source, index=options.index), options)
+        if ready is not None:  # nothing to do, and no need to start torch
+            click.echo(str(ready))
+            return
+    out = psegzoo.convert_checkpoint(source, output, name=name, download=options)
     click.echo(str(out))

@@ -289,7 +289,7 @@ class Job:
         """``load(True)`` on the first process of each node, then ``load(False)`` on the others.
 
         ``load(first)``: with ``first`` False the loader must not use the network (the first
-        processes have filled the cache), e.g. ``psegzoo.load(..., offline=not first or None)``.
+        processes have filled the cache), e.g. ``psegzoo.load(..., download=options if first else options.with_(offline=True))``.
         """
         self._where = " while loading the model"
         if not self.distributed:

@@ -6,12 +6,13 @@ Builders are explicit functions (no registry). Parameter names read well, e.g.
 names onto these. Auxiliary heads are training-only and never built. Load weights with
 ``psegzoo.convert.load_into(model, state_dict)`` (strict, with errors naming the keys).
 
-Inference takes exact shortcuts (the same function up to float rounding): decode heads convolve
-pooled maps at their own size instead of concatenating upsampled copies (``head.decompose``), and
-wide 3x3 convolutions on channels-last CPU tensors use Winograd's F(2x2, 3x3) (``Conv2d.winograd``;
-see :mod:`psegzoo.models.winograd`). Set either attribute to False for the plain computation.
+The models compute what the papers (and mmseg) write: heads concatenate upsampled maps and
+convolve. Exact shortcuts (the same function up to float rounding) live in
+:mod:`psegzoo.models.fast` and are installed with :func:`use_fast_paths`.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import ManifestError
 from ..manifest import Architecture, HeadSpec
 from .aspp import ASPPHead
+from .fast import FastPaths, fast_paths_of, use_fast_paths
 from .psa import PSAHead
 from .psa_mask import psa_mask
 from .psp import PSPHead
@@ -27,10 +29,12 @@ from .segmentor import Segmentor
 from .uper import UPerHead
 
 __all__ = [
+    "FastPaths",
     "Segmentor",
     "build_backbone",
     "build_head",
     "build_segmentor",
+    "fast_paths_of",
     "psa_mask",
     "state_shapes",
     "use_fast_paths",
@@ -52,10 +56,11 @@ def _single(value: int | tuple[int, ...], what: str, head: HeadSpec) -> int:
     raise ManifestError(f"{head.type} reads one backbone stage; {what} is {value!r}")
 
 
-def _require(head: HeadSpec, *names: str) -> None:
-    missing = [n for n in names if getattr(head, n) is None]
-    if missing:
-        raise ManifestError(f"{head.type} needs {', '.join(missing)} in the architecture's decode_head")
+def _required(head: HeadSpec, name: str) -> Any:
+    value = getattr(head, name)
+    if value is None:
+        raise ManifestError(f"{head.type} needs {name} in the architecture's decode_head")
+    return value
 
 
 def build_head(arch: Architecture) -> nn.Module:
@@ -63,30 +68,29 @@ def build_head(arch: Architecture) -> nn.Module:
     head = arch.decode_head
     n, ac = arch.num_classes, arch.align_corners
     if head.type == "PSPHead":
-        _require(head, "pool_scales")
-        return PSPHead(_single(head.in_channels, "in_channels", head), head.channels, n, head.pool_scales, ac)
+        scales = _required(head, "pool_scales")
+        return PSPHead(_single(head.in_channels, "in_channels", head), head.channels, n, scales, ac)
     if head.type == "ASPPHead":
-        _require(head, "dilations")
-        return ASPPHead(_single(head.in_channels, "in_channels", head), head.channels, n, head.dilations, ac)
+        dilations = _required(head, "dilations")
+        return ASPPHead(_single(head.in_channels, "in_channels", head), head.channels, n, dilations, ac)
     if head.type == "PSAHead":
-        _require(head, "mask_size", "psa_type", "shrink_factor")
         return PSAHead(
             _single(head.in_channels, "in_channels", head),
             head.channels,
             n,
-            mask_size=head.mask_size,
-            psa_type=head.psa_type,
+            mask_size=_required(head, "mask_size"),
+            psa_type=_required(head, "psa_type"),
             compact=bool(head.compact),
-            shrink_factor=head.shrink_factor,
+            shrink_factor=_required(head, "shrink_factor"),
             normalization_factor=head.normalization_factor,
             psa_softmax=True if head.psa_softmax is None else head.psa_softmax,
             align_corners=ac,
         )
     if head.type == "UPerHead":
-        _require(head, "pool_scales")
+        scales = _required(head, "pool_scales")
         if isinstance(head.in_channels, int) or isinstance(head.in_index, int):
             raise ManifestError("UPerHead reads several backbone stages: in_channels and in_index must be lists")
-        return UPerHead(head.in_channels, head.channels, n, head.pool_scales, ac)
+        return UPerHead(head.in_channels, head.channels, n, scales, ac)
     raise ManifestError(
         f"decode head type {head.type!r} is not supported as a decode head; use one of {', '.join(DECODE_HEADS)}"
     )
@@ -113,13 +117,3 @@ def build_segmentor(arch: Architecture) -> Segmentor:
 def state_shapes(model: nn.Module) -> dict[str, torch.Size]:
     """Every state-dict key of ``model`` with its shape: what a converted checkpoint must provide."""
     return {k: v.shape for k, v in model.state_dict().items()}
-
-
-def use_fast_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Turn the exact inference shortcuts (decomposed heads, Winograd 3x3) on or off; returns ``model``."""
-    for module in model.modules():
-        if hasattr(module, "decompose"):
-            module.decompose = enabled
-        if hasattr(module, "winograd"):
-            module.winograd = enabled
-    return model

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU
+from .layers import Classifier, ConvBNReLU, resize
 from .psa_mask import psa_mask
 
 
@@ -26,15 +26,12 @@ class PSAHead(nn.Module):
 
     ``compact`` masks are taken as already laid out over the map (mmseg transposes the "collect"
     one when it is the only branch and the "distribute" one in bi-direction mode; kept as is).
-    With ``decompose`` (the default) the bottleneck convolves the projected map at its own size
-    instead of its upsampled copy (:meth:`ConvBNReLU.of_concat`; the same result up to rounding).
     """
 
     def __init__(self, in_ch: int, channels: int, num_classes: int, *, mask_size: tuple[int, int],
                  psa_type: str, compact: bool, shrink_factor: int, normalization_factor: float | None,
-                 psa_softmax: bool, align_corners: bool, decompose: bool = True):
+                 psa_softmax: bool, align_corners: bool):
         super().__init__()
-        self.decompose = decompose
         if psa_type not in ("bi-direction", "collect", "distribute"):
             raise ValueError(f"psa_type must be 'bi-direction', 'collect' or 'distribute', got {psa_type!r}")
         self.psa_type = psa_type
@@ -53,7 +50,7 @@ class PSAHead(nn.Module):
         # mmseg gives this 1x1 conv padding 1: its output is 2 pixels larger, then resized back.
         self.project = ConvBNReLU(channels * len(kinds), in_ch, 1, padding=1)
         self.bottleneck = ConvBNReLU(in_ch * 2, channels, 3, padding=1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def _shrunk_size(self, h: int, w: int) -> tuple[int, int, bool]:
         f = self.shrink_factor
@@ -82,11 +79,15 @@ class PSAHead(nn.Module):
         out = torch.bmm(y.reshape(n, c, h * w), mask).reshape(n, c, h, w)
         return out * (1.0 / self.normalization_factor)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = feats[0]
+    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The projected attention map at its own size (2 pixels larger than the shrunk map) and the
+        ``align_corners`` that resizes it back to x's size."""
         h, w, align_corners = self._shrunk_size(x.shape[-2], x.shape[-1])
         outs = [self._attend(kind, x, (h, w), align_corners) for kind in self.kinds]
-        out = self.project(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
-        # the projected map is resized to x's size inside the bottleneck (see ConvBNReLU.of_concat)
-        out = self.bottleneck.of_concat([x, out], x.shape[-2:], [False, align_corners], self.decompose)
-        return self.classifier(out)
+        return self.project(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), align_corners
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = feats[0]
+        out, align_corners = self.attention(x)
+        out = resize(out, x.shape[-2:], align_corners)
+        return self.classifier(self.bottleneck(torch.cat([x, out], dim=1)))

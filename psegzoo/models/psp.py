@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BatchNorm2d, ConvBNReLU, conv
+from .layers import BatchNorm2d, Classifier, ConvBNReLU, conv, resize
+from .pooling import adaptive_avg_pool2d
 
 
 class PoolingBranch(nn.Module):
@@ -22,40 +23,36 @@ class PoolingBranch(nn.Module):
         self.bn = BatchNorm2d(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.adaptive_avg_pool2d(x, self.scale)
+        y = adaptive_avg_pool2d(x, self.scale)
         return F.relu(self.bn(self.conv(y)), inplace=True)
 
 
 class PyramidPooling(nn.ModuleList):
-    """mmseg's PPM: one pooling branch per scale (resized back to the input's size by its user)."""
+    """mmseg's PPM: one pooling branch per scale, each resized back to the input's size."""
 
     def __init__(self, scales: Sequence[int], in_ch: int, out_ch: int, align_corners: bool):
         super().__init__(PoolingBranch(s, in_ch, out_ch) for s in scales)
         self.align_corners = align_corners
 
     def pooled(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The branches' outputs at their pooled sizes (the bottleneck resizes them to x's size)."""
+        """The branches' outputs at their pooled sizes."""
         return [branch(x) for branch in self]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [resize(p, x.shape[-2:], self.align_corners) for p in self.pooled(x)]
 
 
 class PSPHead(nn.Module):
-    """``classifier(bottleneck(cat[x, pyramid(x)...]))`` on the selected backbone stage.
-
-    With ``decompose`` (the default) the bottleneck convolves the pooled maps at their own sizes
-    instead of their upsampled copies (:meth:`ConvBNReLU.of_concat`): the same result up to float
-    rounding, without the concatenated map and with about half the bottleneck's work.
-    """
+    """``classifier(bottleneck(cat[x, pyramid(x)...]))`` on the selected backbone stage."""
 
     def __init__(self, in_ch: int, channels: int, num_classes: int, pool_scales: Sequence[int],
-                 align_corners: bool, decompose: bool = True):
+                 align_corners: bool):
         super().__init__()
-        self.decompose = decompose
+        self.align_corners = align_corners
         self.pyramid = PyramidPooling(pool_scales, in_ch, channels, align_corners)
         self.bottleneck = ConvBNReLU(in_ch + len(pool_scales) * channels, channels, 3, padding=1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Classifier(channels, num_classes)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         x = feats[0]
-        parts = [x, *self.pyramid.pooled(x)]
-        y = self.bottleneck.of_concat(parts, x.shape[-2:], self.pyramid.align_corners, self.decompose)
-        return self.classifier(y)
+        return self.classifier(self.bottleneck(torch.cat([x, *self.pyramid(x)], dim=1)))

@@ -187,10 +187,8 @@ class ResNet(nn.Module):
         wanted = self.out_indices
         outs: dict[int, torch.Tensor] = {}
         last = max(wanted)
-        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
-            if i > last:
-                break
-            x = layer(x)
+        for i in range(last + 1):
+            x = getattr(self, f"layer{i + 1}")(x)
             if i in wanted:
                 outs[i] = x
         return [outs[i] for i in wanted]

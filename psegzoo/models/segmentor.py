@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..manifest import Architecture
+from .fast.winograd import WinogradConv2d
 from .layers import fold_bn_into_conv
+from .resnet import ResNet
 
 
 class Segmentor(nn.Module):
@@ -17,7 +19,7 @@ class Segmentor(nn.Module):
     ``x`` is a normalized float batch (N, 3, H, W), in either memory format.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, in_index: Sequence[int], arch: Architecture):
+    def __init__(self, backbone: ResNet, head: nn.Module, in_index: Sequence[int], arch: Architecture):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -29,9 +31,34 @@ class Segmentor(nn.Module):
         self.backbone.out_indices = tuple(sorted(set(self.in_index)))
         self._feature_pos = [self.backbone.out_indices.index(i) for i in self.in_index]
 
-    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone stages the decode head reads, in its order."""
         feats = self.backbone(x)
-        return self.head([feats[p] for p in self._feature_pos])
+        return [feats[p] for p in self._feature_pos]
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def working_bytes(self, batch: int, pixels: int) -> int:
+        """An estimate of the memory one float32 forward of ``batch`` inputs of ``pixels`` pixels needs.
+
+        Per input pixel: three maps of the widest stage (a block's input, its middle, its output),
+        the stages kept for the head, the head's widest concatenation, and the logits at input size;
+        each map counted at its stage's stride. An estimate for refusing hopeless predictions early,
+        not a bound.
+        """
+        spec = self.arch.backbone
+        strides, stride = [], 4  # the stem halves twice
+        for s in spec.strides:
+            stride *= s
+            strides.append(stride)
+        widths = self.backbone.out_channels
+        per_px = max(3 * c / s**2 for c, s in zip(widths, strides))
+        per_px += sum(widths[i] / strides[i] ** 2 for i in self.backbone.out_indices)
+        head_stride = min(strides[i] for i in self.in_index)
+        head_in = max((m.in_channels for m in self.head.modules() if isinstance(m, nn.Conv2d)), default=0)
+        per_px += 2 * head_in / head_stride**2 + self.num_classes
+        return int(4 * batch * pixels * per_px)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Few channels: resizing them in NCHW is faster, and gives the caller contiguous logits.
@@ -50,6 +77,9 @@ class Segmentor(nn.Module):
                 bn = getattr(module, bn_name)
                 if isinstance(bn, nn.Identity):
                     continue
-                fold_bn_into_conv(getattr(module, conv_name), bn)
+                conv = getattr(module, conv_name)
+                fold_bn_into_conv(conv, bn)
+                if isinstance(conv, WinogradConv2d):  # its transformed weights were made from the old ones
+                    conv.refresh()
                 setattr(module, bn_name, nn.Identity())
         return self

@@ -31,12 +31,12 @@ def psegzoo_command() -> list[str]:
 
 
 def run_script(*args: object, code: int = 0, extra_env: dict[str, str] | None = None,
-               timeout: float = 240) -> subprocess.CompletedProcess:
+               timeout: float = 240, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
     """Run the console script with this process's environment (PSEGZOO_HOME, PSEGZOO_INDEX, ...)."""
     env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([*psegzoo_command(), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
     assert proc.returncode == code, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout
     return proc

@@ -9,6 +9,8 @@ of one-shot faults consumed one per GET of that path, for example::
     server.add("/a.pth", data, plan=[{"stall_after": 10, "stall": 5}])     # 10 bytes, then silence
     server.add("/a.pth", data, plan=[{}, {"wrong_offset": 7}])             # 2nd answer: bad 206
     server.add("/a.pth", data, plan=[{"throttle": 0.01}])                  # sleep per 64 KiB block
+    server.add("/a.pth", data, plan=[{"throttle": 0.05, "block": 100}])    # a drip: 100 bytes per 0.05 s
+    server.add("/a.pth", data, no_length=True)                             # no Content-Length: close ends it
 
 Every request is recorded (method, path, headers) in ``server.requests`` for assertions.
 Use the ``http_server`` fixture, or ``with FileServer() as server:``.
@@ -40,6 +42,7 @@ class Served:
     gzip: str | None = None  # "label": raw bytes sent with Content-Encoding: gzip; "compress": real gzip
     redirect_to: str | None = None
     status: int | None = None  # every answer has this status (e.g. 404)
+    no_length: bool = False  # no Content-Length: the body ends when the connection closes
     plan: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -119,7 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
                 shown = start + step.get("wrong_offset", 0)
                 headers["Content-Range"] = f"bytes {shown}-{len(body) - 1}/{len(body)}"
         payload = body[start:]
-        headers["Content-Length"] = str(len(payload))
+        if served.no_length:
+            self.close_connection = True
+            headers["Connection"] = "close"
+        else:
+            headers["Content-Length"] = str(len(payload))
         self.send_response(code)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -133,6 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         drop_after = step.get("drop_after")
         stall_after = step.get("stall_after")
         throttle = step.get("throttle")
+        block = step.get("block", BLOCK)
         sent = 0
         view = memoryview(payload)
         try:
@@ -141,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     owner.stopping.wait(step.get("stall", 30.0))
                     stall_after = None
-                n = min(BLOCK, len(payload) - sent)
+                n = min(block, len(payload) - sent)
                 for limit in (drop_after, stall_after):
                     if limit is not None:
                         n = min(n, limit - sent)

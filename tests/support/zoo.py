@@ -1,27 +1,19 @@
-"""Which architecture a test builds for a reference spec: the manifest's when it exists, else ours.
+"""The architectures tests build for a reference spec, taken from the built-in manifest.
 
-``model_index.json`` is the contract; until it exists the hand-written architectures in
-:mod:`tests.support.archs` stand in for it.
+``model_index.json`` is the contract under test: when it is missing, these helpers fail.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
-from psegzoo.manifest import Architecture, Entry, Manifest, builtin_index_path, load_manifest
+from psegzoo.manifest import Architecture, Entry, Manifest, load_manifest
 
-from .archs import mmseg_architecture, ssseg_architecture
 from .synth import load_specs
 
 
-def manifest_available() -> bool:
-    return builtin_index_path().exists()
-
-
 @lru_cache(maxsize=1)
-def manifest_or_none() -> Manifest | None:
-    """The built-in manifest (no extra indexes), or None when ``model_index.json`` is absent."""
-    if not manifest_available():
-        return None
+def builtin_manifest() -> Manifest:
+    """The built-in manifest alone (no extra indexes)."""
     return load_manifest(extra=[])
 
 
@@ -41,17 +33,11 @@ def mmseg_spec_files() -> dict[str, str]:
 
 
 def mmseg_arch(file_name: str) -> Architecture:
-    manifest = manifest_or_none()
-    if manifest is None:
-        return mmseg_architecture(file_name)
-    return entry_for_file(manifest, file_name).architecture
+    return entry_for_file(builtin_manifest(), file_name).architecture
 
 
 def ssseg_arch(config: str) -> Architecture:
-    manifest = manifest_or_none()
-    if manifest is None:
-        return ssseg_architecture(config)
-    return manifest.by_name()[config].architecture
+    return builtin_manifest().by_name()[config].architecture
 
 
 def ssseg_spec_configs() -> dict[str, str]:

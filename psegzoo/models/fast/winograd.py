@@ -10,14 +10,19 @@ PSPNet's wide layers, its error against a float64 reference is no larger than th
 Across channels the 16 elementwise products become 16 matrix products (tiles x C_in) @ (C_in x
 C_out), where the time goes. The transforms are memory passes; they are done one band of tile rows
 at a time so that they stay in cache. It pays on the CPU for wide layers only (measured: 1.5x to
-1.9x faster from 512 channels, no faster at 256, slower below), hence :func:`suits`.
+1.9x faster from 512 channels, no faster at 256, slower below), hence :func:`suits`; whether it pays
+on the CPU at hand is measured (:mod:`psegzoo.models.fast.tuning`).
 
 A dilated convolution (dilation ``t``) is the same computation on the ``t x t`` interleaved
 sub-grids: a tile is then 2x2 outputs ``t`` apart, read from 4x4 inputs ``t`` apart.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 MIN_CHANNELS = 512
 """Narrowest layer (in and out channels) run this way: below it the direct convolution is faster."""
@@ -36,16 +41,23 @@ def _padded(size: int, dilation: int) -> int:
     return 2 * dilation * -(-size // (2 * dilation))
 
 
-def suits(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], padding: tuple[int, ...] | str,
-          dilation: tuple[int, ...], groups: int) -> bool:
-    """Whether this convolution runs faster with :func:`conv3x3` (and can: 3x3, stride 1, same size)."""
+def eligible(conv: nn.Conv2d) -> bool:
+    """Whether a layer can run as :func:`conv3x3` (3x3, stride 1, same size, zero padding) and is wide
+    enough (``MIN_CHANNELS``) for it to pay."""
+    return (
+        tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and conv.groups == 1
+        and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+        and tuple(conv.padding) == tuple(conv.dilation)
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+    )
+
+
+def suits(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, ...]) -> bool:
+    """Whether this input runs faster with :func:`conv3x3`: float32 channels-last on the CPU, no
+    autocast, no gradient, and tiles that do not pad the map by much."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4:
         return False
-    if tuple(weight.shape[-2:]) != (3, 3) or tuple(stride) != (1, 1) or groups != 1 or isinstance(padding, str):
-        return False
-    if padding[0] != dilation[0] or padding[1] != dilation[1]:
-        return False
-    if min(weight.shape[0], weight.shape[1]) < MIN_CHANNELS:
+    if min(weight.shape[0], weight.shape[1]) < MIN_CHANNELS or torch.is_autocast_enabled("cpu"):
         return False
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
         return False
@@ -137,3 +149,43 @@ def conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
     if (hp, wp) != (h, w):
         y = y[:, :h, :w].contiguous()
     return y.permute(0, 3, 1, 2)
+
+
+class WinogradConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters and state-dict keys) that runs suitable inputs as :func:`conv3x3`.
+
+    :func:`psegzoo.models.fast.use_fast_paths` turns eligible layers into this class and back. The
+    transformed weights (of the whole layer, or of a slice of its input channels for decomposed
+    heads) are made on first use and dropped when the weights are loaded, folded or moved
+    (:meth:`refresh`); they are not part of the state dict.
+    """
+
+    _transforms: dict[tuple[int, int], torch.Tensor]
+
+    def refresh(self) -> None:
+        """Forget the transformed weights (they are made again from the current weights when used)."""
+        self._transforms = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(x)
+
+    def convolve(self, x: torch.Tensor, channels: tuple[int, int] | None = None) -> torch.Tensor:
+        """The convolution of ``x``, or of ``x`` taken as input channels ``channels`` [start, stop)."""
+        key = channels or (0, self.in_channels)
+        weight = self.weight if key == (0, self.in_channels) else self.weight[:, key[0]:key[1]]
+        if suits(x, weight, self.dilation):
+            transformed = self._transforms.get(key)
+            if transformed is None:
+                transformed = self._transforms[key] = transform_weight(weight)
+            return conv3x3(x, transformed, self.bias, self.dilation)  # type: ignore[arg-type]
+        if channels is not None and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> WinogradConv2d:
+        self.refresh()
+        return super()._apply(fn, recurse)

@@ -1,0 +1,441 @@
+"""Running a split: plan (settings read once, split listed and checked) -> accumulate -> summarize.
+
+An evaluation is "add up per-image counts over some images, then turn the sum into figures", so it
+splits into three calls that also serve a run spread over several processes::
+
+    job = plan("pspnet_r50-d8_512x1024_40k_cityscapes", "data/cityscapes")
+    part = accumulate(segmenter, job, job.samples[rank::world])     # counts of this process's images
+    total = part.counts.to_tensor(device); torch.distributed.all_reduce(total)
+    result = summarize(job, Counts.from_tensor(total), images=len(job.samples), seconds=...)
+
+:func:`evaluate` is the three in one process. While the model runs on the calling thread, images
+and labels are decoded by background threads (a bounded prefetch queue), and counting, saving the
+predictions and saving the counts happen on another, so the model waits neither for the disk nor
+for the bookkeeping.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import images as image_io
+from .. import outputs
+from ..api import Segmenter, load
+from ..errors import DatasetError, PredictionError, option
+from ..manifest import Dataset, Entry, get_dataset, get_entry
+from ..predictor import InferenceSettings
+from .labels import label_table, load_label
+from .layouts import GENERIC, LAYOUTS, Layout, generic_layout, layout_for_dataset, layout_named
+from .metric import Counts, count_image, percent, sum_counts
+from .prefetch import prefetch
+from .result import MS_FLIP_RATIOS, EvalResult, EvalSettings
+from .split import Sample, Split, check_all_sizes, list_split, size_mismatch
+from .state import WorkState
+
+_AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DEFAULT_WORKERS = 4
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding threads when none are asked for: up to 4 beside a GPU, none beside a CPU model.
+
+    A model on the CPU already keeps every core busy (torch's intra-op threads); decoding there on
+    other threads only takes cores from it, so images are decoded on the model's thread instead.
+    """
+    return 0 if device.type == "cpu" else min(DEFAULT_WORKERS, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, eq=False)
+class EvalPlan:
+    """Everything an evaluation needs but the model: the entry, the listed split and the settings."""
+
+    entry: Entry
+    dataset: Dataset
+    split: Split  # the images to evaluate (the first ``limit`` of the split)
+    listing: str  # fingerprint of the whole split's listing
+    inference: InferenceSettings
+    overrides: dict[str, Any]
+    flip: bool
+    scales: tuple[float, ...] | None
+    amp_dtype: str | None
+    settings: EvalSettings
+    table: np.ndarray | None = field(repr=False)
+    fallback_table: np.ndarray | None = field(repr=False)
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        return self.split.samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.entry.num_classes
+
+    @property
+    def ignore_index(self) -> int:
+        return self.settings.ignore_index
+
+    def identity(self, weights: str) -> dict[str, Any]:
+        """What decides every image's counts (the work folder's key)."""
+        s = self.settings
+        return {
+            "model": self.entry.name, "weights": weights, "layout": s.layout, "data_root": s.data_root,
+            "images": s.image_dir, "labels": s.label_dir, "split": s.split, "listing": self.listing,
+            "reduce_zero_label": s.reduce_zero_label, "ignore_index": s.ignore_index,
+            "scale": list(s.scale), "mode": s.mode, "crop_size": s.crop_size and list(s.crop_size),
+            "stride": s.stride and list(s.stride), "flip": s.flip, "scales": s.scales and list(s.scales),
+            "amp_dtype": s.amp_dtype,
+        }
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """Where a running evaluation stands (given to ``on_progress`` after every image)."""
+
+    done: int  # images counted, resumed ones included
+    total: int
+    resumed: int
+    seconds: float  # since this process started evaluating
+    miou: float | None  # running mIoU in percent over the images done
+
+    @property
+    def images_per_second(self) -> float | None:
+        ran = self.done - self.resumed
+        return ran / self.seconds if ran > 0 and self.seconds > 0 else None
+
+
+@dataclass(frozen=True)
+class Accumulated:
+    """Counts over some images: ``evaluated`` run now, ``resumed`` read from the work folder."""
+
+    counts: Counts
+    evaluated: int
+    resumed: int
+    seconds: float
+
+
+def _entry_of(model: str | Entry | Segmenter, index: Any = None) -> Entry:
+    if isinstance(model, Segmenter):
+        return model.entry
+    if isinstance(model, Entry):
+        return model
+    if isinstance(model, str):
+        return get_entry(model, index=index)
+    raise TypeError(f"evaluate() takes a model name, an Entry or a Segmenter, got {type(model).__name__}")
+
+
+def _tta(ms_flip: bool, flip: bool, scales: Sequence[float] | None) -> tuple[bool, tuple[float, ...] | None, str]:
+    if ms_flip:
+        if scales is not None:
+            raise PredictionError("ms_flip=True sets the published scales; do not pass scales as well")
+        return True, MS_FLIP_RATIOS, "ms+flip"
+    ratios = tuple(float(r) for r in scales) if scales is not None else None
+    if not flip and ratios in (None, (1.0,)):
+        return False, None, "none"
+    if flip and ratios == MS_FLIP_RATIOS:
+        return True, ratios, "ms+flip"
+    return flip, ratios, "custom"
+
+
+def _amp_name(amp_dtype: str | torch.dtype | None) -> str | None:
+    if amp_dtype is None:
+        return None
+    if isinstance(amp_dtype, torch.dtype):
+        for name in ("float16", "bfloat16"):
+            if _AMP[name] == amp_dtype:
+                return name
+    elif str(amp_dtype).lower() in _AMP:
+        return "float16" if _AMP[str(amp_dtype).lower()] == torch.float16 else "bfloat16"
+    raise PredictionError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}")
+
+
+def _pick_layout(entry: Entry, layout: str | None, images: Any, labels: Any, label_suffix: str | None,
+                 reduce_zero_label: bool | None, ignore_index: int | None) -> Layout:
+    name = layout_named(layout) if layout is not None else (GENERIC if images is not None or labels is not None else None)
+    if name == GENERIC:
+        return generic_layout(label_suffix=".png" if label_suffix is None else label_suffix,
+                              reduce_zero_label=bool(reduce_zero_label),
+                              ignore_index=255 if ignore_index is None else ignore_index)
+    if images is not None or labels is not None:
+        raise DatasetError(f"images and labels folders make a generic dataset; drop {option('layout=...', '--layout')} "
+                           "or the folders")
+    for value, what in ((label_suffix, option("label_suffix", "--label-suffix")),
+                        (reduce_zero_label, option("reduce_zero_label", "--reduce-zero-label")),
+                        (ignore_index, option("ignore_index", "--ignore-index"))):
+        if value is not None:
+            raise DatasetError(f"{what} applies to generic folders ({option('images=DIR, labels=DIR', '--images DIR --labels DIR')}); "
+                               "a dataset layout fixes it as mmseg does")
+    chosen = LAYOUTS[name] if name is not None else layout_for_dataset(entry.dataset, entry.name)
+    classes = len(get_dataset(chosen.name).classes)
+    if classes != entry.num_classes:
+        raise DatasetError(
+            f"{entry.name} predicts {entry.num_classes} classes but a {chosen.name} dataset has {classes}; "
+            "pick a model trained on this dataset"
+        )
+    return chosen
+
+
+def _differences(entry: Entry, inference: InferenceSettings, tta: str, flip: bool,
+                 scales: tuple[float, ...] | None) -> list[str]:
+    published = InferenceSettings.from_entry(entry)
+    out = []
+    if inference.mode != published.mode:
+        out.append(f"mode {inference.mode} (published: {published.mode})")
+    if inference.scale != published.scale:
+        out.append(f"scale {inference.scale[0]}x{inference.scale[1]} (published: {published.scale[0]}x{published.scale[1]})")
+    if inference.mode == "slide" and inference.crop_size != published.crop_size:
+        c = inference.crop_size or (0, 0)
+        out.append(f"crop {c[0]}x{c[1]}")
+    if inference.mode == "slide" and inference.stride != published.stride:
+        s = inference.stride or (0, 0)
+        out.append(f"stride {s[0]}x{s[1]}")
+    if tta == "custom":
+        out.append(f"test-time augmentation flip={flip} scales={list(scales) if scales else None} "
+                   f"(published: none, or ms+flip {list(MS_FLIP_RATIOS)})")
+    return out
+
+
+def plan(model: str | Entry | Segmenter, data_root: str | os.PathLike | None = None, *, split: str | None = None,
+         layout: str | None = None, images: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
+         label_suffix: str | None = None, reduce_zero_label: bool | None = None, ignore_index: int | None = None,
+         ms_flip: bool = False, flip: bool = False, scales: Sequence[float] | None = None, mode: str | None = None,
+         crop_size: Any = None, stride: Any = None, scale: Any = None, amp_dtype: str | torch.dtype | None = None,
+         limit: int | None = None, index: Any = None) -> EvalPlan:
+    """Read the settings once, list the split and check its files; no model is loaded.
+
+    Raises :class:`DatasetError` (missing folder, split list or label, labels of another size than
+    their image, an empty split, a dataset without a layout) or :class:`PredictionError` (settings).
+    """
+    entry = _entry_of(model, index)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise DatasetError(f"limit must be a positive number of images, got {limit!r}")
+    chosen = _pick_layout(entry, layout, images, labels, label_suffix, reduce_zero_label, ignore_index)
+    if chosen.name == GENERIC and split is not None:
+        raise DatasetError(f"a generic folder is evaluated whole; drop {option('split=...', '--split')} or point "
+                           f"{option('images=DIR', '--images DIR')} at the split's folder")
+    overrides = dict(mode=mode, crop_size=crop_size, stride=stride, scale=scale)
+    inference = InferenceSettings.from_entry(entry, **overrides)
+    flip, ratios, tta = _tta(ms_flip, flip, scales)
+    amp = _amp_name(amp_dtype)
+    whole = list_split(chosen, data_root, split, images=images, labels=labels)
+    chosen_split = whole.head(limit)
+    check_all_sizes(chosen_split.samples)
+    nonstandard = _differences(entry, inference, tta, flip, ratios)
+    reasons = list(nonstandard)
+    if limit is not None and limit < len(whole.samples):
+        reasons.append(f"first {limit} of {len(whole.samples)} images")
+    if chosen.name == GENERIC:
+        reasons.append("a folder of your own, not the published dataset")
+    elif chosen.name != entry.dataset:
+        reasons.append(f"a {chosen.name} folder, not {entry.dataset}")
+    elif whole.split is not None and chosen.split_name(whole.split) != chosen.split_name(chosen.published_split):
+        reasons.append(f"the {whole.split} split (published: {chosen.published_split})")
+    settings = EvalSettings(
+        layout=chosen.name,
+        data_root=str(whole.root.resolve()) if whole.root is not None else None,
+        image_dir=str(whole.image_dir.resolve()),
+        label_dir=str(whole.label_dir.resolve()),
+        split=whole.split,
+        scale=inference.scale,
+        mode=inference.mode,
+        crop_size=inference.crop_size,
+        stride=inference.stride,
+        flip=flip,
+        scales=ratios,
+        tta=tta,
+        reduce_zero_label=chosen.reduce_zero_label,
+        ignore_index=chosen.ignore_index,
+        limit=limit,
+        amp_dtype=amp,
+        labels_converted=chosen_split.fallback_labels,
+        nonstandard=tuple(nonstandard),
+        not_comparable=tuple(reasons),
+    )
+    return EvalPlan(
+        entry=entry,
+        dataset=get_dataset(entry.dataset, index=index),
+        split=chosen_split,
+        listing=whole.fingerprint(),
+        inference=inference,
+        overrides=overrides,
+        flip=flip,
+        scales=ratios,
+        amp_dtype=amp,
+        settings=settings,
+        table=label_table(reduce_zero_label=chosen.reduce_zero_label),
+        fallback_table=label_table(ids=chosen.fallback.ids, reduce_zero_label=chosen.reduce_zero_label)
+        if chosen.fallback is not None else None,
+    )
+
+
+def weights_digest(segmenter: Segmenter) -> str:
+    """A fingerprint of the loaded weights: names, shapes, dtypes and a few values of every tensor."""
+    h = hashlib.sha256(segmenter.entry.name.encode())
+    with torch.inference_mode():
+        for name, tensor in segmenter.model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            picked = torch.cat([flat[:8], flat[-8:]]).to("cpu", torch.float64) if flat.numel() else flat.cpu()
+            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            h.update(picked.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_pair(job: EvalPlan, max_pixels: int | None) -> Callable[[Sample], tuple[np.ndarray, np.ndarray]]:
+    def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        rgb = image_io.load_image(sample.image, max_pixels=max_pixels)
+        label = load_label(sample.label, job.fallback_table if sample.fallback else job.table)
+        if rgb.shape[:2] != label.shape[:2] or label.ndim != 2:
+            raise size_mismatch(sample, (rgb.shape[1], rgb.shape[0]), (label.shape[-1], label.shape[0]))
+        return rgb, label
+
+    return load_pair
+
+
+def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | None = None, *,
+               state: WorkState | None = None, save_predictions: str | os.PathLike | None = None,
+               batch_windows: int | None = None, max_pixels: int | None = None, workers: int | None = None,
+               on_progress: Callable[[EvalProgress], None] | None = None) -> Accumulated:
+    """Counts over ``samples`` (default: the plan's images), skipping those ``state`` already holds.
+
+    ``workers`` threads decode images and labels ahead of the model (0: none, on this thread;
+    default: see :func:`default_workers`). ``save_predictions`` writes each image's predicted classes as a
+    palette PNG ``<dir>/<name>.png``; an image whose PNG is missing is evaluated again on resume.
+    """
+    if segmenter.entry.num_classes != job.num_classes:
+        raise PredictionError(f"the model predicts {segmenter.entry.num_classes} classes, the plan expects {job.num_classes}")
+    chosen = tuple(job.samples if samples is None else samples)
+    out_dir = Path(save_predictions) if save_predictions is not None else None
+    saved = state.load() if state is not None else {}
+    resumed: list[Counts] = []
+    todo: list[Sample] = []
+    for sample in chosen:
+        counts = saved.get(sample.index)
+        if counts is not None and (out_dir is None or outputs.output_paths(out_dir, sample.name).labels.is_file()):
+            resumed.append(counts)
+        else:
+            todo.append(sample)
+    total = sum_counts(resumed, job.num_classes)
+    n_workers = default_workers(segmenter.device) if workers is None else max(0, int(workers))
+    amp = _AMP[job.amp_dtype] if job.amp_dtype else None
+    t0 = time.perf_counter()
+    done = len(resumed)
+
+    def report() -> None:
+        if on_progress is not None:
+            on_progress(EvalProgress(done, len(chosen), len(resumed), time.perf_counter() - t0,
+                                     percent(total.metrics().miou) if done else None))
+
+    def finish(sample: Sample, label: np.ndarray, pred: np.ndarray) -> Counts:
+        counts = count_image(pred, label, job.num_classes, job.ignore_index, source=sample.label)
+        if out_dir is not None:
+            outputs.save_label_png(pred, segmenter.palette, outputs.output_paths(out_dir, sample.name).labels)
+        if state is not None:
+            state.save(sample.index, counts)
+        return counts
+
+    report()
+    depth = max(2, 2 * n_workers)
+    pending: deque[Future[Counts]] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="psegzoo-count") as post:
+        loader = prefetch(todo, _load_pair(job, max_pixels), workers=n_workers, depth=depth)
+        try:
+            for sample, (rgb, label) in loader:
+                prediction = segmenter.predict(rgb, flip=job.flip, scales=job.scales, batch_windows=batch_windows,
+                                               amp_dtype=amp, **job.overrides)
+                pending.append(post.submit(finish, sample, label, prediction.labels))
+                del prediction, rgb, label
+                while pending and (len(pending) > depth or pending[0].done()):
+                    total = total + pending.popleft().result()
+                    done += 1
+                    report()
+            while pending:
+                total = total + pending.popleft().result()
+                done += 1
+                report()
+        finally:
+            # Images already predicted are still counted and saved (leaving the pool waits for them):
+            # after Ctrl-C or an error, a resumed run has that much less to do.
+            loader.close()
+    return Accumulated(total, done - len(resumed), len(resumed), time.perf_counter() - t0)
+
+
+def summarize(job: EvalPlan, counts: Counts, *, images: int, seconds: float, resumed: int = 0,
+              work_dir: str | os.PathLike | None = None, timings: dict[str, float] | None = None) -> EvalResult:
+    """The result of ``counts`` summed over ``images`` images of the plan."""
+    if int(counts.label.sum()) == 0:
+        raise DatasetError(
+            f"no labelled pixel in the {images} image(s) evaluated: every label is the ignore index "
+            f"{job.ignore_index}; check the label files"
+            + (" (or the reduce_zero_label setting)" if job.settings.reduce_zero_label else "")
+        )
+    return EvalResult(
+        model=job.entry.name,
+        dataset=job.entry.dataset,
+        split=job.settings.split,
+        images=images,
+        classes=job.dataset.classes,
+        counts=counts,
+        settings=job.settings,
+        published_miou=job.entry.miou,
+        published_miou_ms_flip=job.entry.miou_ms_flip,
+        seconds=seconds,
+        resumed=resumed,
+        work_dir=str(work_dir) if work_dir is not None else None,
+        timings=dict(timings or {}),
+    )
+
+
+def evaluate(model: str | Segmenter, data_root: str | os.PathLike | None = None, *, split: str | None = None,
+             layout: str | None = None, images: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
+             label_suffix: str | None = None, reduce_zero_label: bool | None = None, ignore_index: int | None = None,
+             weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
+             ms_flip: bool = False, flip: bool = False, scales: Sequence[float] | None = None,
+             mode: str | None = None, crop_size: Any = None, stride: Any = None, scale: Any = None,
+             batch_windows: int | None = None, amp_dtype: str | torch.dtype | None = None, limit: int | None = None,
+             save_predictions: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None,
+             resume: bool = False, workers: int | None = None, max_pixels: int | None = None,
+             on_progress: Callable[[EvalProgress], None] | None = None, **load_kwargs: Any) -> EvalResult:
+    """Evaluate a model on a dataset folder with mmseg's metric; returns an :class:`EvalResult`.
+
+    ``model`` is a name (loaded with :func:`psegzoo.load`, with ``weights``, ``device`` and any other
+    ``load_kwargs`` such as the download options) or a loaded :class:`Segmenter`. The folder's layout
+    follows the model's dataset (or ``layout``; ``images``/``labels`` folders make a generic one).
+    ``split`` defaults to ``val``; ``ms_flip`` is the published multi-scale + flip setting; ``mode``,
+    ``crop_size``, ``stride`` and ``scale`` override the published test pipeline (the result says so).
+    ``work_dir`` saves per-image counts as they are made and ``resume=True`` continues from them.
+    """
+    t0 = time.perf_counter()
+    if resume and work_dir is None:
+        raise DatasetError("resume=True continues from saved counts: also pass "
+                           + option("work_dir=DIR", "--work-dir DIR") + ", the work folder of the interrupted run")
+    if isinstance(model, Segmenter) and (weights is not None or device is not None or load_kwargs):
+        raise PredictionError("weights, device and download options apply when evaluate() loads the model by name")
+    job = plan(model, data_root, split=split, layout=layout, images=images, labels=labels, label_suffix=label_suffix,
+               reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, ms_flip=ms_flip, flip=flip,
+               scales=scales, mode=mode, crop_size=crop_size, stride=stride, scale=scale, amp_dtype=amp_dtype,
+               limit=limit, index=getattr(load_kwargs.get("download"), "index", None))
+    t1 = time.perf_counter()
+    segmenter = model if isinstance(model, Segmenter) else load(job.entry.name, weights=weights, device=device, **load_kwargs)
+    t2 = time.perf_counter()
+    state = None
+    if work_dir is not None:
+        state = WorkState.open(work_dir, job.entry.name, job.settings.split, job.identity(weights_digest(segmenter)),
+                               job.num_classes, resume=resume)
+    run = accumulate(segmenter, job, state=state, save_predictions=save_predictions, batch_windows=batch_windows,
+                     max_pixels=max_pixels, workers=workers, on_progress=on_progress)
+    result = summarize(job, run.counts, images=len(job.samples), seconds=time.perf_counter() - t0, resumed=run.resumed,
+                       work_dir=state.folder if state is not None else None,
+                       timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": run.seconds})
+    if state is not None:
+        state.save_result(result.to_json())
+    return result

@@ -1,0 +1,145 @@
+"""Putting checkpoints the user already has into the cache: one file, or every one under a folder.
+
+A file is recognised by its name (the published file name, or ``<model name>.pth``) or, for a
+renamed ``.pth``, by its SHA-256 matching exactly one published hash. It is verified like a download
+(published hash, pinned hash, or trust record); importing a file for an entry that publishes no
+hash is the user vouching for it (its hash is recorded as trusted). Files are copied (or
+hard-linked with ``link``), never moved.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CacheError, PsegzooError, VerificationError
+from ..manifest import Entry, Manifest, load_manifest
+from . import transfer
+from .layout import weights_of
+from .locking import entry_lock
+from .settings import DownloadOptions, options_or_default
+from .store import cached_copy, copy_in, entry_for_file, install, layout_of, not_the_checkpoint
+from .trust import expected, file_sha256
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What happened to one file. ``status``: imported, already cached, hash mismatch,
+    not a zoo file, or unreadable; ``error`` says why a checkpoint was refused."""
+
+    source: Path
+    status: str
+    name: str | None = None
+    path: Path | None = None
+    sha256: str | None = None
+    newly_trusted: bool = False
+    error: PsegzooError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("imported", "already cached")
+
+    @property
+    def detail(self) -> str | None:
+        return None if self.error is None else str(self.error)
+
+
+def _identify(src: Path, manifest: Manifest, sha: str | None) -> Entry | None:
+    """The entry ``src`` is, by file name or (``sha`` given) by its hash matching one published hash."""
+    for e in manifest.models:
+        if e.weights is not None and e.weights.file == src.name:
+            return e
+    if src.name.endswith(".pth") and src.name[: -len(".pth")] in manifest.by_name():
+        return manifest.by_name()[src.name[: -len(".pth")]]
+    if sha is None:
+        return None
+    hits = [e for e in manifest.models
+            if e.weights is not None and (e.weights.sha256 or e.weights.sha256_prefix)
+            and sha.startswith(e.weights.sha256 or e.weights.sha256_prefix or "")]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _import_entry(src: Path, entry: Entry, options: DownloadOptions) -> ImportResult:
+    layout = layout_of(options)
+    w = weights_of(entry)
+    exp = expected(layout, entry, options.sha256, allow_unverified=True)
+    layout.ensure("checkpoints", "records", "locks")
+    with entry_lock(layout, w.file, timeout=options.lock_timeout, what=f"importing {w.file}"):
+        hit, _ = cached_copy(layout, entry, exp, repair=True)
+        got, problem = copy_in(layout, entry, src, exp, transfer.Limits.of(w.size, options), link=options.link, bar=None)
+        if got is None:
+            raise not_the_checkpoint(src, entry, str(problem).removeprefix("its "))
+        if hit is not None and hit.sha256 == got.sha256:
+            got.path.unlink()
+            return ImportResult(src, "already cached", entry.name, hit.path, hit.sha256)
+        path, newly = install(layout, entry, got.path, got.sha256, src.resolve().as_uri(), "import", exp)
+    log.info("imported %s as %s (SHA-256 %s)", src, path, got.sha256)
+    return ImportResult(src, "imported", entry.name, path, got.sha256, newly_trusted=newly)
+
+
+def import_checkpoint(path: str | os.PathLike, *, name: str | None = None,
+                      options: DownloadOptions | None = None) -> ImportResult:
+    """Copy a checkpoint file the user already has into the cache, after verifying it.
+
+    ``psegzoo import FILE [--name NAME] [--sha256 HEX]`` calls this: the air-gapped and host-down
+    way in. The model is ``name`` (any name the manifest resolves) or else found from the file
+    (name, or hash). Raises VerificationError when the file is not the checkpoint, UnknownModelError
+    when nothing says which model it is, CacheError when it cannot be read or the cache written.
+    """
+    opts = options_or_default(options)
+    src = Path(path).expanduser()
+    if not src.is_file():
+        raise CacheError(f"cannot import {str(src)!r}: no such file")
+    manifest = load_manifest(opts.index)
+    entry: Entry | None
+    if name:
+        entry = manifest.get(name)
+    else:
+        entry = _identify(src, manifest, None)
+        if entry is None and src.suffix in _CHECKPOINT_SUFFIXES:
+            entry = _identify(src, manifest, file_sha256(src))
+        if entry is None:
+            entry = entry_for_file(src.name, opts.index)  # raises, saying how to name the model
+    return _import_entry(src, entry, opts)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    out = []
+    for root, dirs, names in os.walk(folder, followlinks=False, onerror=lambda _e: None):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+    return out
+
+
+def import_folder(folder: str | os.PathLike, options: DownloadOptions | None = None) -> list[ImportResult]:
+    """Import every recognised checkpoint under ``folder`` (subfolders included, links to folders
+    not followed); one result per file, in path order. A bad or unknown file is a result, never an
+    error."""
+    opts = options_or_default(options)
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CacheError(f"cannot import from {str(root)!r}: no such folder")
+    manifest = load_manifest(opts.index)
+    results = []
+    for src in _files_under(root):
+        if src.is_symlink() or not src.is_file():
+            continue
+        entry = None
+        try:
+            entry = _identify(src, manifest, None)
+            if entry is None and src.suffix in _CHECKPOINT_SUFFIXES:
+                entry = _identify(src, manifest, file_sha256(src))
+            if entry is None or entry.weights is None:
+                results.append(ImportResult(src, "not a zoo file"))
+                continue
+            results.append(_import_entry(src, entry, opts))
+        except VerificationError as exc:
+            results.append(ImportResult(src, "hash mismatch", entry.name if entry else None, error=exc))
+        except PsegzooError as exc:
+            results.append(ImportResult(src, "unreadable", error=exc))
+    return results

@@ -1,0 +1,322 @@
+"""The pipeline on one image (or a batch, in whole mode): views, forwards, scores at the original size.
+
+keep-ratio resize (``mmcv.imrescale`` + OpenCV's fixed-point bilinear, reproduced bit for bit)
+-> normalization -> whole-image or sliding-window inference (windows batched) -> logits at the
+original image size (bilinear, the checkpoint's ``align_corners``) -> labels by argmax.
+
+Test-time augmentation follows how the published "ms+flip" numbers were made (mmseg 0.x
+``MultiScaleFlipAug``): each ratio ``r`` resizes to the test scale ``(int(long * r), int(short * r))``
+(ratios of the test scale, not of the image), each view may also be flipped horizontally, and the
+softmax probabilities of all views, each resized to the original size, are averaged.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from ..errors import PredictionError
+from .devices import autocast_dtype, model_is_channels_last, resolve_device
+from .memory import check_memory, estimate_memory
+from .resize import rescale_size, resize_image
+from .scores import banded_labels, resize_bands, resize_scores, to_host
+from .settings import InferenceSettings, Size2, tta_scale
+from .windows import Normalize, Runner, image_tensor, is_oom, slide_logits, slide_windows
+
+Progress = Callable[[int, int], None]
+"""Told ``(done, total)`` as a prediction goes: forwards (sliding windows, or one per view) run so far."""
+
+
+@dataclass(frozen=True)
+class View:
+    """One test-time view: its scale ratio, flip, and the size the image was resized to (h, w)."""
+
+    ratio: float
+    flip: bool
+    size: Size2
+
+
+@dataclass(frozen=True, eq=False)
+class Inference:
+    """What :func:`infer` produced.
+
+    ``scores`` is C x H x W float32 at the original image size, on ``output_device``: the logits
+    when one view was run, the averaged softmax probabilities when several were (``is_probs``).
+    It is made under ``torch.inference_mode``: read it freely, ``clone()`` it before changing it in
+    place outside inference mode. With ``keep_scores=False`` there are no ``scores`` but ``labels``
+    (H x W uint8, int32 beyond 256 classes) and, when asked, ``confidence`` (the top probability,
+    H x W float32). ``views`` lists what was run; ``seconds`` times the stages (host time: on CUDA
+    the stages overlap, ``total`` is exact).
+    """
+
+    scores: torch.Tensor | None
+    is_probs: bool
+    views: tuple[View, ...]
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+
+
+def _check_image(image: Any) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise PredictionError(f"infer() takes an HxWx3 uint8 RGB array (see psegzoo.images.load_image), got {got}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise PredictionError(f"the image is empty ({image.shape[1]}x{image.shape[0]})")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What running ``views`` on one model needs, checked before any work."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    normalize: Normalize
+    direct: bool
+
+
+def _plan(model: Any, settings: InferenceSettings, device: str | torch.device | None, amp_dtype: Any,
+          channels_last: bool | None, batch_windows: int | None) -> _Plan:
+    if model.training:
+        raise PredictionError("the model is in training mode; call model.eval() first (psegzoo.load does)")
+    dev = resolve_device(model, device)
+    amp = autocast_dtype(amp_dtype, dev)
+    if channels_last is None:
+        channels_last = model_is_channels_last(model)
+    if batch_windows is not None and (
+        isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows <= 0
+    ):
+        raise PredictionError(f"batch_windows must be a positive integer, got {batch_windows!r}")
+    direct = settings.resize_logits == "direct" and settings.mode == "whole"
+    if direct and not hasattr(model, "forward_lowres"):
+        raise PredictionError(
+            "this checkpoint resizes low-resolution logits directly, but the model has no forward_lowres()"
+        )
+    model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    normalize = Normalize.build(settings.mean, settings.std, dev, dtype=model_dtype, channels_last=channels_last)
+    return _Plan(dev, amp, normalize, direct)
+
+
+def _view_sizes(image_size: Size2, settings: InferenceSettings, views: Sequence[tuple[float, bool]]) -> list[Size2]:
+    h, w = image_size
+    sizes = []
+    for ratio, _ in views:
+        scale = settings.scale if ratio == 1.0 else tta_scale(settings.scale, ratio)
+        new_w, new_h = rescale_size(w, h, scale)
+        sizes.append((new_h, new_w))
+    return sizes
+
+
+def _check_memory(model: Any, image_size: Size2, sizes: Sequence[Size2], settings: InferenceSettings,
+                  plan: _Plan, *, batch_windows: int | None, keep_scores: bool, confidence: bool,
+                  output_device: torch.device, max_memory: int | None) -> None:
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(num_classes, int):
+        return  # a model that does not say: nothing to estimate from
+    on_host = plan.device.type == "cpu"
+    if not on_host and not (keep_scores and output_device.type == "cpu"):
+        return  # the GPU side is guarded by batch sizing and out-of-memory handling
+    estimate = estimate_memory(
+        model, image_size, sizes, num_classes, crop_size=settings.crop_size if settings.mode == "slide" else None,
+        batch_windows=batch_windows, keep_scores=keep_scores, confidence=confidence, forward_on_host=on_host,
+    )
+    check_memory(estimate, image_size, num_classes, keep_scores=keep_scores, limit=max_memory)
+
+
+def _whole(runner: Runner, x: torch.Tensor, *, direct: bool) -> torch.Tensor:
+    try:
+        return runner(x, lowres=direct)
+    except Exception as exc:
+        if is_oom(exc):
+            raise PredictionError(
+                f"out of memory running the whole {x.shape[2]}x{x.shape[3]} image on {runner.device}; "
+                "use slide mode (mode='slide'), a smaller scale, half precision, or the CPU"
+            ) from None
+        raise
+
+
+def infer(
+    model: Any,
+    image: np.ndarray,
+    settings: InferenceSettings,
+    *,
+    flip: bool = False,
+    scales: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+    batch_windows: int | None = None,
+    amp_dtype: str | torch.dtype | None = None,
+    channels_last: bool | None = None,
+    output_device: str | torch.device = "cpu",
+    keep_scores: bool = True,
+    confidence: bool = False,
+    progress: Progress | None = None,
+    max_memory: int | None = None,
+) -> Inference:
+    """Run the test pipeline on one HxWx3 uint8 RGB image; scores (or labels) come back at its size.
+
+    ``model`` is a Segmentor-like module in eval mode, already on ``device`` (default: the
+    device of its parameters): ``model(x)`` gives logits at x's size, and ``model.forward_lowres``
+    the decode head's own output (used for ``resize_logits="direct"`` in whole mode).
+    ``flip``/``scales`` ask for test-time augmentation (ratios of the test scale); several views
+    give averaged probabilities, one view gives logits. ``batch_windows``: windows per forward
+    in slide mode (None: measured from free GPU memory, ``CPU_BATCH_WINDOWS`` elsewhere).
+    ``amp_dtype``: autocast dtype (see :func:`autocast_dtype`). ``channels_last``: input memory
+    format (None: match the model's weights). ``keep_scores=False`` keeps only labels (and the top
+    probability with ``confidence``), made band by band without the C x H x W map. ``progress`` is
+    told ``(done, total)`` forwards. ``max_memory``: refuse above this many bytes (default: the
+    memory available, when the model tells its class count; see :mod:`psegzoo.predictor.memory`).
+    """
+    t_start = time.perf_counter()
+    _check_image(image)
+    plan = _plan(model, settings, device, amp_dtype, channels_last, batch_windows)
+    views = settings.views(flip, scales)
+    h, w = image.shape[:2]
+    sizes = _view_sizes((h, w), settings, views)
+    out_dev = torch.device(output_device)
+    _check_memory(model, (h, w), sizes, settings, plan, batch_windows=batch_windows, keep_scores=keep_scores,
+                  confidence=confidence, output_device=out_dev, max_memory=max_memory)
+    crop, stride = cast(Size2, settings.crop_size), cast(Size2, settings.stride)
+    if settings.mode == "slide":
+        total = sum(len(slide_windows(vh, vw, crop, stride)) for vh, vw in sizes)
+    else:
+        total = len(views)
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    runner = Runner(model, plan.device, plan.amp_dtype, plan.normalize)
+    done_views: list[View] = []
+    lows: list[torch.Tensor] = []
+    acc: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    labels = top = None
+    prep = post = 0.0
+    multi = len(views) > 1
+    with torch.inference_mode():
+        for ratio, flipped in views:
+            t0 = time.perf_counter()
+            scale = settings.scale if ratio == 1.0 else tta_scale(settings.scale, ratio)
+            resized = resize_image(image, scale)
+            if flipped:
+                resized = np.ascontiguousarray(resized[:, ::-1])
+            u8 = image_tensor(resized, plan.device)
+            del resized
+            done_views.append(View(ratio=ratio, flip=flipped, size=(int(u8.shape[2]), int(u8.shape[3]))))
+            prep += time.perf_counter() - t0
+            if settings.mode == "slide":
+                low = slide_logits(runner, u8, crop, stride, batch_windows, step)
+            else:
+                low = _whole(runner, plan.normalize(u8), direct=plan.direct)[0]
+                step(1)
+            del u8
+            t1 = time.perf_counter()
+            if flipped:
+                low = low.flip(-1)
+            if not keep_scores:
+                lows.append(low)
+            elif not multi:
+                scores = resize_scores(low, (h, w), align_corners=settings.align_corners, out_device=out_dev)
+            else:
+                if acc is None:
+                    acc = torch.zeros((low.shape[0], h, w), dtype=torch.float32, device=out_dev)
+                for r0, r1, band in resize_bands(low, (h, w), align_corners=settings.align_corners):
+                    acc[:, r0:r1] += torch.softmax(band, dim=0).to(out_dev)
+            del low
+            post += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        if acc is not None:
+            acc /= len(views)
+            scores = acc
+        if scores is not None:
+            scores = scores.contiguous()
+        if not keep_scores:
+            labels, top = banded_labels(lows, (h, w), align_corners=settings.align_corners, average_probs=multi,
+                                        confidence=confidence)
+            del lows
+        if plan.device.type == "cuda":
+            torch.cuda.synchronize(plan.device)
+        post += time.perf_counter() - t1
+    seconds = {"preprocess": prep, "forward": runner.forward_seconds, "postprocess": post}
+    seconds["total"] = time.perf_counter() - t_start
+    return Inference(scores=scores, is_probs=multi, views=tuple(done_views), seconds=seconds, labels=labels,
+                     confidence=top)
+
+
+def infer_batch(
+    model: Any,
+    images: Sequence[np.ndarray],
+    settings: InferenceSettings,
+    *,
+    device: str | torch.device | None = None,
+    amp_dtype: str | torch.dtype | None = None,
+    channels_last: bool | None = None,
+    batch_size: int = 8,
+    keep_scores: bool = False,
+    confidence: bool = False,
+    output_device: str | torch.device = "cpu",
+    max_memory: int | None = None,
+) -> list[Inference]:
+    """Whole mode, one view per image: images that resize to the same size share forwards of up to
+    ``batch_size``. Each result is what :func:`infer` gives for that image alone (up to the float
+    rounding of a batched convolution). Meant for throughput on a GPU; slide mode batches windows
+    instead (:func:`infer`)."""
+    if settings.mode != "whole":
+        raise PredictionError("infer_batch() runs whole mode; slide mode batches windows within infer()")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for image in images:
+        _check_image(image)
+    plan = _plan(model, settings, device, amp_dtype, channels_last, None)
+    out_dev = torch.device(output_device)
+    sizes = [_view_sizes(img.shape[:2], settings, [(1.0, False)])[0] for img in images]
+    for img, size in zip(images, sizes):
+        _check_memory(model, img.shape[:2], [size], settings, plan, batch_windows=None, keep_scores=keep_scores,
+                      confidence=confidence, output_device=out_dev, max_memory=max_memory)
+    runner = Runner(model, plan.device, plan.amp_dtype, plan.normalize)
+    results: list[Inference | None] = [None] * len(images)
+    groups: dict[Size2, list[int]] = {}  # by original size: the same resize, the same post-processing
+    for i, img in enumerate(images):
+        groups.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(i)
+    with torch.inference_mode():
+        for (h, w), members in groups.items():
+            size = sizes[members[0]]
+            for k in range(0, len(members), batch_size):
+                chunk = members[k:k + batch_size]
+                t0 = time.perf_counter()
+                u8 = torch.cat([image_tensor(resize_image(images[i], settings.scale), plan.device) for i in chunk])
+                lows = _whole(runner, plan.normalize(u8), direct=plan.direct)
+                del u8
+                per_image: list[tuple[torch.Tensor | None, Any, Any]] = []
+                if not keep_scores and not confidence and tuple(lows.shape[2:]) == (h, w):
+                    # already at the image's size: one argmax and one copy for the whole chunk
+                    labels = to_host(lows.argmax(dim=1).to(torch.uint8 if lows.shape[1] <= 256 else torch.int32))
+                    per_image = [(None, labels[j], None) for j in range(len(chunk))]
+                else:
+                    for j in range(len(chunk)):
+                        if keep_scores:
+                            full = resize_scores(lows[j], (h, w), align_corners=settings.align_corners,
+                                                 out_device=out_dev).contiguous()
+                            per_image.append((full, None, None))
+                        else:
+                            lab, top = banded_labels([lows[j]], (h, w), align_corners=settings.align_corners,
+                                                     average_probs=False, confidence=confidence)
+                            per_image.append((None, lab, top))
+                del lows
+                if plan.device.type == "cuda":
+                    torch.cuda.synchronize(plan.device)
+                seconds = {"total": (time.perf_counter() - t0) / len(chunk)}
+                for i, (kept, lab, top) in zip(chunk, per_image):
+                    results[i] = Inference(scores=kept, is_probs=False, views=(View(1.0, False, size),),
+                                           seconds=seconds, labels=lab, confidence=top)
+    return cast("list[Inference]", results)
+
+
+__all__ = ["Inference", "Progress", "View", "infer", "infer_batch", "to_host"]

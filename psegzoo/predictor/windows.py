@@ -1,0 +1,232 @@
+"""Model calls: the image to normalized input, sliding windows batched through the model, autocast.
+
+Windows are cut from the uint8 image and normalized as they are cut (normalization is per pixel),
+so no full-size float copy of the image exists. Their logits are summed in mmseg's order; batching
+only changes how many crops go through the model at once. On CUDA the batch is sized from the free
+memory measured on the first window, and halved on out-of-memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import PredictionError, option
+from .settings import Size2
+
+log = logging.getLogger(__name__)
+
+CPU_BATCH_WINDOWS = 2
+"""Windows per forward on devices whose free memory cannot be measured."""
+MAX_BATCH_WINDOWS = 32
+
+
+def image_tensor(img: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """HxWx3 uint8 -> 1x3xHxW uint8 on ``device`` (a view with channels-last strides: no copy).
+
+    To a CUDA device the bytes go through pinned memory, asynchronously.
+    """
+    arr = img if img.flags.writeable else img.copy()
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        t = t.pin_memory().to(dev, non_blocking=True)
+    elif dev.type != "cpu":
+        t = t.to(dev)
+    return t.permute(2, 0, 1).unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """uint8 NCHW -> ``(x - mean) / std`` in float32 (mmseg's order), then the model's dtype and layout."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+
+    @classmethod
+    def build(cls, mean: Sequence[float], std: Sequence[float], device: torch.device | str, **kw: Any) -> Normalize:
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        return cls(m, s, **kw)
+
+    def __call__(self, u8: torch.Tensor) -> torch.Tensor:
+        x = (u8.float() - self.mean) / self.std
+        if self.dtype != torch.float32:
+            x = x.to(self.dtype)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+
+def to_input(
+    img: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 1x3xHxW float32 ``(x - mean) / std`` on ``device`` (uint8 is sent)."""
+    u8 = image_tensor(img, device)
+    return Normalize.build(mean, std, u8.device, channels_last=channels_last)(u8)
+
+
+def slide_windows(h: int, w: int, crop: Size2, stride: Size2) -> list[tuple[int, int, int, int]]:
+    """mmseg's sliding-window grid over an h x w input: ``(y1, y2, x1, x2)`` in row-major order.
+
+    Windows never leave the image: the last row/column is shifted back to end at the border, and
+    an image smaller than the crop gives one window of the image's own size (no padding).
+    """
+    h_crop, w_crop = crop
+    h_stride, w_stride = stride
+    if min(h_crop, w_crop, h_stride, w_stride) <= 0:
+        raise PredictionError(f"crop {crop} and stride {stride} must be positive")
+    h_grids = max(h - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w - w_crop + w_stride - 1, 0) // w_stride + 1
+    windows = []
+    for hi in range(h_grids):
+        for wi in range(w_grids):
+            y2 = min(hi * h_stride + h_crop, h)
+            x2 = min(wi * w_stride + w_crop, w)
+            windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
+    return windows
+
+
+def _window_counts(n: int, crop: int, stride: int) -> torch.Tensor:
+    """How many windows cover each index along one axis (the count map is an outer product)."""
+    counts = torch.zeros(n, dtype=torch.float32)
+    grids = max(n - crop + stride - 1, 0) // stride + 1
+    for i in range(grids):
+        end = min(i * stride + crop, n)
+        counts[max(end - crop, 0) : end] += 1
+    return counts
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@dataclass
+class Runner:
+    """Calls the model with the requested autocast, checking what comes back.
+
+    ``forward_seconds`` is host time: on CUDA the work is queued, not waited for (no sync per call).
+    """
+
+    model: Any
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    normalize: Normalize
+    forward_seconds: float = 0.0
+
+    def _ctx(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def __call__(self, x: torch.Tensor, lowres: bool = False) -> torch.Tensor:
+        start = time.perf_counter()
+        with self._ctx():
+            y = self.model.forward_lowres(x) if lowres else self.model(x)
+        if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[0] != x.shape[0]:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise PredictionError(
+                f"the model returned {got} for an input of shape {tuple(x.shape)}; expected N x C x H x W logits"
+            )
+        if not lowres and y.shape[2:] != x.shape[2:]:
+            raise PredictionError(
+                f"the model returned logits of size {tuple(y.shape[2:])} for an input of size {tuple(x.shape[2:])}; "
+                "its forward must resize them to the input size"
+            )
+        y = y.float()
+        self.forward_seconds += time.perf_counter() - start
+        return y
+
+
+def _gpu_batch(device: torch.device, per_window_bytes: int, n_left: int) -> int:
+    """Windows per forward that fit in 70% of the free GPU memory, measured for one window."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    n = int(0.7 * (free + cached) // max(per_window_bytes, 1))
+    return max(1, min(n, MAX_BATCH_WINDOWS, n_left))
+
+
+def slide_logits(
+    runner: Runner,
+    image: torch.Tensor,
+    crop: Size2,
+    stride: Size2,
+    batch_windows: int | None,
+    done: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """mmseg's ``slide_inference`` on a 1x3xhxw uint8 image, several windows per forward: C x h x w.
+
+    Window logits are added in mmseg's (row-major) order and divided by the window count, so the
+    sums are the same; batching changes only how many crops go through the model at once. Crops
+    are normalized as they are cut (normalization is per pixel), so no full-size float copy of the
+    image exists. With ``batch_windows=None`` on CUDA the first window runs alone to measure its
+    memory and the rest go in batches that fit the free memory; elsewhere ``CPU_BATCH_WINDOWS``.
+    Out of memory on a batch halves it and retries. ``done(n)`` is told of every n windows run.
+    """
+    _, _, h, w = image.shape
+    windows = slide_windows(h, w, crop, stride)
+    measure = batch_windows is None and runner.device.type == "cuda"
+    batch = 1 if measure else (batch_windows or CPU_BATCH_WINDOWS)
+    preds = torch.empty(0)
+    i = 0
+    while i < len(windows):
+        y1, y2, x1, x2 = windows[i]
+        size = (y2 - y1, x2 - x1)
+        group = [windows[i]]
+        for win in windows[i + 1 : i + batch]:
+            if (win[1] - win[0], win[3] - win[2]) != size:
+                break
+            group.append(win)
+        if measure:
+            torch.cuda.reset_peak_memory_stats(runner.device)
+            base = torch.cuda.memory_allocated(runner.device)
+        crops = runner.normalize(torch.cat([image[:, :, a:b, c:d] for a, b, c, d in group]))
+        try:
+            logits = runner(crops)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            del crops
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(group) == 1:
+                raise PredictionError(
+                    f"out of memory running one {size[0]}x{size[1]} window on {runner.device}; use a smaller "
+                    f"{option('crop_size=(H, W)', '--crop-size HxW')}, "
+                    f"{option('amp_dtype=torch.bfloat16', '--bf16')}, or {option('device=' + repr('cpu'), '--device cpu')}"
+                ) from None
+            batch = max(1, len(group) // 2)
+            log.info("out of memory with %d windows per forward; retrying with %d", len(group), batch)
+            continue
+        del crops
+        if measure:
+            per_window = torch.cuda.max_memory_allocated(runner.device) - base
+            batch = _gpu_batch(runner.device, per_window, len(windows) - 1)
+            measure = False
+            log.debug("slide: about %d bytes per window -> %d windows per forward", per_window, batch)
+        if i == 0:
+            preds = torch.zeros((logits.shape[1], h, w), dtype=torch.float32, device=image.device)
+        for k, (a, b, c, d) in enumerate(group):
+            preds[:, a:b, c:d] += logits[k]
+        del logits
+        i += len(group)
+        if done is not None:
+            done(len(group))
+    counts = _window_counts(h, crop[0], stride[0])[:, None] * _window_counts(w, crop[1], stride[1])[None, :]
+    preds /= counts.to(preds.device)
+    return preds
