@@ -80,8 +80,8 @@ _LAZY = {
     "export_onnx": "export",
     "load_onnx": "export",
 }
-# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.video``.
-_SUBMODULES = ("distributed", "video")
+# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.evaluation``, ``psegzoo.video``.
+_SUBMODULES = ("distributed", "evaluation", "video")
 
 __all__ = [
     "__version__",

@@ -10,7 +10,9 @@ Files written for a video whose output name is ``<stem>`` (see :func:`video_path
 
 The videos keep the input's frame rate divided by K, so they last as long as the input. They are
 H.264 (``libx264``, CRF 18) when PyAV's FFmpeg has that encoder, which the PyPI wheels do, else
-MPEG-4 part 2; odd widths or heights are padded by one edge pixel (4:2:0 needs even sizes).
+MPEG-4 part 2; odd widths or heights are padded by one edge pixel (4:2:0 needs even sizes). The
+videos are renderings for people: their bytes may differ from run to run (the encoder's own
+choices), the label PNGs are the exact result.
 Display rotation metadata (phones) is applied, as EXIF orientation is for images.
 
 Nothing is visible before a video is done: frames go to a hidden folder and the videos to hidden
@@ -28,7 +30,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +42,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import files, outputs
-from .errors import OutputError, VideoError
+from .errors import OutputError, PsegzooError, VideoError
 from .images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 __all__ = ["VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoPaths", "VideoResult", "VideoWriter", "available", "encoder",
@@ -348,7 +351,7 @@ class _Predictor(Protocol):
     palette: Sequence[Sequence[int]]
     entry: Any
 
-    def predict(self, image: Any, **kwargs: Any) -> Any: ...
+    def predict_many(self, inputs: Iterable[Any], **kwargs: Any) -> Iterator[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -372,14 +375,16 @@ class VideoResult:
 def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str | os.PathLike, name: str, *,
                   every: int = 1, overlay: bool = False, opacity: float = 0.5, color: bool = False,
                   summary: bool = False, codec: str | None = None, progress: Callable[[int, int], None] | None = None,
-                  **predict_kwargs: Any) -> VideoResult:
+                  batch_size: int | None = 1, workers: int | None = None, **predict_kwargs: Any) -> VideoResult:
     """Segment frames 0, ``every``, ... of ``path`` and write ``out_dir/<name>/*.png`` and the requested
     videos and JSON.
 
-    ``segmenter`` is a :class:`psegzoo.Segmenter`; ``predict_kwargs`` go to its ``predict`` (the
-    class scores are not kept unless ``keep_scores=True`` is passed: frames need labels only).
-    ``codec`` overrides the encoder (:func:`encoder`). ``progress(done, total)`` is told of the
-    frames as they are done (``total`` from the container's header, an estimate for some formats).
+    ``segmenter`` is a :class:`psegzoo.Segmenter`; the frames go through its ``predict_many`` with
+    ``batch_size``, ``workers`` and ``predict_kwargs`` (the class scores are not kept unless
+    ``keep_scores=True`` is passed: frames need labels only). Frames share one size, so in whole
+    mode they batch fully. ``codec`` overrides the encoder (:func:`encoder`). ``progress(done, total)``
+    is told of the frames as they are done (``total`` from the container's header, an estimate for
+    some formats). A frame that fails fails the video, with nothing written.
     """
     path = Path(path)
     paths = video_paths(out_dir, name)
@@ -398,8 +403,19 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
     kept: list[int] = []
     size = (0, 0)
     try:
-        for frame in read_frames(path, every):
-            prediction: _Predicted = segmenter.predict(frame.rgb, **predict_kwargs)
+        decoded: deque[Frame] = deque()  # frames handed to the model, awaiting their prediction
+
+        def pixels() -> Iterator[np.ndarray]:
+            for frame in read_frames(path, every):
+                decoded.append(frame)
+                yield frame.rgb
+
+        for result in segmenter.predict_many(pixels(), batch_size=batch_size, workers=workers, **predict_kwargs):
+            frame = decoded.popleft()
+            if isinstance(result, PsegzooError):
+                text = Exception.__str__(result).removeprefix(f"input {len(kept)}: ")
+                raise type(result)(f"{path}: frame {frame.index}: {text}")
+            prediction: _Predicted = result
             outputs.save_label_png(prediction.labels, segmenter.palette, staging / f"{frame.index:06d}.png")
             if "overlay" in writers:
                 writers["overlay"].write(prediction.overlay(opacity))

@@ -22,7 +22,7 @@ from PIL import Image
 
 import psegzoo
 from psegzoo.distributed import Job, Launch, PredictTask, Wanted, all_reduce_sum, predict_tasks, split
-from psegzoo.distributed.launch import rank_device
+from psegzoo.distributed.launch import rank_device, usable_cores
 from psegzoo.distributed.sharding import digest
 from tests.support.cli import cli, run_script
 from tests.support.media import (  # noqa: F401
@@ -133,6 +133,11 @@ def test_job_api_under_torchrun(tmp_path):
         expect = (None, f"{task}: corrupt", rank) if task == "task-3" else (task.upper(), None, rank)
         assert shown[task] == expect
     assert r0["totals"] == r1["totals"] == [5, 1]
+    assert r0["job_sum"] == r1["job_sum"] == [3, 10]
+    assert sorted(r0["reports"], key=str) == sorted(([r, {"from": r, "k": k}] for r in (0, 1) for k in range(3)), key=str)
+    assert [v["k"] for r, v in r0["reports"] if r == 1] == [0, 1, 2] and r1["reports"] == []  # in order, on rank 0 only
+    # torchrun's OMP_NUM_THREADS=1 counts as unset: the node's cores are shared out.
+    assert r0["threads"] == r1["threads"] == max(1, usable_cores() // 2)
 
 
 @pytest.mark.parametrize("mode, message", [
@@ -321,6 +326,17 @@ def test_launch_reads_torchrun_variables_once():
         Launch.from_environ({**env, "RANK": "4"})
 
 
+def test_threads_per_process_share_the_node_s_cores():
+    two = Launch(rank=1, world_size=4, local_rank=1, local_world_size=2)
+    assert two.cpu_threads(16) == 8 and two.cpu_threads(2) == 1 and two.cpu_threads(1) == 1
+    assert Launch.from_environ({"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3"}).cpu_threads(8) == 2
+    # torchrun's own OMP_NUM_THREADS=1 is a default, not a choice; a larger value is the user's and is kept.
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    assert Launch.from_environ({**env, "OMP_NUM_THREADS": "1"}).cpu_threads(16) == 8
+    assert Launch.from_environ({**env, "OMP_NUM_THREADS": "3"}).cpu_threads(16) == 3
+    assert Launch.from_environ({**env, "OMP_NUM_THREADS": "lots"}).cpu_threads(16) == 8
+
+
 def test_rank_devices():
     one = Launch()
     two = Launch(rank=1, world_size=2, local_rank=1, local_world_size=2)
@@ -359,6 +375,13 @@ def test_a_job_of_one_runs_locally():
             return task * 2
 
         totals = job.run(plan.tasks, work, show=shown.append, failed=(psegzoo.ImageError,))
+        sent = []
+        reports = job.reports(sent.append)
+        reports.send("half way")
+        reports.close()
+        assert job.sum([2, 3]).tolist() == [2, 3]
+        job.barrier()
+    assert [(e.task, e.value, e.rank) for e in sent] == [(None, "half way", 0)]
     assert (totals.done, totals.failed) == (1, 1)
     assert [(e.task, e.value, e.ok) for e in shown] == [("a", "aa", True), ("c", None, False)]
     with pytest.raises(RuntimeError, match="boom"), Job.start(Launch()) as job:

@@ -136,11 +136,12 @@ class FailsAtFrame:
         self.seg, self.at, self.calls = seg, at, 0
         self.palette, self.entry = seg.palette, seg.entry
 
-    def predict(self, rgb, **kwargs):
-        self.calls += 1
-        if self.calls == self.at:
-            raise psegzoo.OutputError("disk full")
-        return self.seg.predict(rgb, **kwargs)
+    def predict_many(self, frames, **kwargs):
+        for result in self.seg.predict_many(frames, **kwargs):
+            self.calls += 1
+            if self.calls == self.at:
+                raise psegzoo.OutputError("disk full")
+            yield result
 
 
 def test_a_failure_mid_video_leaves_no_output(seg, lossless, tmp_path):
@@ -177,6 +178,23 @@ def test_videos_are_recognised_by_extension_or_probe(lossless, tmp_path):
     assert video.is_video(path) and video.is_video(renamed)
     assert not video.is_video(picture) and not video.is_video(text)
     assert not video.is_video(tmp_path / "missing.bin")
+
+
+def test_folders_give_videos_when_asked(lossless, tmp_path):
+    path, _ = lossless
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(path, folder / "sub" / "clip.mkv")
+    shutil.copy(path, folder / "clip.bin")  # a video only by probing: never picked up from a folder
+    Image.fromarray(image(0, 10, 10)).save(folder / "a.png")
+    assert [f.relative for f in psegzoo.find_images([folder]).images] == ["a"]  # the library's default: images
+    found = psegzoo.find_images([folder], videos=True)
+    assert [f.relative for f in found.images] == ["a", "sub/clip"]
+    assert [f.relative for f in psegzoo.find_images([f"{folder}/**/*"], videos=True).images] == ["a", "sub/clip"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (problem,) = psegzoo.find_images([empty], videos=True).errors
+    assert "no image or video files in this directory" in str(problem) and ".mkv" in str(problem)
 
 
 def test_confidences_are_refused_for_videos_before_loading(served, lossless, tmp_path):  # noqa: F811

@@ -5,6 +5,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..errors import ImageError, PredictionError, PsegzooError
 from ..manifest import Dataset, Entry
 from ..models import FastPaths, Segmentor, fast_paths_of, use_fast_paths
 from ..models.fast import tuning
+from ..prefetch import prefetch
 from .prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -179,13 +181,17 @@ class Segmenter:
         predictor.autocast_dtype(amp_dtype, self.device)
         t0 = time.perf_counter()
         rgb = images.load_image(image, max_pixels=max_pixels)
-        t1 = time.perf_counter()
+        return self._predict_loaded(rgb, image, time.perf_counter() - t0, settings, flip=flip, scales=scales,
+                                    batch_windows=batch_windows, amp_dtype=amp_dtype, keep_scores=keep_scores,
+                                    confidence=confidence, progress=progress, max_memory=max_memory)
+
+    def _predict_loaded(self, rgb: np.ndarray, source: ImageInput, load_seconds: float,
+                        settings: predictor.InferenceSettings, **kwargs: Any) -> Prediction:
+        """:meth:`predict` on an image already read (``source`` is what it was read from)."""
         self._tune_for(settings, rgb.shape[:2])
-        result = predictor.infer(self.model, rgb, settings, flip=flip, scales=scales, device=self.device,
-                                 batch_windows=batch_windows, amp_dtype=amp_dtype, keep_scores=keep_scores,
-                                 confidence=confidence, progress=progress, max_memory=max_memory)
-        timings = {"load_image": t1 - t0, **{k: float(v) for k, v in result.seconds.items()}}
-        return self._prediction(result, rgb, image, timings)
+        result = predictor.infer(self.model, rgb, settings, device=self.device, **kwargs)
+        timings = {"load_image": load_seconds, **{k: float(v) for k, v in result.seconds.items()}}
+        return self._prediction(result, rgb, source, timings)
 
     def _prediction(self, result: predictor.Inference, rgb: np.ndarray, source: ImageInput,
                     timings: dict[str, float]) -> Prediction:
@@ -209,40 +215,89 @@ class Segmenter:
             top_probability=result.confidence,
         )
 
-    def predict_many(self, inputs: Iterable[ImageInput] | str | os.PathLike, *, batch_size: int = 1,
-                     **kwargs: Any) -> Iterator[Prediction | PsegzooError]:
-        """Predict images one by one (the model stays loaded); paths may be files, folders or globs.
+    def predict_many(self, inputs: Iterable[ImageInput] | str | os.PathLike, *, batch_size: int | None = 1,
+                     workers: int | None = None, **kwargs: Any) -> Iterator[Prediction | PsegzooError]:
+        """Predict images in turn (the model stays loaded); paths may be files, folders or globs.
 
         Takes :meth:`predict`'s options. A bad image (unreadable, too large, one the model fails on)
         yields its error (:class:`~psegzoo.ImageError` or :class:`~psegzoo.PredictionError`, naming
         the image) instead of stopping the others; options that are wrong for every image raise at
-        once. ``batch_size`` > 1 runs whole-mode images of the same size through the model together
-        (faster on a GPU); results come in input order either way.
+        once. Results come in input order.
+
+        ``batch_size`` > 1 runs consecutive whole-mode images that resize to the same size through
+        the model together (one view each: no ``flip``/``scales``); None sizes the batches from the
+        free GPU memory (one image at a time on other devices). ``workers`` threads read the next
+        images, and resize them when batching, while the model runs (default: up to 4 beside a GPU,
+        none beside a CPU model, see :func:`psegzoo.predictor.default_workers`).
         """
         self._check_options(kwargs)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+            raise PredictionError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise PredictionError(f"workers must be a number of threads (0 or more), got {workers!r}")
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
-        batched = batch_size > 1 and self._batchable(kwargs)
-        pending: list[tuple[ImageInput, str]] = []
+        settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
+        batched = self._batchable(settings, kwargs) and (self.device.type == "cuda" if batch_size is None else batch_size > 1)
+        threads = predictor.default_workers(self.device) if workers is None else workers
+        gather = batch_size or predictor.MAX_BATCH_IMAGES
+        max_pixels = kwargs.get("max_pixels")
+
+        def read(item: tuple[ImageInput, str] | PsegzooError) -> _Read | PsegzooError:
+            if isinstance(item, PsegzooError):
+                return item
+            image, label = item
+            t0 = time.perf_counter()
+            try:
+                rgb = images.load_image(image, max_pixels=max_pixels)
+                prepared = predictor.prepare(rgb, settings, self.device) if batched else None
+            except ImageError as exc:
+                return exc
+            except PsegzooError as exc:
+                return type(exc)(f"{label}: {exc.args[0] if exc.args else exc}")
+            return _Read(image, label, rgb, prepared, time.perf_counter() - t0)
+
+        stream = prefetch(self._named(inputs), read, workers=threads, depth=max(2, 2 * threads, gather if batched else 0))
+        try:
+            if not batched:
+                for _, got in stream:
+                    yield got if isinstance(got, PsegzooError) else self._guarded(got, settings, kwargs)
+                return
+            pending: list[_Read | PsegzooError] = []  # read images (and errors, in order) awaiting their batch
+            count = 0
+            for _, got in stream:
+                if isinstance(got, _Read):
+                    size = got.prepared.size if got.prepared is not None else None
+                    if count and size != self._size_of(pending):
+                        yield from self._batch(pending, settings, batch_size, kwargs)
+                        pending, count = [], 0
+                    count += 1
+                pending.append(got)
+                if count == gather:
+                    yield from self._batch(pending, settings, batch_size, kwargs)
+                    pending, count = [], 0
+            yield from self._batch(pending, settings, batch_size, kwargs)
+        finally:
+            stream.close()
+
+    @staticmethod
+    def _named(inputs: Iterable[ImageInput]) -> Iterator[tuple[ImageInput, str] | PsegzooError]:
+        """Each image with the name its errors use; folders and globs expanded, their errors in place."""
         for n, item in enumerate(inputs):
             if isinstance(item, (str, os.PathLike)):
                 found = images.find_images([item])
                 yield from found.errors
-                named = [(image.path, str(image.path)) for image in found.images]
+                for image in found.images:
+                    yield image.path, str(image.path)
             else:
-                named = [(item, f"input {n}")]
-            for image, label in named:
-                if not batched:
-                    yield self._guarded(image, label, kwargs)
-                    continue
-                pending.append((image, label))
-                if len(pending) == batch_size:
-                    yield from self._batch(pending, batch_size, kwargs)
-                    pending = []
-        if pending:
-            yield from self._batch(pending, batch_size, kwargs)
+                yield item, f"input {n}"
+
+    @staticmethod
+    def _size_of(pending: Sequence[_Read | PsegzooError]) -> predictor.Size2 | None:
+        for got in pending:
+            if isinstance(got, _Read) and got.prepared is not None:
+                return got.prepared.size
+        return None
 
     def _check_options(self, kwargs: Mapping[str, Any]) -> None:
         """Raise at once for options that would fail on every image."""
@@ -255,52 +310,59 @@ class Segmenter:
         settings.views(bool(kwargs.get("flip", False)), kwargs.get("scales"))
         predictor.autocast_dtype(kwargs.get("amp_dtype"), self.device)
 
-    def _guarded(self, image: ImageInput, label: str, kwargs: Mapping[str, Any]) -> Prediction | PsegzooError:
-        """``predict(image)``, or the error that stopped it, naming the image."""
+    def _guarded(self, read: _Read, settings: predictor.InferenceSettings,
+                 kwargs: Mapping[str, Any]) -> Prediction | PsegzooError:
+        """The prediction of an image already read, or the error that stopped it, naming the image."""
+        options = {k: v for k, v in kwargs.items() if k not in ("mode", "crop_size", "stride", "scale", "max_pixels")}
         try:
-            return self.predict(image, **kwargs)
+            return self._predict_loaded(read.rgb, read.image, read.seconds, settings, **options)
         except ImageError as exc:
             return exc
         except PsegzooError as exc:
-            return type(exc)(f"{label}: {exc.args[0] if exc.args else exc}")
+            return type(exc)(f"{read.label}: {exc.args[0] if exc.args else exc}")
         except (RuntimeError, ValueError, MemoryError) as exc:  # the model failed on this input
-            return PredictionError(f"{label}: prediction failed: {exc}".splitlines()[0])
+            return PredictionError(f"{read.label}: prediction failed: {exc}".splitlines()[0])
 
-    def _batchable(self, kwargs: Mapping[str, Any]) -> bool:
-        settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
-        return (settings.mode == "whole" and not kwargs.get("flip") and kwargs.get("scales") in (None, [1.0], (1.0,))
-                and kwargs.get("progress") is None)
+    @staticmethod
+    def _batchable(settings: predictor.InferenceSettings, kwargs: Mapping[str, Any]) -> bool:
+        return settings.mode == "whole" and not kwargs.get("flip") and kwargs.get("scales") in (None, [1.0], (1.0,))
 
-    def _batch(self, pending: list[tuple[ImageInput, str]], batch_size: int,
-               kwargs: Mapping[str, Any]) -> Iterator[Prediction | PsegzooError]:
-        """Whole-mode images through :func:`predictor.infer_batch`; one by one if that fails."""
-        loaded: list[tuple[ImageInput, str, np.ndarray | PsegzooError, float]] = []
-        for image, label in pending:
-            t0 = time.perf_counter()
-            try:
-                loaded.append((image, label, images.load_image(image, max_pixels=kwargs.get("max_pixels")),
-                               time.perf_counter() - t0))
-            except ImageError as exc:
-                loaded.append((image, label, exc, 0.0))
-        good = [(i, rgb) for i, (_, _, rgb, _) in enumerate(loaded) if isinstance(rgb, np.ndarray)]
+    def _batch(self, pending: Sequence[_Read | PsegzooError], settings: predictor.InferenceSettings,
+               batch_size: int | None, kwargs: Mapping[str, Any]) -> Iterator[Prediction | PsegzooError]:
+        """Read whole-mode images through :func:`predictor.infer_batch`; one by one if that fails."""
+        good = [got for got in pending if isinstance(got, _Read) and got.prepared is not None]
         results: dict[int, predictor.Inference] = {}
         if good:
-            settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
-            self._tune_for(settings, good[0][1].shape[:2])
+            self._tune_for(settings, good[0].rgb.shape[:2])
             try:
-                out = predictor.infer_batch(self.model, [rgb for _, rgb in good], settings, device=self.device,
-                                            amp_dtype=kwargs.get("amp_dtype"), batch_size=batch_size,
-                                            keep_scores=kwargs.get("keep_scores", True),
+                out = predictor.infer_batch(self.model, [got.prepared for got in good if got.prepared is not None],
+                                            settings, device=self.device, amp_dtype=kwargs.get("amp_dtype"),
+                                            batch_size=batch_size, keep_scores=kwargs.get("keep_scores", True),
                                             confidence=kwargs.get("confidence", False),
                                             max_memory=kwargs.get("max_memory"))
-                results = {i: r for (i, _), r in zip(good, out)}
+                results = {id(got): r for got, r in zip(good, out)}
             except (PsegzooError, RuntimeError, ValueError, MemoryError) as exc:
                 log.info("batched prediction failed (%s); predicting one by one", str(exc).splitlines()[0])
-        for i, (image, label, rgb, load_seconds) in enumerate(loaded):
-            if isinstance(rgb, PsegzooError):
-                yield rgb
-            elif i in results:
-                timings = {"load_image": load_seconds, **{k: float(v) for k, v in results[i].seconds.items()}}
-                yield self._prediction(results[i], rgb, image, timings)
+        progress = kwargs.get("progress")
+        for got in pending:
+            if isinstance(got, PsegzooError):
+                yield got
+            elif id(got) in results:
+                result = results[id(got)]
+                timings = {"load_image": got.seconds, **{k: float(v) for k, v in result.seconds.items()}}
+                if progress is not None:
+                    progress(1, 1)  # its one forward is done
+                yield self._prediction(result, got.rgb, got.image, timings)
             else:
-                yield self._guarded(image, label, kwargs)
+                yield self._guarded(got, settings, kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class _Read:
+    """An image read (and, when batching, prepared) ahead of the model by :meth:`Segmenter.predict_many`."""
+
+    image: ImageInput
+    label: str
+    rgb: np.ndarray
+    prepared: predictor.Prepared | None
+    seconds: float

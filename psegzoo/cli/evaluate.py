@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -19,6 +20,7 @@ from .common import (
     index_option,
     pair_option,
 )
+from .jobs import as_job
 
 LAYOUTS = ("cityscapes", "ade20k", "voc12aug", "pascal_context", "pascal_context_59", "coco-stuff164k",
            "coco-stuff10k", "generic")
@@ -97,9 +99,10 @@ class _ProgressView:
 @download_options
 @index_option
 @handle_errors
+@as_job
 def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_suffix, reduce_zero_label, ignore_index,
                  weights, ms_flip, limit, as_json, save_predictions, resume, work_dir, mode, crop_size, stride, scale,
-                 device, half, bf16, batch_windows, workers, max_pixels, quiet) -> None:
+                 device, half, bf16, batch_windows, workers, max_pixels, quiet, job) -> None:
     """Evaluate a checkpoint on a dataset folder with mmseg's metric (aAcc, mIoU, mAcc).
 
     \b
@@ -107,36 +110,83 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
       psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes --data data/cityscapes
       psegzoo eval -m upernet_r50_512x512_160k_ade20k --data data/ade/ADEChallengeData2016 --ms-flip
       psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes --images my/imgs --labels my/labels --json
+      torchrun --nproc-per-node 4 -m psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes --data data/cityscapes
     Prints the per-class IoU and Acc, then aAcc / mIoU / mAcc beside the published mIoU.
-    Interrupted? Run the same command with --resume.
+    Under torchrun the images are shared out and the counts summed: the figures are those of one
+    process. Interrupted? Run the same command with --resume.
     """
+    t0 = time.perf_counter()
     if half and bf16:
         raise click.UsageError("choose one of --half and --bf16")
     if data_root is None and images_dir is None and labels_dir is None:
         raise click.UsageError("give the dataset root with --data ROOT (or --images DIR --labels DIR)")
-    view = _ProgressView(enabled=not quiet and console(stderr=True).is_terminal)
+    evaluation = psegzoo.evaluation
+    download = download_settings(progress=False if quiet else None)
+    # Every process lists and checks the split the same way (sizes, labels) before any download.
+    plan = evaluation.plan(
+        name, data_root, split=split, layout=layout.lower() if layout else None, images=images_dir, labels=labels_dir,
+        label_suffix=label_suffix, reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, ms_flip=ms_flip,
+        mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
+        scale=pair_option(scale, "--scale"), amp_dtype="float16" if half else "bfloat16" if bf16 else None, limit=limit,
+        index=download.index,
+    )
+    t1 = time.perf_counter()
+    segmenter = job.main_first(lambda first: psegzoo.load(plan.entry.name, weights=weights, device=job.device(device),
+                                                          download=download if first else download.with_(offline=True)))
+    t2 = time.perf_counter()
+    state = None
+    if work_dir is not None:
+        identity = plan.identity(evaluation.weights_digest(segmenter))
+        # Opening without --resume clears saved counts: rank 0 does it before the others open the folder.
+        if job.is_main:
+            state = evaluation.WorkState.open(work_dir, plan.entry.name, plan.settings.split, identity, plan.num_classes,
+                                              resume=resume)
+        job.barrier("work folder")
+        if not job.is_main:
+            state = evaluation.WorkState.open(work_dir, plan.entry.name, plan.settings.split, identity, plan.num_classes,
+                                              resume=True)
+    saved = state.saved() if state is not None and resume else set()
+    # Shards balanced by the pixels left to do (images whose counts are saved weigh nothing).
+    mine = job.plan(plan.samples, weigh=lambda s: 0 if s.index in saved else _pixels(s.image)).tasks
+    view = _ProgressView(enabled=job.is_main and not quiet and console(stderr=True).is_terminal)
+    latest: dict[int, Any] = {}
+
+    def show(event: Any) -> None:  # every process's progress, on rank 0
+        latest[event.rank] = event.value
+        view(evaluation.EvalProgress.combine(list(latest.values()), total=len(plan.samples),
+                                             seconds=time.perf_counter() - t2))
+
+    reports = job.reports(show)
     try:
-        result = psegzoo.evaluate(
-            name, data_root, split=split, layout=layout.lower() if layout else None, images=images_dir,
-            labels=labels_dir, label_suffix=label_suffix, reduce_zero_label=reduce_zero_label,
-            ignore_index=ignore_index, weights=weights, device=device, ms_flip=ms_flip,
-            mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
-            scale=pair_option(scale, "--scale"), batch_windows=batch_windows,
-            amp_dtype="float16" if half else "bfloat16" if bf16 else None, limit=limit,
-            save_predictions=save_predictions, work_dir=work_dir, resume=resume, workers=workers,
-            max_pixels=max_pixels, on_progress=view,
-            download=download_settings(progress=False if quiet else None),
-        )
+        run = evaluation.accumulate(segmenter, plan, mine, state=state, save_predictions=save_predictions,
+                                    batch_windows=batch_windows, max_pixels=max_pixels, workers=workers,
+                                    on_progress=reports.send)
+        reports.close()
     except KeyboardInterrupt:
         view.stop()
         fail(f"interrupted after {view.done} of {view.total} images; the same command with --resume continues "
              "from there", code=130)
     finally:
         view.stop()
+    # Counts are exact integers: summed over the processes they are those of one process.
+    counts = evaluation.Counts.from_array(job.sum(run.counts.to_array()))
+    resumed = int(job.sum([run.resumed])[0])
+    result = evaluation.summarize(plan, counts, images=len(plan.samples), seconds=time.perf_counter() - t0,
+                                  resumed=resumed, work_dir=state.folder if state is not None else None,
+                                  timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": time.perf_counter() - t2})
+    if not job.is_main:
+        return
+    if state is not None:
+        state.save_result(result.to_json())
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
         return
     print_report(result)
+
+
+def _pixels(path: Any) -> int:
+    w, h = psegzoo.distributed.image_size(path)
+    return max(1, w * h)
 
 
 def _describe(settings: Any) -> str:

@@ -113,6 +113,11 @@ def _json_line(obj: dict[str, Any]) -> str:
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")
+@click.option("--batch-size", type=click.IntRange(1, 1024),
+              help="Whole-mode images of one resized size per forward (default: sized to free GPU memory; 1 on CPU).")
+@click.option("--workers", type=click.IntRange(0, 64),
+              help="Threads reading and resizing the next images while the model runs (default: up to 4 beside a GPU, "
+                   "none on the CPU).")
 @click.option("--every", type=click.IntRange(1, None), default=1, show_default=True, metavar="K",
               help="Videos: segment every K-th frame (the output videos keep the input's duration).")
 @click.option("--skip-existing", is_flag=True,
@@ -124,7 +129,7 @@ def _json_line(obj: dict[str, Any]) -> str:
 @as_job
 def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opacity, color, probs, save_logits,
                     save_json, mode, crop_size, stride, scale, flip, scales, device, half, bf16, use_compile,
-                    batch_windows, max_pixels, every, skip_existing, quiet, job) -> None:
+                    batch_windows, max_pixels, batch_size, workers, every, skip_existing, quiet, job) -> None:
     """Segment images and videos (files, folders, globs) and write label maps as palette PNGs.
 
     \b
@@ -137,7 +142,8 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
     Folders and globs never look inside the output folder, and no output ever replaces an input
     (a clashing name gets _2 and the mapping is printed). Under torchrun the inputs are shared out
     between the processes. A bad input is reported and skipped; the exit code is 1 if any input
-    failed. With --json, stdout carries one JSON object per input.
+    failed. With --json, stdout carries one JSON object per input. With batches (--batch-size, or
+    a GPU), images of one size are taken together, so lines may come in another order.
     """
     ctx = click.get_current_context()
     check_combinations(ctx, inputs=inputs, sample=sample, weights=weights, overlay=overlay, half=half, bf16=bf16)
@@ -215,25 +221,32 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
         if progress is not None:
             progress.update(bar, completed=shown + done / max(total, 1))
 
+    # Whole-mode images of one size share forwards: this process takes its images grouped by size.
+    batch = batch_size if batch_size is not None else None if segmenter.device.type == "cuda" else 1
+    mine = sorted(plan.tasks, key=lambda t: (t.is_video, t.size())) if batch != 1 else list(plan.tasks)
+    options = dict(flip=flip, scales=ratios, batch_windows=batch_windows, amp_dtype=amp,
+                   progress=within if job.is_main else None, **overrides)
+    # only --logits needs the C x H x W scores; labels (and confidence) are made without them
+    predictions = segmenter.predict_many([t.path for t in mine if not t.is_video], batch_size=batch, workers=workers,
+                                         max_pixels=max_pixels, keep_scores=save_logits, confidence=probs is not None,
+                                         **options)
+
     def predict_one(task: Any) -> dict[str, Any]:
         """The input's outputs, and what its JSON line says (a small dict: it travels to rank 0)."""
         try:
             if task.is_video:
                 result = psegzoo.video.predict_video(
                     segmenter, task.path, out_dir, task.name, every=every, overlay=overlay, opacity=opacity,
-                    color=color, summary=save_json, flip=flip, scales=ratios, batch_windows=batch_windows,
-                    amp_dtype=amp, progress=within if job.is_main else None, **overrides)
+                    color=color, summary=save_json, batch_size=batch, workers=workers, **options)
                 return {"input": str(task.path), "output": str(result.paths[0]),
                         "files": [str(p) for p in result.paths], **result.summary()}
-            # only --logits needs the C x H x W scores; labels (and confidence) are made without them
-            prediction = segmenter.predict(task.path, flip=flip, scales=ratios, batch_windows=batch_windows,
-                                           amp_dtype=amp, max_pixels=max_pixels, keep_scores=save_logits,
-                                           confidence=probs is not None, progress=within if job.is_main else None,
-                                           **overrides)
+            prediction = next(predictions)
+            if isinstance(prediction, psegzoo.PsegzooError):
+                raise prediction
             paths = prediction.write(out_dir, task.name, overlay=overlay, opacity=opacity, color=color,
                                      probs=probs, logits=save_logits, summary=save_json)
         except psegzoo.PsegzooError as exc:  # reported with the input's name; the others go on
-            if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)):
+            if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)) or str(task.path) in str(exc):
                 raise
             raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
         doc = {k: v for k, v in prediction.summary().items() if k != "image"}
@@ -255,8 +268,9 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
             progress.update(bar, completed=shown)
 
     try:
-        totals = job.run(plan.tasks, predict_one, show=show, failed=(psegzoo.PsegzooError,))
+        totals = job.run(mine, predict_one, show=show, failed=(psegzoo.PsegzooError,))
     finally:
+        predictions.close()  # stops the reading threads
         if progress is not None:
             progress.stop()
     failures += totals.failed

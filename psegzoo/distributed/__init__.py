@@ -2,19 +2,21 @@
 
 * :class:`Launch` — who this process is (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, read once).
 * :class:`Job` — plan disjoint shards balanced by pixels, load a checkpoint once per node, run,
-  show one progress view on rank 0, stop cleanly when a process fails.
+  show one progress view on rank 0 (:class:`Reports`), sum counts (:meth:`Job.sum`), stop
+  cleanly when a process fails.
 * :func:`is_main`, :func:`rank`, :func:`world_size`, :func:`barrier`, :func:`all_reduce_sum` —
   helpers on the default process group that are no-ops in a single process, e.g. for summing
   per-class counts: ``areas = psegzoo.distributed.all_reduce_sum(areas)``.
 * :class:`PredictTask`, :func:`predict_tasks`, :class:`Wanted` — the inputs of a predict job,
-  their work (pixels, from headers) and whether their outputs already exist (``--skip-existing``).
+  their work (pixels, from headers: :func:`image_size`) and whether their outputs already exist
+  (``--skip-existing``).
 """
 from __future__ import annotations
 
-from .job import Event, Job, Plan, Terminated, Totals
+from .job import Event, Job, Plan, Reports, Terminated, Totals
 from .launch import Launch, all_reduce_max, all_reduce_sum, barrier, is_main, rank, world_size
 from .sharding import split
-from .tasks import PredictTask, Wanted, predict_tasks
+from .tasks import PredictTask, Wanted, image_size, predict_tasks
 
 __all__ = [
     "Event",
@@ -22,12 +24,14 @@ __all__ = [
     "Launch",
     "Plan",
     "PredictTask",
+    "Reports",
     "Terminated",
     "Totals",
     "Wanted",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",
+    "image_size",
     "is_main",
     "predict_tasks",
     "rank",

@@ -12,6 +12,9 @@ step is local and immediate. Under torchrun the processes coordinate in two ways
   input is an event that rank 0 shows (one progress view, one stream of messages); a process that
   fails records why, and every other process checks for that record after each input and stops.
 
+Threads: each process of a node runs torch on its share of the cores (cores / processes per
+node, see :meth:`Launch.cpu_threads`), so two processes on two cores use one thread each.
+
 Loading: the first process of each node (local rank 0) runs the loader first, with network access;
 the others wait for all of them, then load from the cache with network access off. On one node
 that is exactly one download. Nodes that share a cache directory are safe too: the cache's file
@@ -37,11 +40,21 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from ..errors import DistributedError, PsegzooError, option
 from . import sharding
-from .launch import DEFAULT_TIMEOUT, Launch, all_reduce_max, all_reduce_sum, close_group, init_group, rank_device
+from .launch import (
+    DEFAULT_TIMEOUT,
+    Launch,
+    all_reduce_max,
+    all_reduce_sum,
+    close_group,
+    init_group,
+    rank_device,
+    usable_cores,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,6 +123,7 @@ class Job:
         launch = launch if launch is not None else Launch.from_environ()
         if not launch.distributed:
             return cls(launch)
+        torch.set_num_threads(launch.cpu_threads(usable_cores()))
         store = init_group(launch, timeout)
         job = cls(launch, dist.PrefixStore(f"psegzoo/{launch.restart}/{next(_serial)}", store))
         job.nodes = int(all_reduce_sum([int(launch.is_node_leader)])[0])
@@ -303,6 +317,22 @@ class Job:
         self._where = ""
         return value
 
+    def barrier(self, tag: str = "barrier") -> None:
+        """Wait until every process gets here; a process that fails meanwhile ends the wait with its error."""
+        if self.distributed:
+            self._meet(tag)
+
+    def sum(self, array: Any) -> np.ndarray:
+        """The element-wise int64 sum of ``array`` over all processes (``array`` itself alone), e.g.
+        per-class counts. Every process must call it with the same shape."""
+        if not self.distributed:
+            return all_reduce_sum(array)
+        return self._collective("sum", lambda: all_reduce_sum(array))
+
+    def reports(self, show: Callable[[Event[Any, Any]], None] | None) -> Reports:
+        """A stream of events from every process to ``show`` on rank 0 (see :class:`Reports`)."""
+        return Reports(self, show)
+
     def run(self, tasks: Sequence[T], work: Callable[[T], R], *, show: Callable[[Event[T, R]], None] | None = None,
             failed: tuple[type[BaseException], ...] = ()) -> Totals:
         """Run ``work`` on each of this process's ``tasks``; rank 0 calls ``show`` for every task of the job.
@@ -312,6 +342,7 @@ class Job:
         job, on every process.
         """
         counts = np.zeros(2, dtype=np.int64)
+        reports = self.reports(show)
         for task in tasks:
             self._check_abort()
             self._where = f" on {task}"
@@ -321,21 +352,10 @@ class Job:
                 event = Event(task, None, exc, self.rank)
             self._where = ""
             counts[0 if event.ok else 1] += 1
-            if self.distributed:
-                self._publish(event)
-                if self.is_main:
-                    self._deliver(show)
-            elif show is not None:
-                show(event)
+            reports.send(event)
+        reports.close()
         if not self.distributed:
             return Totals(int(counts[0]), int(counts[1]))
-
-        def tick() -> None:
-            if self.is_main:
-                self._deliver(show)
-
-        self._meet("finished", tick)  # every event is published before its process arrives here
-        tick()
         counts = self._collective("totals", lambda: all_reduce_sum(counts))
         return Totals(int(counts[0]), int(counts[1]))
 
@@ -358,6 +378,45 @@ class Job:
             self._seen += 1
             if show is not None:
                 show(event)
+
+
+class Reports:
+    """Events of every process, shown by rank 0 in arrival order: one view of the whole job.
+
+    Each process sends its events (a finished task, or a progress report: any picklable value);
+    rank 0 shows its own at once and the others' whenever it sends, polls or closes. Sending also
+    checks whether another process has failed (and raises if so), so a long loop that reports
+    stops with the job. Every process must :meth:`close` the stream
+    (a meeting: rank 0 shows the last events of everyone before any process goes on).
+    """
+
+    def __init__(self, job: Job, show: Callable[[Event[Any, Any]], None] | None):
+        self.job = job
+        self.show = show
+
+    def send(self, event: Event[Any, Any] | Any) -> None:
+        """Send an :class:`Event`, or a bare value (an event of no task from this process)."""
+        job = self.job
+        job._check_abort()
+        if not isinstance(event, Event):
+            event = Event(None, event, None, job.rank)
+        if not job.distributed:
+            if self.show is not None:
+                self.show(event)
+            return
+        job._publish(event)
+        self.poll()
+
+    def poll(self) -> None:
+        """Rank 0: show what the other processes have sent so far (nothing elsewhere)."""
+        if self.job.distributed and self.job.is_main:
+            self.job._deliver(self.show)
+
+    def close(self) -> None:
+        """Wait for every process to finish sending; rank 0 shows everything that was sent."""
+        if self.job.distributed:
+            self.job._meet("finished", self.poll)  # every event is published before its process arrives here
+            self.poll()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -38,6 +38,18 @@ class Launch:
     local_rank: int = 0
     local_world_size: int = 1
     restart: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: keys of an earlier attempt are not reused
+    omp_threads: int | None = None  # OMP_NUM_THREADS, when it holds a number
+
+    def cpu_threads(self, cores: int) -> int:
+        """torch's CPU threads for this process: the cores shared out between the processes on its node.
+
+        torchrun sets ``OMP_NUM_THREADS=1`` for every process unless it is set already, which starves
+        a machine with more cores than processes; so 1 counts as unset, and a larger value is the
+        user's own choice and is kept.
+        """
+        if self.omp_threads is not None and self.omp_threads > 1:
+            return self.omp_threads
+        return max(1, cores // self.local_world_size)
 
     @property
     def distributed(self) -> bool:
@@ -69,9 +81,11 @@ class Launch:
                     f"{name}={raw!r} is not a number; start psegzoo with {_TORCHRUN}, which sets "
                     f"{', '.join(LAUNCH_VARIABLES)}"
                 ) from None
+        omp = env.get("OMP_NUM_THREADS", "").strip()
         launch = cls(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"],
                      local_world_size=values["LOCAL_WORLD_SIZE"],
-                     restart=int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0))
+                     restart=int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
+                     omp_threads=int(omp) if omp.isdigit() and int(omp) > 0 else None)
         if not (0 <= launch.rank < launch.world_size and 0 <= launch.local_rank < launch.local_world_size
                 and launch.local_world_size <= launch.world_size):
             raise DistributedError(
@@ -102,6 +116,14 @@ def init_group(launch: Launch, timeout: timedelta = DEFAULT_TIMEOUT) -> dist.Sto
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise DistributedError(f"cannot join the torchrun job as rank {launch.rank}: {text}; start psegzoo with {_TORCHRUN}") from None
     return store
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def close_group() -> None:

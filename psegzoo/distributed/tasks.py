@@ -54,13 +54,14 @@ class PredictTask:
             if self.is_video:
                 info = video.probe(self.path)
                 return info.width * info.height * max(1, math.ceil(info.frames / every))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(self.path) as im:
-                    w, h = im.size
-            return max(1, w * h)
         except Exception:  # the owner of the task reports the real error when it reads the file
             return 1
+        w, h = self.size()
+        return max(1, w * h)
+
+    def size(self) -> tuple[int, int]:
+        """An image's (width, height) from its header ((0, 0) for a video or an unreadable file)."""
+        return image_size(self.path) if not self.is_video else (0, 0)
 
     def complete(self, out_dir: str | os.PathLike, wanted: Wanted) -> bool:
         """Whether every requested output exists (the label map, or first label frame, also opens)."""
@@ -78,6 +79,17 @@ class PredictTask:
                                   (image.probs_png, wanted.probs == "png"), (image.probs_npy, wanted.probs == "npy"),
                                   (image.logits, wanted.logits), (image.json, wanted.json)) if on]
         return all(p.is_file() for p in extras) and _opens(image.labels)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding; (0, 0) when it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # the reader of the file reports the real error
+        return 0, 0
 
 
 def _opens(png: Path) -> bool:

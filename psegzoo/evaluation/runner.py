@@ -33,27 +33,17 @@ from .. import outputs
 from ..api import Segmenter, load
 from ..errors import DatasetError, PredictionError, option
 from ..manifest import Dataset, Entry, get_dataset, get_entry
-from ..predictor import InferenceSettings
+from ..predictor import InferenceSettings, default_workers
+from ..prefetch import prefetch
 from .labels import label_table, load_label
 from .layouts import GENERIC, LAYOUTS, Layout, generic_layout, layout_for_dataset, layout_named
 from .metric import Counts, count_image, percent, sum_counts
-from .prefetch import prefetch
 from .result import MS_FLIP_RATIOS, EvalResult, EvalSettings
 from .split import Sample, Split, check_all_sizes, list_split, size_mismatch
 from .state import WorkState
 
 _AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
         "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-DEFAULT_WORKERS = 4
-
-
-def default_workers(device: torch.device) -> int:
-    """Decoding threads when none are asked for: up to 4 beside a GPU, none beside a CPU model.
-
-    A model on the CPU already keeps every core busy (torch's intra-op threads); decoding there on
-    other threads only takes cores from it, so images are decoded on the model's thread instead.
-    """
-    return 0 if device.type == "cpu" else min(DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,11 +97,22 @@ class EvalProgress:
     resumed: int
     seconds: float  # since this process started evaluating
     miou: float | None  # running mIoU in percent over the images done
+    counts: Counts | None = field(default=None, repr=False)  # the running sum the mIoU comes from
 
     @property
     def images_per_second(self) -> float | None:
         ran = self.done - self.resumed
         return ran / self.seconds if ran > 0 and self.seconds > 0 else None
+
+    @classmethod
+    def combine(cls, parts: Sequence[EvalProgress], *, total: int, seconds: float) -> EvalProgress:
+        """Where a run spread over several processes stands, from each process's latest report:
+        images added up, the running mIoU of all their counts together, ``seconds`` of the job."""
+        counted = [p.counts for p in parts if p.counts is not None]
+        counts = sum_counts(counted, counted[0].num_classes) if counted else None
+        done = sum(p.done for p in parts)
+        miou = percent(counts.metrics().miou) if counts is not None and done else None
+        return cls(done, total, sum(p.resumed for p in parts), seconds, miou, counts)
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,7 @@ def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | 
     def report() -> None:
         if on_progress is not None:
             on_progress(EvalProgress(done, len(chosen), len(resumed), time.perf_counter() - t0,
-                                     percent(total.metrics().miou) if done else None))
+                                     percent(total.metrics().miou) if done else None, total))
 
     def finish(sample: Sample, label: np.ndarray, pred: np.ndarray) -> Counts:
         counts = count_image(pred, label, job.num_classes, job.ignore_index, source=sample.label)

@@ -92,6 +92,14 @@ class WorkState:
                 + option("resume=True", "--resume")
             )
 
+    def saved(self) -> set[int]:
+        """The indices of the images whose counts are saved (by name only: nothing is read)."""
+        try:
+            names = [p.name for p in self.counts_dir.iterdir()]
+        except OSError:
+            return set()
+        return {int(m.group(1)) for m in map(_COUNTS_NAME.fullmatch, names) if m is not None}
+
     def load(self) -> dict[int, Counts]:
         """Saved counts by image index (files that cannot be read are left out and made again)."""
         done: dict[int, Counts] = {}

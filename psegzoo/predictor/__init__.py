@@ -14,8 +14,8 @@ little more than that buffer, or than its labels.
 """
 from __future__ import annotations
 
-from .devices import autocast_dtype, model_device, model_is_channels_last, prepare_model, select_device
-from .infer import Inference, Progress, View, infer, infer_batch
+from .devices import DEFAULT_WORKERS, autocast_dtype, default_workers, model_device, model_is_channels_last, prepare_model, select_device
+from .infer import MAX_BATCH_IMAGES, Inference, Prepared, Progress, View, infer, infer_batch, prepare
 from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
 from .resize import rescale_size, resize_bilinear_uint8, resize_image
 from .scores import (
@@ -29,11 +29,22 @@ from .scores import (
     to_host,
 )
 from .settings import MAX_RATIOS, MAX_SIDE, MAX_WINDOWS, InferenceSettings, Size2, default_stride, tta_scale
-from .windows import CPU_BATCH_WINDOWS, MAX_BATCH_WINDOWS, Normalize, image_tensor, slide_windows, to_input
+from .windows import (
+    CPU_BATCH_WINDOWS,
+    MAX_BATCH_WINDOWS,
+    Normalize,
+    host_tensor,
+    image_tensor,
+    slide_windows,
+    to_input,
+    upload,
+)
 
 __all__ = [
     "BAND_BYTES",
     "CPU_BATCH_WINDOWS",
+    "DEFAULT_WORKERS",
+    "MAX_BATCH_IMAGES",
     "MAX_BATCH_WINDOWS",
     "MAX_RATIOS",
     "MAX_SIDE",
@@ -42,6 +53,7 @@ __all__ = [
     "InferenceSettings",
     "MemoryEstimate",
     "Normalize",
+    "Prepared",
     "Progress",
     "Size2",
     "View",
@@ -51,13 +63,16 @@ __all__ = [
     "banded_labels",
     "check_memory",
     "default_stride",
+    "default_workers",
     "estimate_memory",
+    "host_tensor",
     "image_tensor",
     "infer",
     "infer_batch",
     "label_dtype",
     "model_device",
     "model_is_channels_last",
+    "prepare",
     "prepare_model",
     "probabilities",
     "rescale_size",
@@ -70,4 +85,5 @@ __all__ = [
     "to_host",
     "to_input",
     "tta_scale",
+    "upload",
 ]

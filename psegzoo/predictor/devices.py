@@ -1,6 +1,7 @@
 """Devices and precision: which device runs a model, how the model is prepared, which autocast."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -12,6 +13,19 @@ _AMP = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float32": None, "fp32": None, "float": None,
 }
+
+
+DEFAULT_WORKERS = 4
+
+
+def default_workers(device: str | torch.device) -> int:
+    """Threads that decode the next images while the model runs, when none are asked for: up to
+    ``DEFAULT_WORKERS`` beside a GPU, none beside a CPU model.
+
+    A model on the CPU already keeps every core busy (torch's intra-op threads); decoding there on
+    other threads only takes cores from it, so images are decoded on the model's thread instead.
+    """
+    return 0 if torch.device(device).type == "cpu" else min(DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
 def _mps_available() -> bool:

@@ -11,6 +11,7 @@ softmax probabilities of all views, each resized to the original size, are avera
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from .memory import check_memory, estimate_memory
 from .resize import rescale_size, resize_image
 from .scores import banded_labels, resize_bands, resize_scores, to_host
 from .settings import InferenceSettings, Size2, tta_scale
-from .windows import Normalize, Runner, image_tensor, is_oom, slide_logits, slide_windows
+from .windows import Normalize, Runner, host_tensor, image_tensor, is_oom, slide_logits, slide_windows, upload
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Told ``(done, total)`` as a prediction goes: forwards (sliding windows, or one per view) run so far."""
@@ -250,15 +253,54 @@ def infer(
                      confidence=top)
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """An image made ready for a whole-mode forward away from the model's thread (:func:`prepare`).
+
+    ``image_size`` is the original (h, w); ``tensor`` the image resized to the test scale, H x W x 3
+    uint8 on the CPU, in pinned memory when it is bound for a GPU.
+    """
+
+    image_size: Size2
+    tensor: torch.Tensor
+
+    @property
+    def size(self) -> Size2:
+        """The resized (h, w): images of one resized size can share a forward."""
+        return int(self.tensor.shape[0]), int(self.tensor.shape[1])
+
+
+def prepare(image: np.ndarray, settings: InferenceSettings, device: str | torch.device) -> Prepared:
+    """Resize ``image`` to the test scale (bit-exact, as :func:`infer` does) and pin it for a GPU.
+
+    Thread-safe and model-free, so decoding threads can do it while the model runs on another.
+    """
+    _check_image(image)
+    resized = resize_image(image, settings.scale)
+    return Prepared((int(image.shape[0]), int(image.shape[1])), host_tensor(resized, device))
+
+
+MAX_BATCH_IMAGES = 32
+"""The most whole images per forward when the batch is sized from free GPU memory."""
+
+
+def _gpu_images(device: torch.device, per_image_bytes: int, left: int) -> int:
+    """Images per forward that fit in 70% of the free GPU memory, measured for one image."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    n = int(0.7 * (free + cached) // max(per_image_bytes, 1))
+    return max(1, min(n, MAX_BATCH_IMAGES, left))
+
+
 def infer_batch(
     model: Any,
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray | Prepared],
     settings: InferenceSettings,
     *,
     device: str | torch.device | None = None,
     amp_dtype: str | torch.dtype | None = None,
     channels_last: bool | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     keep_scores: bool = False,
     confidence: bool = False,
     output_device: str | torch.device = "cpu",
@@ -266,57 +308,83 @@ def infer_batch(
 ) -> list[Inference]:
     """Whole mode, one view per image: images that resize to the same size share forwards of up to
     ``batch_size``. Each result is what :func:`infer` gives for that image alone (up to the float
-    rounding of a batched convolution). Meant for throughput on a GPU; slide mode batches windows
-    instead (:func:`infer`)."""
+    rounding of a batched convolution). Meant for throughput; slide mode batches windows instead
+    (:func:`infer`).
+
+    ``images`` are HxWx3 uint8 arrays or :class:`Prepared` images (resized, and pinned for a GPU,
+    by other threads); prepared images are uploaded without blocking the host. ``batch_size=None``
+    sizes the batches from the free GPU memory, measured on the first image (1 elsewhere).
+    """
     if settings.mode != "whole":
         raise PredictionError("infer_batch() runs whole mode; slide mode batches windows within infer()")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise PredictionError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     for image in images:
-        _check_image(image)
+        if not isinstance(image, Prepared):
+            _check_image(image)
     plan = _plan(model, settings, device, amp_dtype, channels_last, None)
     out_dev = torch.device(output_device)
-    sizes = [_view_sizes(img.shape[:2], settings, [(1.0, False)])[0] for img in images]
-    for img, size in zip(images, sizes):
-        _check_memory(model, img.shape[:2], [size], settings, plan, batch_windows=None, keep_scores=keep_scores,
+    original = [img.image_size if isinstance(img, Prepared) else (int(img.shape[0]), int(img.shape[1])) for img in images]
+    sizes = [img.size if isinstance(img, Prepared) else _view_sizes(size, settings, [(1.0, False)])[0]
+             for img, size in zip(images, original)]
+    for size, view in zip(original, sizes):
+        _check_memory(model, size, [view], settings, plan, batch_windows=None, keep_scores=keep_scores,
                       confidence=confidence, output_device=out_dev, max_memory=max_memory)
+    measure = batch_size is None and plan.device.type == "cuda"
+    batch = 1 if batch_size is None else batch_size
     runner = Runner(model, plan.device, plan.amp_dtype, plan.normalize)
     results: list[Inference | None] = [None] * len(images)
-    groups: dict[Size2, list[int]] = {}  # by original size: the same resize, the same post-processing
-    for i, img in enumerate(images):
-        groups.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(i)
+    groups: dict[Size2, list[int]] = {}  # by resized size: one forward can hold them
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+
+    def upload_one(i: int) -> torch.Tensor:
+        img = images[i]
+        if isinstance(img, Prepared):
+            return upload(img.tensor, plan.device)
+        return image_tensor(resize_image(img, settings.scale), plan.device)
+
     with torch.inference_mode():
-        for (h, w), members in groups.items():
-            size = sizes[members[0]]
-            for k in range(0, len(members), batch_size):
-                chunk = members[k:k + batch_size]
+        for size, members in groups.items():
+            k = 0
+            while k < len(members):
+                chunk = members[k:k + batch]
                 t0 = time.perf_counter()
-                u8 = torch.cat([image_tensor(resize_image(images[i], settings.scale), plan.device) for i in chunk])
+                if measure:
+                    torch.cuda.reset_peak_memory_stats(plan.device)
+                    base = torch.cuda.memory_allocated(plan.device)
+                u8 = torch.cat([upload_one(i) for i in chunk])
                 lows = _whole(runner, plan.normalize(u8), direct=plan.direct)
                 del u8
-                per_image: list[tuple[torch.Tensor | None, Any, Any]] = []
-                if not keep_scores and not confidence and tuple(lows.shape[2:]) == (h, w):
-                    # already at the image's size: one argmax and one copy for the whole chunk
+                if measure:
+                    per_image = torch.cuda.max_memory_allocated(plan.device) - base
+                    batch = _gpu_images(plan.device, per_image, len(images) - 1)
+                    measure = False
+                    log.debug("whole: about %d bytes per image -> %d images per forward", per_image, batch)
+                per_image_out: list[tuple[torch.Tensor | None, Any, Any]] = []
+                if not keep_scores and not confidence and all(original[i] == size for i in chunk):
+                    # already at the images' size: one argmax and one copy for the whole chunk
                     labels = to_host(lows.argmax(dim=1).to(torch.uint8 if lows.shape[1] <= 256 else torch.int32))
-                    per_image = [(None, labels[j], None) for j in range(len(chunk))]
+                    per_image_out = [(None, labels[j], None) for j in range(len(chunk))]
                 else:
-                    for j in range(len(chunk)):
+                    for j, i in enumerate(chunk):
                         if keep_scores:
-                            full = resize_scores(lows[j], (h, w), align_corners=settings.align_corners,
+                            full = resize_scores(lows[j], original[i], align_corners=settings.align_corners,
                                                  out_device=out_dev).contiguous()
-                            per_image.append((full, None, None))
+                            per_image_out.append((full, None, None))
                         else:
-                            lab, top = banded_labels([lows[j]], (h, w), align_corners=settings.align_corners,
+                            lab, top = banded_labels([lows[j]], original[i], align_corners=settings.align_corners,
                                                      average_probs=False, confidence=confidence)
-                            per_image.append((None, lab, top))
+                            per_image_out.append((None, lab, top))
                 del lows
                 if plan.device.type == "cuda":
                     torch.cuda.synchronize(plan.device)
                 seconds = {"total": (time.perf_counter() - t0) / len(chunk)}
-                for i, (kept, lab, top) in zip(chunk, per_image):
+                for i, (kept, lab, top) in zip(chunk, per_image_out):
                     results[i] = Inference(scores=kept, is_probs=False, views=(View(1.0, False, size),),
                                            seconds=seconds, labels=lab, confidence=top)
+                k += len(chunk)
     return cast("list[Inference]", results)
 
 
-__all__ = ["Inference", "Progress", "View", "infer", "infer_batch", "to_host"]
+__all__ = ["MAX_BATCH_IMAGES", "Inference", "Prepared", "Progress", "View", "infer", "infer_batch", "prepare", "to_host"]

@@ -27,19 +27,32 @@ CPU_BATCH_WINDOWS = 2
 MAX_BATCH_WINDOWS = 32
 
 
+def host_tensor(img: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """HxWx3 uint8 -> an HxWx3 uint8 CPU tensor ready to go to ``device``: in pinned memory for CUDA.
+
+    Meant for the threads that prepare images while the model runs: pinning copies the bytes, and
+    from pinned memory the upload to the GPU (:func:`upload`) does not block the host.
+    """
+    arr = img if img.flags.writeable else img.copy()
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.pin_memory() if torch.device(device).type == "cuda" else t
+
+
+def upload(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """An HxWx3 uint8 tensor from :func:`host_tensor` -> 1x3xHxW on ``device`` (channels-last strides, no copy
+    on the CPU; asynchronous from pinned memory to a CUDA device)."""
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        t = t.to(dev, non_blocking=t.is_pinned())
+    return t.permute(2, 0, 1).unsqueeze(0)
+
+
 def image_tensor(img: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """HxWx3 uint8 -> 1x3xHxW uint8 on ``device`` (a view with channels-last strides: no copy).
 
     To a CUDA device the bytes go through pinned memory, asynchronously.
     """
-    arr = img if img.flags.writeable else img.copy()
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        t = t.pin_memory().to(dev, non_blocking=True)
-    elif dev.type != "cpu":
-        t = t.to(dev)
-    return t.permute(2, 0, 1).unsqueeze(0)
+    return upload(host_tensor(img, device), device)
 
 
 @dataclass(frozen=True)

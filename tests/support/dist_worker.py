@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 import psegzoo
 from psegzoo.cli.common import handle_errors
 from psegzoo.cli.jobs import as_job
@@ -56,6 +58,16 @@ def main(mode: str, out: Path, job) -> None:
     totals = job.run(plan.tasks, work, show=show, failed=(psegzoo.ImageError,))
     report["shown"] = shown
     report["totals"] = [totals.done, totals.failed]
+    # Progress reports of every process reach rank 0; sums after a meeting.
+    report["job_sum"] = job.sum([job.rank + 1, 5]).tolist()
+    job.barrier("reports")
+    seen: list = []
+    reports = job.reports(lambda event: seen.append([event.rank, event.value]))
+    for k in range(3):
+        reports.send({"from": job.rank, "k": k})
+    reports.close()
+    report["reports"] = seen
+    report["threads"] = torch.get_num_threads()
     (out / f"rank{job.rank}.json").write_text(json.dumps(report))
 
 
