@@ -434,12 +434,14 @@ def test_prediction_fields_and_files(seg, image, tmp_path):
 
 def test_tta_averages_probabilities(seg, image):
     pred = seg.predict(image, flip=True, scales=[0.5, 1.0])
-    assert pred.logits.shape == (19, 40, 60) and pred.logits.dtype == np.float32
-    # The logits are log-probabilities: exp sums to one and probs() gives the average back.
-    np.testing.assert_allclose(np.exp(pred.logits).sum(axis=0), 1.0, atol=1e-4)
-    np.testing.assert_allclose(pred.probs().sum(axis=0), 1.0, atol=1e-5)
-    np.testing.assert_allclose(pred.probs(), np.exp(pred.logits), atol=1e-5)
-    assert np.array_equal(pred.labels, pred.logits.argmax(axis=0))
+    assert pred.is_probs and pred.scores.shape == (19, 40, 60) and pred.scores.dtype == np.float32
+    # The scores are averaged probabilities: they sum to one and probs() gives them back.
+    np.testing.assert_allclose(pred.scores.sum(axis=0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(pred.probs(), pred.scores, atol=1e-5)
+    np.testing.assert_allclose(np.exp(pred.log_scores()), pred.scores, atol=1e-6)
+    assert np.array_equal(pred.labels, pred.scores.argmax(axis=0))
+    with pytest.warns(DeprecationWarning, match="log-probabilities"):  # the old name still answers
+        np.testing.assert_allclose(pred.logits, pred.log_scores())
 
     # Two scales without flip: the mean of each single view's softmax.
     multi = seg.predict(image, scales=[0.5, 1.0])

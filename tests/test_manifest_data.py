@@ -2,8 +2,9 @@
 
 Expected values here were typed in from the zoo tables and from mmsegmentation 1.2.2's configs,
 or are derived from the tables with a regex independent of tools/build_index.py. Parts that need
-the zoo tables, the reference specs or the mmseg configs skip when those are absent, and fail
-when they are absent under CI (tests/support/shared.py).
+the zoo tables or the reference specs skip when those are absent, and fail when they are absent
+under CI (tests/support/shared.py); mmseg's configs are fetched as a pinned wheel when no copy is
+at hand (tests/support/mmseg_wheel.py).
 """
 from __future__ import annotations
 
@@ -19,20 +20,16 @@ import pytest
 
 from psegzoo.errors import ManifestError
 from psegzoo.manifest import Entry, load_manifest, parse_manifest
-from tests.support.shared import mmseg_dir, needs, shared_dir
+from tests.support.shared import needs, shared_dir
 
 REPO = Path(__file__).resolve().parent.parent
 INDEX = REPO / "model_index.json"
 BUILDER = REPO / "tools" / "build_index.py"
 ZOO = shared_dir() / "zoo"
 REFERENCE = shared_dir() / "reference"
-MMSEG = mmseg_dir()
-MMSEG_CONFIGS = MMSEG / ".mim" / "configs"
-MMSEG_DATASETS = MMSEG / "datasets"
 
 needs_zoo = needs(ZOO, "the zoo tables (shared/zoo)")
 needs_reference = needs(REFERENCE, "the reference specs (shared/reference)")
-needs_mmseg = needs(MMSEG_CONFIGS, "mmsegmentation 1.2.2's configs")
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -487,22 +484,21 @@ def test_every_model_matches_its_dataset(raw, entries):
 # ------------------------------------------------------------------------------------------------
 
 
-def _run_builder(tmp_path: Path, *extra: str) -> bytes:
+def _run_builder(tmp_path: Path, mmseg: Path, *extra: str) -> bytes:
     out = tmp_path / "model_index.json"
-    cmd = [sys.executable, str(BUILDER), "--zoo", str(ZOO), "--mmseg-configs", str(MMSEG_CONFIGS),
-           "--mmseg-datasets", str(MMSEG_DATASETS), "-o", str(out), *extra]
+    cmd = [sys.executable, str(BUILDER), "--zoo", str(ZOO), "--mmseg-configs", str(mmseg / ".mim" / "configs"),
+           "--mmseg-datasets", str(mmseg / "datasets"), "-o", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return out.read_bytes()
 
 
 @needs_zoo
-@needs_mmseg
-def test_builder_regenerates_the_committed_file(tmp_path):
+def test_builder_regenerates_the_committed_file(tmp_path, mmseg_package):
     committed = INDEX.read_bytes()
-    assert _run_builder(tmp_path) == committed
+    assert _run_builder(tmp_path, mmseg_package) == committed
     if REFERENCE.is_dir():
-        assert _run_builder(tmp_path, "--reference", str(REFERENCE)) == committed
+        assert _run_builder(tmp_path, mmseg_package, "--reference", str(REFERENCE)) == committed
 
 
 def test_config_inheritance_merges_like_mmengine(builder, tmp_path):
@@ -563,9 +559,8 @@ def test_table_cells_keep_escaped_pipes(builder):
         builder._figure("n/a", "w", "mIoU")
 
 
-@needs_mmseg
-def test_builder_refuses_a_test_resize_without_keep_ratio(builder):
-    loader = builder.ConfigLoader(MMSEG_CONFIGS)
+def test_builder_refuses_a_test_resize_without_keep_ratio(builder, mmseg_package):
+    loader = builder.ConfigLoader(mmseg_package / ".mim" / "configs")
     cfg = loader.load("pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py")
     builder.extract_model(cfg, "ok")
     for pipeline in (cfg["test_pipeline"], cfg["test_dataloader"]["dataset"]["pipeline"]):

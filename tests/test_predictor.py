@@ -736,6 +736,27 @@ def test_bfloat16_autocast_on_cpu_keeps_the_labels():
     assert agree >= 0.99, agree
 
 
+def test_bfloat16_autocast_flips_only_near_ties_on_a_zoo_model():
+    """A real architecture (ResNet-18 PSPNet, synthetic weights): bf16 keeps every clear decision."""
+    from psegzoo.manifest import get_entry
+    from psegzoo.models import build_segmentor
+    from tests.support.precision import assert_low_precision_labels
+    from tests.support.synth import synth_tensor
+
+    model = build_segmentor(get_entry("pspnet_r18-d8_512x1024_80k_cityscapes").architecture)
+    model.load_state_dict({k: synth_tensor(k, v.shape) for k, v in model.state_dict().items()})
+    model.eval().fuse_bn()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:120, 0:160]
+    img = np.stack([xx * 255 // 160, yy * 255 // 120, (xx + yy) % 256], axis=-1) + rng.normal(0, 20, (120, 160, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    s = _settings("whole", scale=(160, 120))
+    full = infer(model, img, s).scores
+    low = infer(model, img, s, amp_dtype="bf16").scores
+    assert not torch.equal(low, full)
+    assert_low_precision_labels(argmax_labels(low), argmax_labels(full), full)
+
+
 def test_out_of_memory_halves_the_window_batch():
     """An out-of-memory error (the real exception type) on a batch of windows halves the batch and retries."""
 

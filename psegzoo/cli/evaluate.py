@@ -89,8 +89,8 @@ class _ProgressView:
 @click.option("--stride", help="Slide stride HxW (non-standard).")
 @click.option("--scale", help="Test scale LONGxSHORT (non-standard), e.g. 1024x512.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
-@click.option("--half", is_flag=True, help="float16 autocast (GPU only).")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPU only).")
+@click.option("--half", is_flag=True, help="float16 autocast (CUDA, MPS).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA, MPS, CPU).")
 @click.option("--batch-windows", type=click.IntRange(1, 1024), help="Sliding windows per forward (default: sized to free GPU memory).")
 @click.option("--workers", type=click.IntRange(0, 64),
               help="Threads decoding images and labels ahead of the model (default: up to 4 beside a GPU, none on the CPU).")
