@@ -425,6 +425,11 @@ def test_unusable_output_folder_fails_before_any_model_load(zoo, fresh_home, tmp
         assert str(out) in line and "notes.txt" in line and "is a file" in line and "--output" in line
     assert len(zoo.server.requests) == requests and not fresh_home.exists()
     assert blocker.read_text() == "a file where the output folder would go"
+    # With --onnx too: the exported file is loaded only once the output folder is known to be usable.
+    damaged = tmp_path / "model.onnx"
+    damaged.write_bytes(b"not an onnx file")
+    line = only_error_line(cli("predict", "--onnx", damaged, image, "-o", blocker, code=1).stderr)
+    assert "notes.txt" in line and "is a file" in line and "onnx" not in line
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import filelock
+import numpy as np
 import pytest
 
 import psegzoo
@@ -128,8 +129,8 @@ def test_offline_without_cache_says_how_to_import(zoo, http_server, ckpt_bytes, 
 
 
 def test_file_modes_follow_the_umask_everywhere(zoo, ckpt_bytes, hub_env, tmp_path):
-    """0666 & ~umask for every file psegzoo creates: checkpoint, record, trust, converted, outputs."""
-    from psegzoo import outputs
+    """0666 & ~umask for every file psegzoo creates: checkpoint, record, trust, converted, outputs, eval state."""
+    from psegzoo import evaluation, outputs
 
     entry = zoo.add("m_perm", ckpt_bytes, prefix=None)
     old = os.umask(0o022)
@@ -139,6 +140,10 @@ def test_file_modes_follow_the_umask_everywhere(zoo, ckpt_bytes, hub_env, tmp_pa
         made = [path, hub_env / "records" / (entry.weights.file + ".json"), hub_env / "trusted" / "m_perm.sha256", conv]
         made.append(outputs.save_json({"a": 1}, tmp_path / "out" / "x.json"))
         made.append(files.write_atomic(tmp_path / "plain.txt", "x"))
+        state = evaluation.WorkState.open(tmp_path / "work", "m_perm", "val", {"k": 1}, 3, resume=False)
+        state.save(0, evaluation.Counts.from_array(np.ones((4, 3), np.int64)))
+        made.extend([state.counts_dir / "000000.npy", state.save_result({"a": 1})])
+        assert not [p for p in state.folder.rglob("*") if p.name.endswith(".tmp")]
         assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {p.name: "0o644" for p in made}
         os.umask(0o027)
         hub.remove(entry, options=opts())
@@ -619,3 +624,11 @@ def test_sidecar_names_cannot_collide(zoo, ckpt_bytes, other_bytes, hub_env):
     assert hub.download(a, opts()).read_bytes() == ckpt_bytes
     assert [r.status for r in hub.verify(options=opts())] == ["ok"] * (1 + len(names))
     assert hub.checkpoint_path(a).read_bytes() == ckpt_bytes
+    # A temporary file of a's record (left by a killed process) belongs to a, not to the entry named like the record.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = hub_env / "records" / f".{a.weights.file}.json.w-{int(dead.stdout)}-0123abcd.tmp"
+    orphan.write_bytes(b"{")
+    hub.remove(manifest.get("m_side_0"), options=opts())
+    assert orphan.exists()
+    hub.remove(a, options=opts())
+    assert not orphan.exists()

@@ -188,6 +188,10 @@ def test_credentials_in_urls_are_never_shown_or_stored(zoo, http_server, ckpt_by
     assert "s3cr3t" not in (hub_env / "records" / (entry.weights.file + ".json")).read_text()
     assert "s3cr3t" not in caplog.text
     assert http_server.gets(url_path(entry))[-1].header("Authorization") is not None  # the server did get them
+    for bad in ("ftp://alice:s3cr3t@host/x", "alice:s3cr3t@host/x"):  # a mirror refused: its credentials hidden too
+        with pytest.raises(DownloadError) as err:
+            opts(mirrors=(bad,))
+        assert "s3cr3t" not in str(err.value) and "***@host/x" in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import psegzoo
-from psegzoo import convert
+from psegzoo import convert, predictor
 from psegzoo.api import Prediction, Segmenter
 from psegzoo.errors import ImageError, PredictionError
 from psegzoo.models import FastPaths, build_segmentor
@@ -265,6 +265,34 @@ def test_cli_goes_on_after_an_image_the_model_cannot_take(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
     assert read_labels(tmp_path / "out" / "b.png").shape == (1, 5000)
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("batch", ["1", "2"])
+def test_cli_goes_on_after_the_model_fails_on_one_image(tiny, tmp_path, monkeypatch, batch):
+    """A model error (here a RuntimeError on 37-pixel-high images, as an out-of-memory error would be)
+    is that image's one line; the images before and after it are written, and the exit code is 1."""
+    for name, h in (("a", 48), ("b", 37), ("c", 48)):
+        Image.fromarray(street(h, 64)).save(tmp_path / f"{name}.png")
+    real_infer, real_batch = predictor.infer, predictor.infer_batch
+
+    def failing(model, image, settings, **kwargs):
+        if image.shape[0] == 37:
+            raise RuntimeError("out of memory (simulated)\nsecond line of the torch message")
+        return real_infer(model, image, settings, **kwargs)
+
+    def failing_batch(model, images, settings, **kwargs):
+        if any(img.image_size[0] == 37 for img in images):
+            raise RuntimeError("out of memory (simulated)")
+        return real_batch(model, images, settings, **kwargs)
+
+    monkeypatch.setattr(predictor, "infer", failing)
+    monkeypatch.setattr(predictor, "infer_batch", failing_batch)
+    result = cli("predict", "-m", TINY, "--weights", tiny, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png",
+                 "-o", tmp_path / "out", "--device", "cpu", "--batch-size", batch, "--scale", "64x48", "-q", code=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # the image's one line (-q: no summary)
+    assert "b.png" in lines[0] and "out of memory (simulated)" in lines[0] and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args, words", [

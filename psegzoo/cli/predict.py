@@ -156,11 +156,7 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
     if onnx is not None:
         if weights or use_compile or half or bf16:
             raise click.UsageError("--weights, --compile, --half and --bf16 do not apply to --onnx (fixed at export)")
-        onnx_model = psegzoo.load_onnx(onnx, device=device)
-        onnx_model.settings(**overrides)
-        entry = onnx_model.entry
-        if name is not None and psegzoo.get_entry(name, index=download.index).name != entry.name:
-            raise click.UsageError(f"--model {name} is not the model in {onnx} ({entry.name})")
+        named = psegzoo.get_entry(name, index=download.index).name if name is not None else None
     elif name is None:
         raise click.UsageError("give the model with --model NAME (or an exported file with --onnx FILE)")
     else:
@@ -204,16 +200,29 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
         return psegzoo.load(entry.name, weights=weights, device=job.device(device),
                             download=download if first else download.with_(offline=True))
 
+    if onnx is not None:  # loaded once the inputs and the output folder are known to be usable
+        onnx_model = psegzoo.load_onnx(onnx, device=device)
+        onnx_model.settings(**overrides)
+        if named is not None and named != onnx_model.entry.name:
+            raise click.UsageError(f"--model {name} is not the model in {onnx} ({onnx_model.entry.name})")
     segmenter = onnx_model if onnx_model is not None else job.main_first(load)
     if use_compile:
         segmenter.compile()
     progress = None
     shown = 0
     if not quiet and err.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err, transient=True)
+        # The percentage moves within an image (windows, views, frames); M/N counts whole inputs.
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=err, transient=True)
         progress.start()
         bar = progress.add_task("predicting", total=plan.total)
 

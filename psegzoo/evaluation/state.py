@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError, PsegzooError, option
+from ..files import write_atomic
 from ..outputs import save_json
 from .metric import Counts
 
@@ -121,24 +121,14 @@ class WorkState:
         return done
 
     def save(self, index: int, counts: Counts) -> None:
-        """Save one image's counts atomically (temporary file, then rename)."""
+        """Save one image's counts atomically (temporary file, then rename; mode 0666 & ~umask).
+
+        Not fsynced: counts lost in a power cut are unreadable or missing, and are made again."""
         target = self.counts_dir / f"{index:06d}.npy"
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.counts_dir)
+            write_atomic(target, lambda f: np.save(f, counts.to_array(), allow_pickle=False), sync=False)
         except OSError as exc:
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, counts.to_array(), allow_pickle=False)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-            raise
 
     def save_result(self, document: Mapping[str, Any]) -> Path:
         return save_json(document, self.folder / "result.json")

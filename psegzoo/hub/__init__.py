@@ -30,9 +30,8 @@ from .layout import CacheLayout, CacheRecord, ConvertedRecord, weights_of
 from .layout import read_record as _read_record
 from .maintenance import CachedCheckpoint, VerifyResult, cached, remove, verify
 from .mirroring import MirrorResult, mirror
-from .settings import DownloadOptions, cache_root
+from .settings import DownloadOptions, cache_root, redact
 from .sources import candidate_urls as _candidate_urls
-from .sources import redact
 from .store import Fetched, checkpoint_path, download, fetch, ways_in
 from .transfer import RetryPolicy, retry_after_seconds
 from .trust import file_sha256, normalize_sha256

@@ -115,13 +115,16 @@ class CacheLayout:
         return [p for p in fixed if p.is_file() or p.is_symlink()] + self.temp_files(file)
 
     def temp_files(self, file: str) -> list[Path]:
-        """Temporary files left for ``file`` (by this or a killed process) in any folder."""
-        targets = {file, file + ".json", converted_name(file), file + ".part", file + ".part.json", file + ".holder"}
+        """Temporary files left for ``file`` (by this or a killed process), each in the folder of the
+        file it was to become: another entry whose file is named like one of these sidecars
+        (``A.pth.json``) owns nothing here."""
+        targets = {"checkpoints": {file}, "records": {file + ".json"}, "converted": {converted_name(file)},
+                   "partial": {file + ".part", file + ".part.json"}, "locks": {file + ".holder"}}
         found = []
-        for kind in ("checkpoints", "records", "converted", "partial", "locks"):
+        for kind, names in targets.items():
             for name in _listdir(self.root / kind):
                 owner = files.owner_of_temp(name)
-                if owner is not None and owner[0] in targets:
+                if owner is not None and owner[0] in names:
                     found.append(self.root / kind / name)
         return found
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import CacheError, DownloadError, option
 
@@ -158,6 +159,19 @@ def _number(name: str, default: float | None) -> Callable[[], Any]:
     return read
 
 
+def redact(url: str) -> str:
+    """``url`` without credentials (``https://user:pass@host/x`` -> ``https://***@host/x``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        head, slash, tail = url.partition("/")
+        return "***@" + head.rsplit("@", 1)[1] + slash + tail if "@" in head else url  # no scheme: user:pw@host/x
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+
+
 def split_mirrors(value: str | Iterable[str]) -> tuple[str, ...]:
     """Mirror URL templates from a comma-separated string or a list; each must name its scheme."""
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
@@ -168,7 +182,7 @@ def split_mirrors(value: str | Iterable[str]) -> tuple[str, ...]:
             continue
         if not _URL_START.match(text):
             raise DownloadError(
-                f"mirror {text!r} is not an http(s)://, file:// or hf:// URL (check "
+                f"mirror {redact(text)!r} is not an http(s)://, file:// or hf:// URL (check "
                 f"{option('mirrors=', '--mirror')} or {MIRROR_ENV})"
             )
         mirrors.append(text)

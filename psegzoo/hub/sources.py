@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import DownloadError, option
 from ..manifest import Entry
@@ -26,18 +26,6 @@ from .settings import DownloadOptions
 _PLACEHOLDER = re.compile(r"\{(path|file|name)\}")
 _HF = re.compile(r"hf://(?P<org>[^/@]+)/(?P<repo>[^/@]+)(?:@(?P<rev>[^/]+))?(?P<sub>(?:/[^/]+)*)/?")
 _MAX_WALK = 100_000  # directory entries looked at per search folder: a mistaken $HOME stays bounded
-
-
-def redact(url: str) -> str:
-    """``url`` without credentials (``https://user:pass@host/x`` -> ``https://***@host/x``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
 
 
 def url_path(entry: Entry) -> str:

@@ -26,8 +26,8 @@ from . import transfer
 from .layout import CacheLayout, CacheRecord, ConvertedRecord, now_iso, read_record, unlink, weights_of, write_record
 from .locking import entry_lock
 from .progress import Bar
-from .settings import MIRROR_ENV, OFFLINE_ENV, SEARCH_ENV, DownloadOptions, cache_root, options_or_default
-from .sources import auth_headers, candidate_urls, find_local_copies, local_path, redact
+from .settings import MIRROR_ENV, OFFLINE_ENV, SEARCH_ENV, DownloadOptions, cache_root, options_or_default, redact
+from .sources import auth_headers, candidate_urls, find_local_copies, local_path
 from .trust import Expected, file_sha256, sniff, trusted_sha256, write_trust
 from .trust import expected as expected_for
 

@@ -40,8 +40,7 @@ from ..errors import CacheError
 from ..units import format_size
 from .layout import unlink
 from .progress import Bar
-from .settings import HOME_ENV, MAX_SIZE_ENV, DownloadOptions
-from .sources import redact
+from .settings import HOME_ENV, MAX_SIZE_ENV, DownloadOptions, redact
 
 if TYPE_CHECKING:
     import requests
