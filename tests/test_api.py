@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from psegzoo.manifest import get_dataset
 from psegzoo.models import build_segmentor, state_shapes
 from psegzoo.predictor import resize_image, to_input, tta_scale
 from tests.support.http_server import FileServer
+from tests.support.hub import scrub_environment
 from tests.support.served import (
     MMSEG_BASE,
     SMALL_SCALE,
@@ -76,9 +76,7 @@ class Zoo:
 def zoo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     mp = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_") or name.lower().endswith("_proxy"):
-            mp.delenv(name)
+    scrub_environment(mp)
     server = FileServer()
     try:
         mm_bytes = write_mmseg_checkpoint(mmseg_spec(), tmp / "mm.pth").read_bytes()

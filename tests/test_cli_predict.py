@@ -23,6 +23,7 @@ import psegzoo
 from psegzoo.manifest import get_dataset
 from tests.support.cli import cli, run_script
 from tests.support.http_server import FileServer
+from tests.support.hub import scrub_environment
 from tests.support.served import (
     MMSEG_BASE,
     SSSEG_BASE,
@@ -55,9 +56,7 @@ class Zoo:
 def zoo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     mp = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_") or name.lower().endswith("_proxy"):
-            mp.delenv(name)
+    scrub_environment(mp)
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES"):
         mp.delenv(name, raising=False)
     server = FileServer()

@@ -33,6 +33,8 @@ from psegzoo.models.layers import resize
 from psegzoo.models.pooling import adaptive_avg_pool2d, adaptive_avg_pool2d_windows, averaging_matrix
 from psegzoo.models.psa_mask import psa_mask, psa_mask_by_reshape
 from tests.support.cli import REPO, cli
+from tests.support.hub import scrub_environment
+from tests.support.media import image as scene
 from tests.support.served import builtin_entry, mmseg_spec, write_index
 from tests.support.synth import write_mmseg_checkpoint
 
@@ -74,12 +76,7 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def make_image(seed: int, h: int = 40, w: int = 60) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([xx * 4, yy * 6, (xx + yy) * 2], axis=-1).astype(np.float64)
-    img[h // 4: 3 * h // 4, w // 3: 3 * w // 4] = rng.integers(0, 256, 3)
-    img += rng.normal(0, 12, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return scene(seed, h, w)
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -100,9 +97,7 @@ def graph_dims(path: Path) -> tuple[list, list]:
 def env(tmp_path_factory):
     """No PSEGZOO_* settings from the outside; a cache of the module's own."""
     mp = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_"):
-            mp.delenv(name)
+    scrub_environment(mp)
     mp.setenv("PSEGZOO_HOME", str(tmp_path_factory.mktemp("home")))
     yield
     mp.undo()

@@ -16,7 +16,7 @@ import psegzoo
 from psegzoo import convert, hub
 from psegzoo.errors import CacheError, CheckpointError
 from tests.support.http_server import FileServer
-from tests.support.hub import REPO, child_env
+from tests.support.hub import REPO, child_env, scrub_environment
 from tests.support.served import MMSEG_BASE, mmseg_spec, serve_clone, sha256_hex, write_index
 from tests.support.synth import write_mmseg_checkpoint
 
@@ -38,9 +38,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture
 def home(served, tmp_path, monkeypatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_") or name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
+    scrub_environment(monkeypatch)
     monkeypatch.setenv("PSEGZOO_INDEX", str(served["index"]))
     monkeypatch.setenv("PSEGZOO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -8,7 +8,6 @@ downloaded, and forwards take milliseconds.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from psegzoo.api import Prediction, Segmenter
 from psegzoo.errors import ImageError, PredictionError
 from psegzoo.models import FastPaths, build_segmentor
 from tests.support.cli import cli
+from tests.support.hub import scrub_environment
+from tests.support.media import image as scene
 from tests.support.served import MMSEG_BASE, builtin_entry, write_index
 from tests.support.synth import synth_tensor
 
@@ -47,9 +48,7 @@ def tiny(tmp_path_factory) -> Path:
     """The tiny entry in an extra manifest, and its converted weights (returned)."""
     tmp = tmp_path_factory.mktemp("tiny")
     mp = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_"):
-            mp.delenv(name)
+    scrub_environment(mp)
     mp.setenv("PSEGZOO_INDEX", str(write_index(tmp / "index.json", [tiny_entry()])))
     mp.setenv("PSEGZOO_HOME", str(tmp / "home"))
     mp.setenv("COLUMNS", "80")
@@ -70,12 +69,7 @@ def seg(tiny) -> Segmenter:
 
 
 def street(h: int = 40, w: int = 60, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([xx * 4, yy * 6, (xx + yy) * 2], axis=-1).astype(np.float64)
-    img[h // 4: 3 * h // 4, w // 3: 3 * w // 4] = rng.integers(0, 256, 3)
-    img += rng.normal(0, 12, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return scene(seed, h, w)
 
 
 def read_labels(path: Path) -> np.ndarray:

@@ -5,13 +5,14 @@ the builders are imported when a folder is first asked for.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from .hub import scrub_environment
 
 
 class EvalData:
@@ -34,9 +35,7 @@ class EvalData:
 
     def setenv(self, mp: pytest.MonkeyPatch) -> None:
         """Point psegzoo at this data's manifest and cache, with no other PSEGZOO_ setting."""
-        for name in list(os.environ):
-            if name.startswith("PSEGZOO_") or name.lower().endswith("_proxy"):
-                mp.delenv(name)
+        scrub_environment(mp)
         for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES"):
             mp.delenv(name, raising=False)
         mp.setenv("PSEGZOO_INDEX", str(self.index))

@@ -67,11 +67,16 @@ def opts(**fields: Any) -> hub.DownloadOptions:
     return hub.DownloadOptions(**{"progress": False, **fields})
 
 
-def clean_env(monkeypatch, home: Path) -> Path:
-    """No PSEGZOO_* or proxy variables of the machine; an empty cache at ``home``; fast retries."""
+def scrub_environment(monkeypatch) -> None:
+    """Remove the machine's settings that would change what psegzoo does: PSEGZOO_*, HF_*, proxies, TORCH_HOME."""
     for name in list(os.environ):
         if name.startswith(("PSEGZOO_", "HF_")) or name.lower().endswith("_proxy") or name == "TORCH_HOME":
             monkeypatch.delenv(name)
+
+
+def clean_env(monkeypatch, home: Path) -> Path:
+    """No PSEGZOO_* or proxy variables of the machine; an empty cache at ``home``; fast retries."""
+    scrub_environment(monkeypatch)
     monkeypatch.setenv("PSEGZOO_HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home.parent / "torch-home"))  # no copies from the real machine
     monkeypatch.setenv("HOME", str(home.parent / "user-home"))  # nor from its ~/.cache/mim

@@ -1,7 +1,6 @@
 """A tiny served model and synthetic inputs (images of several sizes, videos) for job and video tests."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from .http_server import FileServer
+from .hub import scrub_environment
 from .served import MMSEG_BASE, mmseg_spec, serve_clone, write_index
 from .synth import write_mmseg_checkpoint
 
@@ -43,9 +43,7 @@ def served(tmp_path_factory) -> Iterator[ServedModel]:
     """A synthetic R-18 PSPNet whose published URL is unreachable; the loopback server mirrors it."""
     tmp = tmp_path_factory.mktemp("served")
     mp = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("PSEGZOO_") or name.lower().endswith("_proxy"):
-            mp.delenv(name)
+    scrub_environment(mp)
     server = FileServer()
     try:
         ckpt = write_mmseg_checkpoint(mmseg_spec(), tmp / "model.pth")
