@@ -20,7 +20,7 @@ import urllib3
 import psegzoo
 from psegzoo import hub
 from psegzoo.errors import DownloadError, NoWeightsError
-from psegzoo.hub import transfer
+from psegzoo.hub import failures, transfer
 from psegzoo.hub.progress import Bar, columns, short_label
 from psegzoo.hub.settings import cache_root
 from tests.support.http_server import FileServer
@@ -274,22 +274,22 @@ def test_resumed_file_failing_verification_is_downloaded_again_from_zero(zoo, ht
 
 
 def test_retry_policy_is_a_small_value():
-    policy = transfer.RetryPolicy(retries=3, backoff=1.0, backoff_max=5.0)
-    timeout = transfer.Problem("read-timeout", "no data", retryable=True)
+    policy = failures.RetryPolicy(retries=3, backoff=1.0, backoff_max=5.0)
+    timeout = failures.Problem("read-timeout", "no data", retryable=True)
     assert [policy.wait(n, timeout) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, None]
-    assert policy.wait(1, transfer.Problem("dns", "host name not found", retryable=False)) is None
-    slow_down = transfer.Problem("http", "HTTP 429", retryable=True, retry_after=120.0)
+    assert policy.wait(1, failures.Problem("dns", "host name not found", retryable=False)) is None
+    slow_down = failures.Problem("http", "HTTP 429", retryable=True, retry_after=120.0)
     assert policy.wait(1, slow_down) == 5.0  # honoured up to the longest wait
-    assert transfer.RetryPolicy(retries=50, backoff=3600, backoff_max=3600).wait(50, timeout) == 3600
+    assert failures.RetryPolicy(retries=50, backoff=3600, backoff_max=3600).wait(50, timeout) == 3600
 
 
 def test_retry_after_as_seconds_or_http_date():
     now = time.time()
     later = format_datetime(datetime.fromtimestamp(now, timezone.utc) + timedelta(seconds=30), usegmt=True)
-    assert transfer.retry_after_seconds(later, now=now) == pytest.approx(30, abs=1)
-    assert transfer.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0.0  # in the past
-    assert transfer.retry_after_seconds("120") == 120.0
-    assert transfer.retry_after_seconds("soon") is None and transfer.retry_after_seconds(None) is None
+    assert failures.retry_after_seconds(later, now=now) == pytest.approx(30, abs=1)
+    assert failures.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0.0  # in the past
+    assert failures.retry_after_seconds("120") == 120.0
+    assert failures.retry_after_seconds("soon") is None and failures.retry_after_seconds(None) is None
 
 
 def test_failures_are_classified_by_type_not_text():
@@ -297,14 +297,14 @@ def test_failures_are_classified_by_type_not_text():
     refused = requests.ConnectionError(urllib3.exceptions.MaxRetryError(
         None, "/x", urllib3.exceptions.NewConnectionError(None, "whatever the message says")))
     refused.args[0].reason.__cause__ = ConnectionRefusedError(111, "x")
-    assert transfer.classify(refused, o).kind == "refused" and not transfer.classify(refused, o).retryable
+    assert failures.classify(refused, o).kind == "refused" and not failures.classify(refused, o).retryable
     import socket
 
-    assert transfer.classify(socket.gaierror(-2, "x"), o).kind == "dns"
-    assert transfer.classify(requests.ReadTimeout("x"), o).kind == "read-timeout"
-    assert transfer.classify(ConnectionResetError(104, "x"), o).retryable
+    assert failures.classify(socket.gaierror(-2, "x"), o).kind == "dns"
+    assert failures.classify(requests.ReadTimeout("x"), o).kind == "read-timeout"
+    assert failures.classify(ConnectionResetError(104, "x"), o).retryable
     # A message that merely mentions a refused connection is not a refused connection.
-    assert transfer.classify(OSError("Connection refused"), o).kind == "other"
+    assert failures.classify(OSError("Connection refused"), o).kind == "other"
 
 
 def test_503_503_200_and_retries_logged_as_they_happen(zoo, http_server, ckpt_bytes, caplog):

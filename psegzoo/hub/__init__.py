@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..manifest import Entry
 from .converted import converted_file, discard_converted, header_metadata, read_converted, read_header, store_converted
+from .failures import RetryPolicy, retry_after_seconds
 from .importing import ImportResult, import_checkpoint, import_folder
 from .layout import CacheLayout, CacheRecord, ConvertedRecord, weights_of
 from .layout import read_record as _read_record
@@ -33,7 +34,6 @@ from .mirroring import MirrorResult, mirror
 from .settings import DownloadOptions, cache_root, redact
 from .sources import candidate_urls as _candidate_urls
 from .store import Fetched, checkpoint_path, download, fetch, ways_in
-from .transfer import RetryPolicy, retry_after_seconds
 from .trust import file_sha256, normalize_sha256
 from .trust import trusted_sha256 as _trusted_sha256
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from .. import files
 from ..errors import CacheError, DownloadError, OfflineError, UnknownModelError, VerificationError, option
 from ..manifest import Entry, load_manifest
-from . import transfer
+from . import failures, transfer
 from .layout import CacheLayout, CacheRecord, ConvertedRecord, now_iso, read_record, unlink, weights_of, write_record
 from .locking import entry_lock
 from .progress import Bar
@@ -224,7 +224,7 @@ def copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits:
             unlink(tmp)  # another file system, or links not allowed: copy instead
     try:
         got = transfer.copy_file(src, tmp, limits=limits, bar=bar)
-    except transfer.UrlFailed as exc:
+    except failures.UrlFailed as exc:
         unlink(tmp)
         return None, exc.problem.text
     except OSError as exc:
@@ -319,7 +319,7 @@ def _get(layout: CacheLayout, entry: Entry, exp: Expected, opts: DownloadOptions
                 fetched = _try_url(session, layout, entry, url, exp, limits, opts, bar, clock, tried)
                 if fetched is not None:
                     return replace(fetched, skipped=tuple(map(str, tried)))
-    except transfer.DeadlineExceeded:
+    except failures.DeadlineExceeded:
         tried.append(Tried("stopped", f"the deadline of {opts.deadline:g} s ({option('deadline=S', '--deadline S')}) passed"))
     finally:
         bar.close()
@@ -346,7 +346,7 @@ def _try_url(session: requests.Session, layout: CacheLayout, entry: Entry, url: 
             else:
                 got = transfer.http_download(session, url, part, meta, resume=not exp.tofu and not fresh, limits=limits,
                                              options=opts, bar=bar, clock=clock, headers=auth_headers(url, opts))
-        except transfer.UrlFailed as exc:
+        except failures.UrlFailed as exc:
             tried.append(Tried(shown, exc.problem.text + _hint(url, exc.problem, opts), exc.problem.host_unreachable))
             log.info("%s; trying the next source", tried[-1])
             return None
@@ -372,7 +372,7 @@ def _try_url(session: requests.Session, layout: CacheLayout, entry: Entry, url: 
     return None
 
 
-def _hint(url: str, problem: transfer.Problem, opts: DownloadOptions) -> str:
+def _hint(url: str, problem: failures.Problem, opts: DownloadOptions) -> str:
     if problem.status in (401, 403) and urlsplit(url).hostname == urlsplit(opts.hf_endpoint).hostname:
         return " (a private or gated repository needs HF_TOKEN)" if not opts.hf_token else " (check HF_TOKEN's access)"
     return ""
