@@ -4,7 +4,7 @@ Three runs of the same command over the same folder, alternately, ``--repeat`` t
 
 * ``1 x 1 thread``  ``OMP_NUM_THREADS=1 python -m psegzoo predict ...`` (the baseline: one process, one core)
 * ``1 x default``   ``python -m psegzoo predict ...`` (torch's default: one thread per core)
-* ``torchrun x2``   ``torchrun --nproc-per-node 2 -m psegzoo predict ...`` (torchrun's default: 1 thread each)
+* ``torchrun x2``   ``torchrun --nproc-per-node 2 -m psegzoo predict ...`` (each process its share of the cores)
 
 Throughput is measured from the outputs themselves: (label maps - 1) / (last one's mtime - first
 one's mtime), so start-up and model loading (the same in every run) are left out; the wall time
