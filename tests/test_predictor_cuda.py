@@ -158,6 +158,25 @@ def test_batched_whole_images_on_the_gpu():
         assert (res.labels == alone).mean() >= 0.995
 
 
+def test_prepared_pinned_images_in_batches_sized_from_free_memory(exact_float32):
+    """predict_many's GPU path: images resized and pinned on reader threads (prepare), uploaded without
+    blocking, and as many per forward as the free memory allows (batch_size=None)."""
+    from psegzoo.predictor import MAX_BATCH_IMAGES, prepare
+
+    model = Recording(width=16)
+    prepared_model = prepare_model(model, "cuda")
+    s = _settings(scale=(96, 64))
+    images = [_image(48, 72, seed=i) for i in range(6)]
+    ready = [prepare(img, s, "cuda") for img in images]
+    assert all(p.tensor.is_pinned() and p.tensor.device.type == "cpu" for p in ready)
+    out = infer_batch(prepared_model, ready, s, batch_size=None)
+    assert model.batches[0] == 1 and max(model.batches) <= min(MAX_BATCH_IMAGES, len(images))
+    assert sum(model.batches) == len(images) and len(model.batches) <= 2  # measured on one, the rest together
+    for img, res in zip(images, out):
+        alone = argmax_labels(infer(prepared_model, img, s).scores)
+        np.testing.assert_array_equal(res.labels, alone)
+
+
 @pytest.fixture
 def exact_float32():
     """fp32 convolutions as fp32, not TF32 (cuDNN's default): the comparisons below are of exact rewrites."""
