@@ -34,19 +34,11 @@ def _cache_root() -> Path:
 
 
 def _unpack(wheel: Path, target: Path) -> None:
-    """Extract the wanted members into ``target`` through a temporary folder, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for name in zf.namelist():
-                if name.startswith(WANTED) and not name.endswith("/") and ".." not in name.split("/"):
-                    zf.extract(name, staging)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():
-            raise
+    """Extract the wanted members (the configs and dataset classes) of ``wheel`` into ``target``."""
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.startswith(WANTED) and not name.endswith("/") and ".." not in name.split("/"):
+                zf.extract(name, target)
 
 
 def _download(into: Path) -> tuple[Path | None, str]:
@@ -73,21 +65,28 @@ def locate() -> tuple[Path | None, str]:
         return found, ""
     if os.environ.get(MMSEG_ENV, "").strip():
         return None, f"${MMSEG_ENV}={found} has no .mim/configs"
-    cached = _cache_root() / "mmseg"
+    root = _cache_root()
+    cached = root / "mmseg"
     if (cached / ".mim" / "configs").is_dir():
         return cached, ""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no writable user cache: unpack for this session only
+        root = Path(tempfile.mkdtemp(prefix="psegzoo-tests-mmseg-"))
+        cached = root / "mmseg"
     with tempfile.TemporaryDirectory() as tmp:
         wheel, why = _download(Path(tmp))
         if wheel is None:
             return None, why
-        _unpack(wheel, _cache_root() / "mmseg.new")
-        staged = _cache_root() / "mmseg.new" / "mmseg"
+        staging = Path(tempfile.mkdtemp(prefix=".mmseg-", dir=root))
+        _unpack(wheel, staging / "unpacked")
         try:
-            os.replace(staged, cached)
+            os.replace(staging / "unpacked" / "mmseg", cached)
         except OSError:
-            if not cached.is_dir():
+            if not cached.is_dir():  # another session unpacked it first
                 raise
-        shutil.rmtree(_cache_root() / "mmseg.new", ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return cached, ""
 
 
