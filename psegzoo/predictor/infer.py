@@ -26,7 +26,17 @@ from .memory import check_memory, estimate_memory
 from .resize import rescale_size, resize_image
 from .scores import banded_labels, resize_bands, resize_scores, to_host
 from .settings import InferenceSettings, Size2, tta_scale
-from .windows import Normalize, Runner, host_tensor, image_tensor, is_oom, slide_logits, slide_windows, upload
+from .windows import (
+    Normalize,
+    Runner,
+    fit_in_free_memory,
+    host_tensor,
+    image_tensor,
+    is_oom,
+    slide_logits,
+    slide_windows,
+    upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,13 +294,6 @@ MAX_BATCH_IMAGES = 32
 """The most whole images per forward when the batch is sized from free GPU memory."""
 
 
-def _gpu_images(device: torch.device, per_image_bytes: int, left: int) -> int:
-    """Images per forward that fit in 70% of the free GPU memory, measured for one image."""
-    free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    n = int(0.7 * (free + cached) // max(per_image_bytes, 1))
-    return max(1, min(n, MAX_BATCH_IMAGES, left))
-
 
 def infer_batch(
     model: Any,
@@ -358,7 +361,7 @@ def infer_batch(
                 del u8
                 if measure:
                     per_image = torch.cuda.max_memory_allocated(plan.device) - base
-                    batch = _gpu_images(plan.device, per_image, len(images) - 1)
+                    batch = fit_in_free_memory(plan.device, per_image, MAX_BATCH_IMAGES, len(images) - 1)
                     measure = False
                     log.debug("whole: about %d bytes per image -> %d images per forward", per_image, batch)
                 per_image_out: list[tuple[torch.Tensor | None, Any, Any]] = []

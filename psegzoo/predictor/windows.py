@@ -166,12 +166,13 @@ class Runner:
         return y
 
 
-def _gpu_batch(device: torch.device, per_window_bytes: int, n_left: int) -> int:
-    """Windows per forward that fit in 70% of the free GPU memory, measured for one window."""
+def fit_in_free_memory(device: torch.device, per_item_bytes: int, most: int, left: int) -> int:
+    """Items (windows, whole images) per forward that fit in 70% of the free GPU memory, given the
+    peak measured for one item; at least 1, at most ``most`` and the ``left`` still to do."""
     free, _ = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    n = int(0.7 * (free + cached) // max(per_window_bytes, 1))
-    return max(1, min(n, MAX_BATCH_WINDOWS, n_left))
+    n = int(0.7 * (free + cached) // max(per_item_bytes, 1))
+    return max(1, min(n, most, left))
 
 
 def slide_logits(
@@ -229,7 +230,7 @@ def slide_logits(
         del crops
         if measure:
             per_window = torch.cuda.max_memory_allocated(runner.device) - base
-            batch = _gpu_batch(runner.device, per_window, len(windows) - 1)
+            batch = fit_in_free_memory(runner.device, per_window, MAX_BATCH_WINDOWS, len(windows) - 1)
             measure = False
             log.debug("slide: about %d bytes per window -> %d windows per forward", per_window, batch)
         if i == 0:
