@@ -26,19 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psegzoo  # noqa: E402
-from tests.support.served import MMSEG_BASE, mmseg_spec  # noqa: E402
-from tests.support.synth import write_mmseg_checkpoint  # noqa: E402
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    a, _, b = text.lower().partition("x")
-    return int(a), int(b)
+from benchmarks.common import parse_size, random_pngs, synthetic_weights  # noqa: E402
+from tests.support.served import MMSEG_BASE  # noqa: E402
 
 
 def turn(seg: psegzoo.Segmenter, files: list[Path], batch: int, workers: int, scale: tuple[int, int]) -> tuple[float, list]:
@@ -65,15 +59,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
-        ckpt = write_mmseg_checkpoint(mmseg_spec(), tmp / "model.pth")
-        weights = psegzoo.convert_checkpoint(ckpt, tmp / "model.safetensors", name=MMSEG_BASE)
-        seg = psegzoo.load(MMSEG_BASE, weights=weights, device=args.device)
-        rng = np.random.default_rng(0)
+        seg = psegzoo.load(MMSEG_BASE, weights=synthetic_weights(tmp), device=args.device)
         h, w = args.size
-        files = []
-        for i in range(args.images):
-            files.append(tmp / f"{i:04d}.png")
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
+        files = random_pngs(tmp / "in", args.images, args.size)
         kinds = {"batch 1": (1, 0), "batch 1, 2 readers": (1, 2),
                  f"batch {args.batch_size}": (args.batch_size, 0), f"batch {args.batch_size}, 2 readers": (args.batch_size, 2)}
         turn(seg, files[:2], 1, 0, args.scale)  # warm-up: first-call costs are the same for every kind

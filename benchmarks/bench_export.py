@@ -33,16 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psegzoo  # noqa: E402
+from benchmarks.common import parse_size  # noqa: E402
 from psegzoo.export import export_onnx, load_onnx  # noqa: E402
 from tests.support.served import mmseg_spec  # noqa: E402
 from tests.support.synth import write_mmseg_checkpoint  # noqa: E402
 
 DEFAULT_MODEL = "pspnet_r50-d8_512x1024_40k_cityscapes"
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w)
 
 
 def report(times: dict[str, list[float]], what: str) -> None:

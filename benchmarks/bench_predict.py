@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import parse_size  # noqa: E402
 from psegzoo.convert import convert_state_dict, load_into  # noqa: E402
 from psegzoo.manifest import Entry, get_entry  # noqa: E402
 from psegzoo.models import FastPaths, Segmentor, build_segmentor, state_shapes, use_fast_paths  # noqa: E402
@@ -50,10 +51,6 @@ def synthetic_model(entry: Entry) -> tuple[Segmentor, str]:
     load_into(model, convert_state_dict(sd, entry.architecture, state_shapes(model), "mmseg"))
     return model.eval(), "synthetic weights"
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w)
 
 
 def main() -> None:

@@ -26,21 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psegzoo  # noqa: E402
-from tests.support.served import MMSEG_BASE, mmseg_spec  # noqa: E402
-from tests.support.synth import write_mmseg_checkpoint  # noqa: E402
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    a, _, b = text.lower().partition("x")
-    return int(a), int(b)
-
+from benchmarks.common import parse_size, random_pngs, synthetic_weights  # noqa: E402
+from tests.support.served import MMSEG_BASE  # noqa: E402
 
 KINDS = ("1 x 1 thread", "1 x default", "torchrun x2")
 
@@ -72,13 +62,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
-        ckpt = write_mmseg_checkpoint(mmseg_spec(), tmp / "model.pth")
-        weights = psegzoo.convert_checkpoint(ckpt, tmp / "model.safetensors", name=MMSEG_BASE)
-        rng = np.random.default_rng(0)
+        weights = synthetic_weights(tmp)
         h, w = args.size
-        (tmp / "in").mkdir()
-        for i in range(args.images):
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp / "in" / f"{i:04d}.png")
+        random_pngs(tmp / "in", args.images, args.size)
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         env["PSEGZOO_HOME"] = str(tmp / "home")
         command = ["-m", MMSEG_BASE, "--weights", str(weights), "--scale", args.scale, "--device", "cpu", str(tmp / "in")]
