@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import psegzoo  # noqa: E402
 from psegzoo.evaluation.labels import read_label  # noqa: E402
-from psegzoo.evaluation.prefetch import prefetch  # noqa: E402
-from psegzoo.evaluation.runner import DEFAULT_WORKERS  # noqa: E402
 from psegzoo.images import load_image  # noqa: E402
+from psegzoo.predictor import DEFAULT_WORKERS  # noqa: E402
+from psegzoo.prefetch import prefetch  # noqa: E402
 from tests.support.synth import load_specs, write_mmseg_checkpoint  # noqa: E402
 
 DEFAULT_MODEL = "pspnet_r18-d8_512x1024_80k_cityscapes"

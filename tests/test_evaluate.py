@@ -35,8 +35,8 @@ from psegzoo.evaluation import (
     summarize,
 )
 from psegzoo.evaluation.labels import CITYSCAPES_LABEL_IDS, reduce_zero_table
-from psegzoo.evaluation.prefetch import prefetch
 from psegzoo.manifest import load_manifest
+from psegzoo.prefetch import prefetch
 from tests.support import datasets as D
 
 ALL = list(D.LAYOUTS)
