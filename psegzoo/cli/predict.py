@@ -232,7 +232,7 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
 
     # Whole-mode images of one size share forwards: this process takes its images grouped by size.
     batch = batch_size if batch_size is not None else None if segmenter.device.type == "cuda" else 1
-    mine = sorted(plan.tasks, key=lambda t: (t.is_video, t.size())) if batch != 1 else list(plan.tasks)
+    mine = sorted(plan.tasks, key=lambda t: (t.is_video, t.size)) if batch != 1 else list(plan.tasks)
     options = dict(flip=flip, scales=ratios, batch_windows=batch_windows, amp_dtype=amp,
                    progress=within if job.is_main else None, **overrides)
     # only --logits needs the C x H x W scores; labels (and confidence) are made without them

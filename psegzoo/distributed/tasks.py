@@ -7,6 +7,7 @@ when fully written, so presence means complete (the label map is also opened to 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -56,11 +57,13 @@ class PredictTask:
                 return info.width * info.height * max(1, math.ceil(info.frames / every))
         except Exception:  # the owner of the task reports the real error when it reads the file
             return 1
-        w, h = self.size()
+        w, h = self.size
         return max(1, w * h)
 
+    @functools.cached_property
     def size(self) -> tuple[int, int]:
-        """An image's (width, height) from its header ((0, 0) for a video or an unreadable file)."""
+        """An image's (width, height) from its header ((0, 0) for a video or an unreadable file); read
+        once, as both the shards (by pixels) and the batches (by size) need it."""
         return image_size(self.path) if not self.is_video else (0, 0)
 
     def complete(self, out_dir: str | os.PathLike, wanted: Wanted) -> bool:
