@@ -166,12 +166,18 @@ def _psegzoo_child() -> None:
     import torch
 
     import psegzoo
+    import psegzoo.models
 
     state: dict[str, Any] = {}
 
     def load(req: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(req["threads"])
         state["seg"] = psegzoo.load(req["name"], weights=req["checkpoint"], device="cpu", offline=True)
+        if req["paths"] != "defaults":  # a chosen set instead of psegzoo's own choice
+            names = [] if req["paths"] == "none" else req["paths"].split(",")
+            paths = psegzoo.models.FastPaths.all() if req["paths"] == "all" else psegzoo.models.FastPaths(
+                **{n.strip(): True for n in names if n.strip()})
+            state["seg"].use_fast_paths(paths)
         state["options"] = {"mode": req["mode"], "scale": tuple(req["scale"])}
         if req["mode"] == "slide":
             state["options"].update(crop_size=tuple(req["crop"]), stride=tuple(req["stride"]))
@@ -271,7 +277,8 @@ def run_case(case: str, children: dict[str, Child], work: Path, args: argparse.N
     np.save(image, np.random.default_rng(0).integers(0, 256, (*settings["size"], 3), dtype=np.uint8))
     info = {}
     for side, child in children.items():
-        info[side] = child.ask(op="load", name=name, checkpoint=str(checkpoint), threads=args.threads, **settings)
+        info[side] = child.ask(op="load", name=name, checkpoint=str(checkpoint), threads=args.threads,
+                               paths=args.paths, **settings)
     best = {side: float("inf") for side in children}
     labels: dict[str, Any] = {}
     fast_paths = ""
@@ -290,7 +297,7 @@ def run_case(case: str, children: dict[str, Child], work: Path, args: argparse.N
     return {"case": case, "model": name, "image": settings["size"], "mode": settings["mode"],
             "test_scale": settings["scale"], "crop": settings["crop"], "stride": settings["stride"],
             "mmseg_s": best["mmseg"], "psegzoo_s": best["psegzoo"], "ratio": best["mmseg"] / best["psegzoo"],
-            "labels_equal": equal, "fast_paths": fast_paths, "threads": args.threads, "rounds": args.repeat,
+            "labels_equal": equal, "fast_paths": fast_paths, "paths_asked": args.paths, "threads": args.threads, "rounds": args.repeat,
             "quick": args.quick, "versions": info}
 
 
@@ -310,6 +317,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", type=float, default=None, metavar="F",
                         help="shrink images, test scales, windows and strides by F (e.g. 0.25)")
+    parser.add_argument("--paths", default="defaults",
+                        help="psegzoo's fast paths: defaults (its own choice), all, none or comma-separated "
+                             "FastPaths fields, e.g. decompose,channels_last,winograd,winograd_f4")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
                         help="mmseg's venv (default: $PSEGZOO_BENCH_VENV or ~/.cache/psegzoo-bench/mmseg-venv)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder of the JSON rows")

@@ -15,6 +15,8 @@ from safetensors import safe_open
 from psegzoo.convert import check_classes, convert_state_dict, load_into, read_checkpoint
 from psegzoo.errors import CheckpointError, ManifestError
 from psegzoo.models import FastPaths, build_segmentor, fast_paths_of, psa_mask, state_shapes, use_fast_paths
+from psegzoo.models.fast import winograd
+from psegzoo.models.fast.winograd import WinogradConv2d
 from psegzoo.models.layers import BatchNorm2d
 from tests.support.archs import mmseg_architecture
 from tests.support.synth import load_specs, write_mmseg_checkpoint, write_ssseg_checkpoint
@@ -108,7 +110,8 @@ def test_fused_bn_matches(golden_model):
 
 
 @pytest.mark.parametrize("paths", [FastPaths.all(), FastPaths(decompose=True), FastPaths(winograd=True,
-                                   channels_last=True)], ids=str)
+                                   channels_last=True), FastPaths(winograd=True, winograd_f4=True, channels_last=True)],
+                         ids=str)
 def test_optimized_model_matches(golden_model, paths):
     """BatchNorm folded with the fast paths (decomposed heads, Winograd's 3x3, channels-last) on."""
     model, tensors, meta = golden_model
@@ -119,10 +122,30 @@ def test_optimized_model_matches(golden_model, paths):
         out = fast(x)
         if paths.winograd:  # it really ran: without it the same model rounds differently
             assert not torch.equal(out, use_fast_paths(fast, dataclasses.replace(paths, winograd=False))(x))
+        if paths.winograd_f4:  # and F(4x4, 3x3) too: F(2x2, 3x3) rounds differently again
+            assert not torch.equal(out, use_fast_paths(fast, dataclasses.replace(paths, winograd_f4=False))(x))
+        use_fast_paths(fast, paths)
     _assert_matches(out, tensors, meta)
     assert fast_paths_of(use_fast_paths(fast, False)) == FastPaths.none()
     with torch.no_grad():
         _assert_matches(fast(tensors["input"]), tensors, meta)  # and the plain paths once more
+
+
+@torch.no_grad()
+def test_winograd_f4_on_every_layer_matches(golden_model, monkeypatch):
+    """F(4x4, 3x3) on every 3x3 convolution from MIN_CHANNELS_F4 channels (the stride-8 maps of the
+    goldens' 64x96 inputs are smaller than its tiles like, so that limit is lifted): its float32
+    rounding stays within the goldens' tolerance."""
+    monkeypatch.setattr(winograd, "MAX_PADDED_AREA_F4", float("inf"))
+    model, tensors, meta = golden_model
+    paths = FastPaths.all()
+    fast = use_fast_paths(copy.deepcopy(model).fuse_bn(), paths)
+    x = tensors["input"].contiguous(memory_format=torch.channels_last)
+    out = fast(x)
+    assert sum(isinstance(m, WinogradConv2d) and m.tile == 4 for m in fast.modules()) > 0
+    _assert_matches(out, tensors, meta)
+    ref = tensors["ours"]
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < REL_TOL
 
 
 @torch.no_grad()

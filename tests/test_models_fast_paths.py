@@ -2,7 +2,8 @@
 
 * Convolutions of concatenated upsampled maps (``conv_of_concat``) against
   ``conv(cat([F.interpolate(p), ...]))`` written out with PyTorch's own ops.
-* Winograd's F(2x2, 3x3) against ``F.conv2d`` in float64, and where ``WinogradConv2d`` uses it.
+* Winograd's F(2x2, 3x3) and F(4x4, 3x3) against ``F.conv2d`` in float64, and where ``WinogradConv2d``
+  uses them.
 * Each decode head decomposed and plain, a whole model with every fast path on, switching back.
 * The plain model (and the decomposed heads) trace with ``torch._dynamo`` in one graph, no breaks.
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from psegzoo.models import FastPaths, build_segmentor, fast_paths_of, use_fast_paths
-from psegzoo.models.fast import winograd
+from psegzoo.models.fast import winograd, winograd_mm
 from psegzoo.models.fast.decompose import conv_bn_relu_of_concat, conv_of_concat, decomposable, interpolation_matrix
 from psegzoo.models.fast.heads import DECOMPOSED
 from psegzoo.models.fast.winograd import WinogradConv2d
@@ -144,6 +145,82 @@ def test_winograd_runs_in_bands(monkeypatch):
     assert torch.equal(winograd.conv3x3(x, weight_t, None, (2, 2)), whole)
 
 
+# F(4x4, 3x3)'s transforms hold 4, 5, 8 and 1/24: float32 rounding grows with them. On these random
+# layers (unscaled weights, any CPU and blocking) it stays below 1e-5 x max|output|; 3e-5 leaves room.
+REL_F4 = 3e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 6, 5, 7), (2, 8, 6, 9, 10), (1, 4, 5, 1, 1), (1, 4, 5, 2, 13),
+                                   (1, 16, 8, 17, 23), (1, 3, 2, 8, 6)], ids=str)
+@pytest.mark.parametrize("dilation", [1, 2, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_as_matrix_products_matches_direct_convolution(shape, dilation, bias, tile):
+    """F(4x4, 3x3) and F(2x2, 3x3) with their transforms as matrix products (``winograd_mm``)."""
+    n, c, o, h, w = shape
+    g = _gen("f4", shape, dilation, bias, tile)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(o, c, 3, 3, generator=g)
+    b = torch.randn(o, generator=g) if bias else None
+    ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=dilation,
+                   dilation=dilation)
+    out = winograd_mm.conv3x3(x, winograd_mm.transform_weight(weight, tile), b, (dilation, dilation))
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert _rel_err(out, ref) < (REL_F4 if tile == 4 else REL)
+
+
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 4)], ids=str)
+def test_winograd_f4_on_resnet_layer_widths(dilation):
+    """At a real layer's width (256 channels, weights scaled as trained ones are) and dilation, the
+    float32 error is within a few 1e-6 x max|output|, as the direct float32 convolution's is."""
+    g = _gen("f4-wide", dilation)
+    x = torch.relu(torch.randn(1, 256, 19, 26, generator=g)).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(256, 256, 3, 3, generator=g) / 48
+    ref = F.conv2d(x.double(), weight.double(), padding=dilation, dilation=dilation)
+    out = winograd_mm.conv3x3(x, winograd_mm.transform_weight(weight), None, dilation)
+    assert _rel_err(out, ref) < 2e-5
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_as_matrix_products_runs_in_bands(monkeypatch, tile):
+    """Several bands of tile rows give the same result as one (the band size only moves work)."""
+    g = _gen("f4-bands", tile)
+    x = torch.randn(2, 8, 37, 10, generator=g).contiguous(memory_format=torch.channels_last)
+    weight_t = winograd_mm.transform_weight(torch.randn(4, 8, 3, 3, generator=g), tile)
+    whole = winograd_mm.conv3x3(x, weight_t, None, (2, 3))
+    monkeypatch.setattr(winograd_mm, "BAND_BYTES", 1)
+    torch.testing.assert_close(winograd_mm.conv3x3(x, weight_t, None, (2, 3)), whole, rtol=0, atol=0)
+
+
+def test_winograd_f4_is_installed_from_its_own_width(monkeypatch):
+    """F(4x4, 3x3) layers start at MIN_CHANNELS_F4; switching it off goes back to F(2x2, 3x3) where
+    that is eligible and to the plain convolution where not; a map that its tiles would pad by much
+    runs the direct convolution."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS_F4", 4)
+    g = _gen("f4-dispatch")
+    model = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=2, dilation=2),
+                          nn.Conv2d(8, 8, 3, padding=1)).eval()
+    ref_model = copy.deepcopy(model)
+    paths = FastPaths(winograd=True, winograd_f4=True, channels_last=True)
+    use_fast_paths(model, paths)
+    assert [getattr(m, "tile", None) for m in model] == [4, 4, 4] and fast_paths_of(model) == paths
+    x = torch.randn(1, 6, 16, 20, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = ref_model(x)
+        out = model(x)
+        assert not torch.equal(out, ref) and _rel_err(out, ref) < REL_F4
+        use_fast_paths(model, FastPaths(winograd=True, channels_last=True))
+        assert [type(m) for m in model] == [nn.Conv2d, nn.Conv2d, WinogradConv2d] and model[2].tile == 2
+        assert not fast_paths_of(model).winograd_f4
+        assert _rel_err(model(x), ref) < REL
+        # a 5x5 map at dilation 2 pads to 8x8 tiles (2.56 x its area): not worth F(4x4, 3x3)
+        layer = use_fast_paths(nn.Sequential(nn.Conv2d(6, 8, 3, padding=2, dilation=2)), paths)[0]
+        small = torch.randn(1, 6, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+        assert not winograd.suits(small, layer.weight, layer.dilation, 4)
+        assert torch.equal(layer(small), F.conv2d(small, layer.weight, layer.bias, padding=2, dilation=2))
+
+
 def _winograd_layer(conv: nn.Conv2d) -> nn.Conv2d:
     """``conv`` with Winograd installed as a model gets it (``use_fast_paths``)."""
     return use_fast_paths(nn.Sequential(conv), FastPaths(winograd=True))[0]
@@ -260,6 +337,7 @@ def test_decomposed_heads_match_concatenation(file_name, size):
 def test_optimized_model_matches_the_plain_one(file_name, monkeypatch):
     """BatchNorm folded, channels-last, decomposed heads and Winograd together, against none of them."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)  # let the small model's layers use it
+    monkeypatch.setattr(winograd, "MIN_CHANNELS_F4", 16)
     plain = _small(file_name)
     fast = use_fast_paths(copy.deepcopy(plain).fuse_bn(), True)
     assert fast_paths_of(fast) == FastPaths.all() and fast_paths_of(plain) == FastPaths.none()

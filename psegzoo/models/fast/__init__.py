@@ -3,7 +3,9 @@
 * ``decompose``: decode heads convolve pooled maps at their own sizes instead of concatenating
   upsampled copies (:mod:`.decompose`, :mod:`.heads`);
 * ``winograd``: wide 3x3 convolutions on channels-last float32 CPU tensors use Winograd's
-  F(2x2, 3x3) (:mod:`.winograd`);
+  F(2x2, 3x3) (:mod:`.winograd`), dilated ones on their phase sub-grids;
+* ``winograd_f4``: with ``winograd``, F(4x4, 3x3) instead (:mod:`.winograd_mm`), from narrower layers
+  (``MIN_CHANNELS_F4``): fewer products, float32 error within the goldens' 1e-4 x max|logits|;
 * ``channels_last``: the model's weights (and so its activations) in NHWC memory order.
 
 Each computes the same function up to float rounding. :func:`use_fast_paths` installs them by
@@ -33,10 +35,11 @@ class FastPaths:
     decompose: bool = False
     winograd: bool = False
     channels_last: bool = False
+    winograd_f4: bool = False
 
     @classmethod
     def all(cls) -> FastPaths:
-        return cls(decompose=True, winograd=True, channels_last=True)
+        return cls(decompose=True, winograd=True, channels_last=True, winograd_f4=True)
 
     @classmethod
     def none(cls) -> FastPaths:
@@ -59,20 +62,29 @@ def use_fast_paths(model: nn.Module, paths: bool | FastPaths = True) -> nn.Modul
     """
     if isinstance(paths, bool):
         paths = FastPaths.all() if paths else FastPaths.none()
+    tile = 4 if paths.winograd_f4 else 2
     for module in model.modules():
         kind = type(module)
         if paths.decompose and kind in DECOMPOSED:
             module.__class__ = DECOMPOSED[kind]
         elif not paths.decompose and kind in _PLAIN:
             module.__class__ = _PLAIN[kind]
-        elif paths.winograd and kind is nn.Conv2d and eligible(module):  # type: ignore[arg-type]
-            module.__class__ = WinogradConv2d
-            module.refresh()  # type: ignore[operator]
-        elif not paths.winograd and kind is WinogradConv2d:
-            module.refresh()  # type: ignore[operator]
-            module.__class__ = nn.Conv2d
+        elif kind in (nn.Conv2d, WinogradConv2d):
+            _set_winograd(module, paths.winograd and eligible(module, tile), tile)  # type: ignore[arg-type]
     model.to(memory_format=torch.channels_last if paths.channels_last else torch.contiguous_format)  # type: ignore[call-overload]
     return model
+
+
+def _set_winograd(conv: nn.Conv2d, on: bool, tile: int) -> None:
+    """Make ``conv`` a :class:`WinogradConv2d` with ``tile`` (``on``) or a plain ``nn.Conv2d``."""
+    if on:
+        conv.__class__ = WinogradConv2d
+        conv.__dict__["tile"] = tile
+        conv.refresh()  # type: ignore[operator]
+    elif isinstance(conv, WinogradConv2d):
+        conv.refresh()
+        conv.__dict__.pop("tile", None)
+        conv.__class__ = nn.Conv2d  # type: ignore[assignment]
 
 
 def fast_paths_of(model: nn.Module) -> FastPaths:
@@ -87,4 +99,5 @@ def fast_paths_of(model: nn.Module) -> FastPaths:
         decompose=any(type(m) in _PLAIN for m in modules),
         winograd=any(isinstance(m, WinogradConv2d) for m in modules),
         channels_last=channels_last,
+        winograd_f4=any(isinstance(m, WinogradConv2d) and m.tile == 4 for m in modules),
     )

@@ -24,8 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd_mm
+
 MIN_CHANNELS = 512
 """Narrowest layer (in and out channels) run this way: below it the direct convolution is faster."""
+
+MIN_CHANNELS_F4 = 256
+"""Narrowest layer run with F(4x4, 3x3) (:mod:`.winograd_mm`), which pays from narrower layers."""
+
+MAX_PADDED_AREA_F4 = 1.5
+"""As ``MAX_PADDED_AREA`` for F(4x4, 3x3), whose tiles cover multiples of 4 x dilation; it does
+2.25 products per output, so even a third of padding leaves it far below the direct convolution's 9."""
 
 MAX_PADDED_AREA = 1.15
 """Largest (padded output area / output area) accepted: tiles cover multiples of 2 x dilation."""
@@ -41,29 +50,37 @@ def _padded(size: int, dilation: int) -> int:
     return 2 * dilation * -(-size // (2 * dilation))
 
 
-def eligible(conv: nn.Conv2d) -> bool:
+def min_channels(tile: int) -> int:
+    """The narrowest layer run with tiles of ``tile`` x ``tile`` outputs (2 or 4)."""
+    return MIN_CHANNELS_F4 if tile == 4 else MIN_CHANNELS
+
+
+def eligible(conv: nn.Conv2d, tile: int = 2) -> bool:
     """Whether a layer can run as :func:`conv3x3` (3x3, stride 1, same size, zero padding) and is wide
-    enough (``MIN_CHANNELS``) for it to pay."""
+    enough (:func:`min_channels`) for it to pay with tiles of ``tile`` x ``tile`` outputs."""
     return (
         tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and conv.groups == 1
         and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
         and tuple(conv.padding) == tuple(conv.dilation)
-        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+        and min(conv.in_channels, conv.out_channels) >= min_channels(tile)
     )
 
 
-def suits(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, ...]) -> bool:
-    """Whether this input runs faster with :func:`conv3x3`: float32 channels-last on the CPU, no
-    autocast, no gradient, and tiles that do not pad the map by much."""
+def suits(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, ...], tile: int = 2) -> bool:
+    """Whether this input runs faster with Winograd (tiles of ``tile`` x ``tile`` outputs): float32
+    channels-last on the CPU, no autocast, no gradient, and tiles that do not pad the map by much."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4:
         return False
-    if min(weight.shape[0], weight.shape[1]) < MIN_CHANNELS or torch.is_autocast_enabled("cpu"):
+    if min(weight.shape[0], weight.shape[1]) < min_channels(tile) or torch.is_autocast_enabled("cpu"):
         return False
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
         return False
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
     h, w = x.shape[-2:]
+    if tile == 4:
+        area = winograd_mm.padded(h, dilation[0]) * winograd_mm.padded(w, dilation[1])
+        return area <= MAX_PADDED_AREA_F4 * h * w
     return _padded(h, dilation[0]) * _padded(w, dilation[1]) <= MAX_PADDED_AREA * h * w
 
 
@@ -152,7 +169,8 @@ def conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
 
 
 class WinogradConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` (same parameters and state-dict keys) that runs suitable inputs as :func:`conv3x3`.
+    """An ``nn.Conv2d`` (same parameters and state-dict keys) that runs suitable inputs as :func:`conv3x3`
+    (``tile`` 2) or :func:`.winograd_mm.conv3x3` (``tile`` 4, F(4x4, 3x3)).
 
     :func:`psegzoo.models.fast.use_fast_paths` turns eligible layers into this class and back. The
     transformed weights (of the whole layer, or of a slice of its input channels for decomposed
@@ -161,6 +179,7 @@ class WinogradConv2d(nn.Conv2d):
     """
 
     _transforms: dict[tuple[int, int], torch.Tensor]
+    tile: int = 2
 
     def refresh(self) -> None:
         """Forget the transformed weights (they are made again from the current weights when used)."""
@@ -173,11 +192,14 @@ class WinogradConv2d(nn.Conv2d):
         """The convolution of ``x``, or of ``x`` taken as input channels ``channels`` [start, stop)."""
         key = channels or (0, self.in_channels)
         weight = self.weight if key == (0, self.in_channels) else self.weight[:, key[0]:key[1]]
-        if suits(x, weight, self.dilation):
+        if suits(x, weight, self.dilation, self.tile):
+            f4 = self.tile == 4
             transformed = self._transforms.get(key)
             if transformed is None:
-                transformed = self._transforms[key] = transform_weight(weight)
-            return conv3x3(x, transformed, self.bias, self.dilation)  # type: ignore[arg-type]
+                transformed = winograd_mm.transform_weight(weight, 4) if f4 else transform_weight(weight)
+                self._transforms[key] = transformed
+            run = winograd_mm.conv3x3 if f4 else conv3x3
+            return run(x, transformed, self.bias, self.dilation)  # type: ignore[arg-type]
         if channels is not None and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
