@@ -310,7 +310,7 @@ def test_bench_runs_at_the_size_asked(tiny):
     assert rows[("whole", "optimized")]["forward_size"] == [40, 72]  # not the 64 x 48 test scale
     assert rows[("slide", "optimized")]["forward_size"] == [40, 72]  # one window: the image is smaller than the crop
     assert rows[("whole", "optimized")]["labels_equal"] == 1.0
-    assert set(report["fast_paths"]) == {"decompose", "winograd", "channels_last"}
+    assert set(report["fast_paths"]) == {"decompose", "winograd", "channels_last", "winograd_f4"}
     assert set(report["fast_path_measurement"]) == {"decompose", "winograd", "channels_last"}
     big = json.loads(cli("bench", TINY, "--weights", tiny, "--size", "96x128", "--mode", "whole", "--no-baseline",
                          "--json").stdout)
