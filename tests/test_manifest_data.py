@@ -43,7 +43,7 @@ def raw() -> dict:
 
 @pytest.fixture(scope="module")
 def entries(raw) -> dict[str, Entry]:
-    models, _ = parse_manifest(raw, "model_index.json")
+    models, _ = parse_manifest(raw, "model_index.json", builtin=True)
     return {e.name: e for e in models}
 
 
@@ -76,7 +76,7 @@ def test_top_level_and_every_model_has_the_documented_keys(raw):
         assert set(m["architecture"]["backbone"]) >= BACKBONE_KEYS, m["name"]
         assert set(m["test"]) >= TEST_KEYS, m["name"]
         assert {"url", "file", "sha256_prefix"} <= set(m["weights"]) <= {"url", "file", "sha256_prefix", "urls", "sha256",
-                                                                          "size"}, m["name"]
+                                                                          "size", "origins"}, m["name"]
         for r in m["results"]:
             assert set(r) == {"dataset", "miou", "miou_ms_flip"}
     for ds in raw["datasets"].values():
@@ -112,6 +112,24 @@ def test_hashes_and_file_names(entries):
         m = re.fullmatch(r"(.+)_\d{8}_\d{6}-([0-9a-f]{8})\.pth", e.weights.file)
         assert m and m.group(1) == e.name and m.group(2) == e.weights.sha256_prefix, e.name
     assert len({e.weights.file for e in entries.values()}) == 123
+
+
+def test_every_mmseg_entry_lists_the_origins_then_the_community_mirror(entries):
+    """The original host and its bucket are the publisher's (origins); the OneDL mirror keeps the
+    original path and comes after both, as a third party."""
+    mmseg = [e for e in entries.values() if e.source == "mmsegmentation"]
+    assert len(mmseg) == 111
+    for e in mmseg:
+        path = e.weights.url.removeprefix("https://download.openmmlab.com/")
+        bucket = "https://openmmlab.oss-accelerate.aliyuncs.com/" + path
+        onedl = "https://mmassets.onedl.ai/" + path
+        assert path.startswith("mmsegmentation/v0.5/") and path.endswith("/" + e.weights.file), e.name
+        assert e.weights.urls == (bucket, onedl), e.name
+        assert e.weights.origins == (e.weights.url, bucket), e.name
+        assert not e.weights.is_origin(onedl), e.name
+    for e in entries.values():
+        if e.source == "sssegmentation":
+            assert e.weights.origins == () and e.weights.urls == (), e.name
 
 
 def test_json_is_written_deterministically(raw):

@@ -121,7 +121,7 @@ def _stamp(path: Path) -> tuple[str, float, int]:
 @lru_cache(maxsize=8)
 def _load_cached(stamps: tuple[tuple[str, float, int], ...]) -> Manifest:
     builtin = builtin_index_path()
-    entries, datasets = parse_manifest(_read_json(builtin), builtin.name)
+    entries, datasets = parse_manifest(_read_json(builtin), builtin.name, builtin=True)
     merged: dict[str, Entry] = {e.name.lower(): e for e in entries}
     for path_str, _, _ in stamps[1:]:
         path = Path(path_str)
