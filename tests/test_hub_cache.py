@@ -213,9 +213,12 @@ def test_a_mistyped_pin_never_deletes_a_good_trusted_copy(zoo, http_server, ckpt
     entry = zoo.add("m_pin_keep", ckpt_bytes, prefix=None)
     path = hub.fetch(entry, opts(allow_unverified=True)).path
     typo = sha(ckpt_bytes)[:-1] + ("0" if sha(ckpt_bytes)[-1] != "0" else "1")
-    with pytest.raises(DownloadError) as err:
+    gets = len(http_server.requests)
+    with pytest.raises(VerificationError) as err:  # the recorded hash wins: refused before anything is touched
         hub.download(entry, opts(sha256=typo))
-    assert "the cached copy was kept" in str(err.value)
+    assert f"pinned SHA-256 {typo} contradicts the hash trusted on first use" in str(err.value)
+    assert "--forget-trust" in str(err.value)
+    assert len(http_server.requests) == gets
     assert path.read_bytes() == ckpt_bytes and hub.trusted_sha256(entry) == sha(ckpt_bytes)
     assert hub.download(entry, opts()) == path
 

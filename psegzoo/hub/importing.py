@@ -19,8 +19,8 @@ from . import transfer
 from .layout import weights_of
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
-from .store import cached_copy, copy_in, entry_for_file, install, layout_of, not_the_checkpoint
-from .trust import expected, file_sha256
+from .store import cached_copy, copy_in, entry_for_file, expected_of, install, layout_of, not_the_checkpoint
+from .trust import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class ImportResult:
     sha256: str | None = None
     newly_trusted: bool = False
     error: PsegzooError | None = None
+    trust: str | None = None  # the trust level it has in the cache (``hub.trust.LEVELS``)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +68,8 @@ def _identify(src: Path, manifest: Manifest, sha: str | None) -> Entry | None:
 def _import_entry(src: Path, entry: Entry, options: DownloadOptions) -> ImportResult:
     layout = layout_of(options)
     w = weights_of(entry)
-    exp = expected(layout, entry, options.sha256, allow_unverified=True)
+    exp = expected_of(layout, entry, options, pin=options.sha256, allow_unverified=True)
+    level = exp.level(origin_https=False)  # a file the user has is a third party, wherever it came from
     layout.ensure("checkpoints", "records", "locks")
     with entry_lock(layout, w.file, timeout=options.lock_timeout, what=f"importing {w.file}"):
         hit, _ = cached_copy(layout, entry, exp, repair=True)
@@ -76,10 +78,14 @@ def _import_entry(src: Path, entry: Entry, options: DownloadOptions) -> ImportRe
             raise not_the_checkpoint(src, entry, str(problem).removeprefix("its "))
         if hit is not None and hit.sha256 == got.sha256:
             got.path.unlink()
-            return ImportResult(src, "already cached", entry.name, hit.path, hit.sha256)
-        path, newly = install(layout, entry, got.path, got.sha256, src.resolve().as_uri(), "import", exp)
-    log.info("imported %s as %s (SHA-256 %s)", src, path, got.sha256)
-    return ImportResult(src, "imported", entry.name, path, got.sha256, newly_trusted=newly)
+            return ImportResult(src, "already cached", entry.name, hit.path, hit.sha256, trust=hit.trust)
+        refused = exp.refusal(level)
+        if refused is not None:
+            got.path.unlink()
+            raise VerificationError(f"not importing {src} as {entry.name}: {refused}")
+        path, newly = install(layout, entry, got.path, got.sha256, src.resolve().as_uri(), "import", exp, level)
+    log.info("imported %s as %s (SHA-256 %s, %s)", src, path, got.sha256, level)
+    return ImportResult(src, "imported", entry.name, path, got.sha256, newly_trusted=newly, trust=level)
 
 
 def import_checkpoint(path: str | os.PathLike, *, name: str | None = None,

@@ -8,7 +8,8 @@ record, lock or partial download::
     <root>/converted/<stem>.safetensors     converted weights (stem: the file name without .pth)
     <root>/partial/<file>.part[.json]       an unfinished download and its resume validator
     <root>/locks/<file>.lock, .holder       the entry's lock, and who holds it
-    <root>/trusted/<name>.sha256            the hash trusted on first use for an entry without one
+    <root>/trusted/<name>.sha256            the hash recorded for an entry: trusted on first use, or
+                                            learned from its origin over verified HTTPS
 
 Temporary files (``.<target>.<tag>-<pid>-<hex>.tmp``, see :mod:`psegzoo.files`) sit beside their
 target, so they are counted with their entry and removed with it.
@@ -220,6 +221,7 @@ class CacheRecord:
     mtime_ns: int = 0
     inode: int = 0
     converted: ConvertedRecord | None = None
+    trust: str | None = None  # how far the hash check proved it when it came in (hub.trust.LEVELS); None: unknown
 
     def describes(self, st: os.stat_result) -> bool:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.inode
@@ -250,6 +252,7 @@ def read_record(layout: CacheLayout, file: str) -> CacheRecord | None:
             url=data.get("url"), source=str(data.get("source", "download")), at=str(data.get("at", "")),
             mtime_ns=int(data.get("mtime_ns", 0)), inode=int(data.get("inode", 0)),
             converted=_parse_converted(data.get("converted")),
+            trust=data["trust"] if isinstance(data.get("trust"), str) else None,
         )
     except (FileNotFoundError, NotADirectoryError):
         return None

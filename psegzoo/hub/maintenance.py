@@ -13,8 +13,8 @@ from ..manifest import Entry, load_manifest
 from .layout import CacheLayout, read_record, unlink, weights_of, write_record
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
-from .store import layout_of, record_for, remove_entry_files
-from .trust import expected, file_sha256
+from .store import expected_of, layout_of, record_for, remove_entry_files
+from .trust import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class CachedCheckpoint:
     url: str | None
     source: str | None
     at: str | None
-    trusted: bool  # a trust-on-first-use record exists for this name
+    trusted: bool  # a hash is recorded for this name (trusted on first use, or learned from its origin)
+    trust: str | None = None  # the trust level recorded when it came in (``hub.trust.LEVELS``)
 
     @property
     def total_size(self) -> int:
@@ -62,6 +63,8 @@ class VerifyResult:
     removed: tuple[Path, ...] = ()
     converted_status: str | None = None
     converted_problem: str | None = None
+    trust: str | None = None  # the recorded trust level (``hub.trust.LEVELS``), or None
+    url: str | None = None  # where the file came from (credentials removed), as recorded
 
     @property
     def ok(self) -> bool:
@@ -111,6 +114,7 @@ def cached(options: DownloadOptions | None = None) -> list[CachedCheckpoint]:
             converted_sha256=rec.converted.sha256 if rec and rec.converted and converted else None,
             partial_size=partial, complete=ckpt.is_file(), url=rec.url if rec else None,
             source=rec.source if rec else None, at=rec.at if rec else None, trusted=trusted,
+            trust=rec.trust if rec else None,
         ))
     out.sort(key=lambda c: (c.name, c.file))
     return out
@@ -215,11 +219,11 @@ def verify(entry: Entry | str | None = None, *, options: DownloadOptions | None 
     for e, file in targets:
         layout.ensure("locks")
         with entry_lock(layout, file, timeout=opts.lock_timeout, what=f"verifying {file}"):
-            results.append(_verify_one(layout, e, file, full))
+            results.append(_verify_one(layout, e, file, full, opts))
     return results
 
 
-def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool) -> VerifyResult:
+def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool, opts: DownloadOptions) -> VerifyResult:
     ckpt = layout.checkpoint(file)
     rec = read_record(layout, file)
     name = rec.name if rec else entry.name if entry else file
@@ -235,7 +239,7 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool)
         if rec is not None and sha != rec.sha256:
             problem = f"SHA-256 {sha} differs from the recorded {rec.sha256}"
     if problem is None and entry is not None and entry.weights is not None and sha is not None:
-        exp = expected(layout, entry, None, allow_unverified=True)
+        exp = expected_of(layout, entry, opts, allow_unverified=True)
         if not exp.tofu:
             problem = exp.problem(sha)
     if problem is not None:
@@ -244,10 +248,11 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool)
         return VerifyResult(name, file, ckpt, "corrupt", problem, sha, removed)
     assert sha is not None
     if (rec is None or not rec.describes(ckpt.stat())) and entry is not None:
-        rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None,
-                                               rec.source if rec else "cache", rec.converted if rec else None))
+        rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None, rec.source if rec else "cache",
+                                               rec.converted if rec else None, rec.trust if rec else None))
     conv_status, conv_problem, removed_conv = _verify_converted(layout, file, full)
-    return VerifyResult(name, file, ckpt, "ok", None, sha, removed_conv, conv_status, conv_problem)
+    return VerifyResult(name, file, ckpt, "ok", None, sha, removed_conv, conv_status, conv_problem,
+                        rec.trust if rec else None, rec.url if rec else None)
 
 
 def _verify_converted(layout: CacheLayout, file: str, full: bool) -> tuple[str | None, str | None, tuple[Path, ...]]:

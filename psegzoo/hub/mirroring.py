@@ -21,8 +21,8 @@ from .layout import read_record, unlink, weights_of
 from .maintenance import cached
 from .settings import DownloadOptions, options_or_default
 from .sources import url_path
-from .store import layout_of
-from .trust import CHUNK, expected, file_sha256
+from .store import expected_of, layout_of
+from .trust import CHUNK, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _mirror_one(entry: Entry, root: Path, options: DownloadOptions, link: bool) 
     rec = read_record(layout, file)
     if rec is None or not ckpt.is_file():
         return MirrorResult(entry.name, "not cached", detail="download or import it first")
-    exp = expected(layout, entry, None, allow_unverified=True)
+    exp = expected_of(layout, entry, options, allow_unverified=True)
     target = root / url_path(entry)
     if target.is_file() and target.stat().st_size == rec.size and file_sha256(target) == rec.sha256:
         return MirrorResult(entry.name, "already there", target, rec.sha256)

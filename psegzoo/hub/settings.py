@@ -14,6 +14,10 @@ PSEGZOO_SEARCH_PATH         ``search``: folders searched for copies (pathsep)   
 TORCH_HOME                  ``torch_home``: torch hub's cache                    ``~/.cache/torch``
 PSEGZOO_OFFLINE             ``offline``: no network (file:// and copies only)    off
 PSEGZOO_ALLOW_UNVERIFIED    ``allow_unverified``: trust on first use             off
+PSEGZOO_STRICT              ``strict``: refuse third-party files that match      off
+                            only the published 8-digit hash prefix
+PSEGZOO_HASHES              ``hashes``: a FILE or URL of full SHA-256 hashes     none
+                            in ``sha256sum`` format (pins, by file name)
 PSEGZOO_RETRIES             ``retries`` per URL                                  4
 PSEGZOO_CONNECT_TIMEOUT     ``connect_timeout`` (s)                              10
 PSEGZOO_TIMEOUT             ``read_timeout`` (s): silence before giving up        60
@@ -47,6 +51,8 @@ MIRROR_ENV = "PSEGZOO_MIRROR"
 SEARCH_ENV = "PSEGZOO_SEARCH_PATH"
 OFFLINE_ENV = "PSEGZOO_OFFLINE"
 ALLOW_UNVERIFIED_ENV = "PSEGZOO_ALLOW_UNVERIFIED"
+STRICT_ENV = "PSEGZOO_STRICT"
+HASHES_ENV = "PSEGZOO_HASHES"
 RETRIES_ENV = "PSEGZOO_RETRIES"
 CONNECT_TIMEOUT_ENV = "PSEGZOO_CONNECT_TIMEOUT"
 TIMEOUT_ENV = "PSEGZOO_TIMEOUT"
@@ -221,7 +227,9 @@ class DownloadOptions:
     ``search`` folders (and their subfolders) are searched for a copy before any download, after
     torch hub's and mim's download folders; ``sha256`` pins the hash a file must have; ``force``
     downloads again (the verified copy stays until its replacement is verified); ``link`` hard-links
-    local copies into the cache where possible. ``progress=None`` shows a bar when stderr is a
+    local copies into the cache where possible. ``strict`` refuses a file from a third party that
+    only its published 8-digit hash prefix verifies; ``hashes`` names a ``sha256sum`` file (path or
+    URL) whose full hashes pin the files it lists. ``progress=None`` shows a bar when stderr is a
     terminal.
     """
 
@@ -233,6 +241,8 @@ class DownloadOptions:
     mim_dir: Path = field(default_factory=mim_dir)
     offline: bool = field(default_factory=lambda: _flag(OFFLINE_ENV))
     allow_unverified: bool = field(default_factory=lambda: _flag(ALLOW_UNVERIFIED_ENV))
+    strict: bool = field(default_factory=lambda: _flag(STRICT_ENV))
+    hashes: str | None = field(default_factory=lambda: _env(HASHES_ENV) or None)
     sha256: str | None = None
     force: bool = False
     link: bool = False

@@ -23,13 +23,24 @@ from .. import files
 from ..errors import CacheError, DownloadError, OfflineError, UnknownModelError, VerificationError, option
 from ..manifest import Entry, load_manifest
 from . import failures, transfer
+from .hashes import listed_hash
 from .layout import CacheLayout, CacheRecord, ConvertedRecord, now_iso, read_record, unlink, weights_of, write_record
 from .locking import entry_lock
 from .progress import Bar
-from .settings import MIRROR_ENV, OFFLINE_ENV, SEARCH_ENV, DownloadOptions, cache_root, options_or_default, redact
+from .redact import redact_url
+from .settings import (
+    HASHES_ENV,
+    MIRROR_ENV,
+    OFFLINE_ENV,
+    SEARCH_ENV,
+    STRICT_ENV,
+    DownloadOptions,
+    cache_root,
+    options_or_default,
+    redact,
+)
 from .sources import auth_headers, candidate_urls, find_local_copies, local_path
-from .trust import Expected, file_sha256, sniff, trusted_sha256, write_trust
-from .trust import expected as expected_for
+from .trust import ORIGIN_HTTPS, PINNED, PREFIX_ONLY, Expected, expected, file_sha256, sniff, trusted_sha256, write_trust
 
 if TYPE_CHECKING:
     import requests
@@ -45,6 +56,7 @@ class Fetched:
     "import". ``url``: where the bytes came from (credentials removed; ``file://`` for local files).
     ``newly_trusted``: this call recorded the hash of an entry that publishes none (trust on first
     use): show ``sha256`` to the user. ``skipped``: sources tried before, each with why it was not used.
+    ``trust``: how far the hash check proves the file (``hub.trust.LEVELS``; None: not recorded).
     """
 
     name: str
@@ -56,6 +68,7 @@ class Fetched:
     verified_by: str
     newly_trusted: bool = False
     skipped: tuple[str, ...] = field(default=())
+    trust: str | None = None
 
     @property
     def downloaded(self) -> bool:
@@ -130,32 +143,54 @@ def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: boo
             remove_entry_files(layout, file)
             return None, None
         rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None, rec.source if rec else "cache",
-                                               rec.converted if rec else None))
+                                               rec.converted if rec else None, rec.trust if rec else None))
     problem = None if exp.tofu else exp.problem(sha)
     if problem is not None:
         return None, f"the cached copy was kept: its {problem}"
+    level = PINNED if exp.full else rec.trust
+    refused = exp.refusal(level)
+    if refused is not None:
+        return None, f"the cached copy was kept but not used: {refused}"
     newly = False
     if exp.record_trust and trusted_sha256(layout, entry) != sha:
         if not repair:
             return None, None  # the trust record must be written: come back with the lock
         write_trust(layout, entry, sha)
         newly = exp.tofu
-    return Fetched(entry.name, ckpt, sha, st.st_size, "cache", rec.url, exp.verified_by, newly), None
+    return Fetched(entry.name, ckpt, sha, st.st_size, "cache", rec.url, exp.verified_by, newly, trust=level), None
 
 
 def record_for(entry: Entry, path: Path, sha256: str, url: str | None, source: str,
-                converted: ConvertedRecord | None = None) -> CacheRecord:
+                converted: ConvertedRecord | None = None, trust: str | None = None) -> CacheRecord:
     st = path.stat()
     return CacheRecord(name=entry.name, file=weights_of(entry).file, sha256=sha256, size=st.st_size,
-                       url=redact(url) if url else None, source=source, at=now_iso(), mtime_ns=st.st_mtime_ns,
-                       inode=st.st_ino, converted=converted)
+                       url=redact_url(url) if url else None, source=source, at=now_iso(), mtime_ns=st.st_mtime_ns,
+                       inode=st.st_ino, converted=converted, trust=trust)
+
+
+def expected_of(layout: CacheLayout, entry: Entry, opts: DownloadOptions, *, pin: str | None = None,
+                allow_unverified: bool | None = None) -> Expected:
+    """:func:`.trust.expected` with what ``opts`` adds: the ``PSEGZOO_HASHES`` list and strict mode."""
+    return expected(layout, entry, pin, opts.allow_unverified if allow_unverified is None else allow_unverified,
+                    listed=listed_hash(opts, weights_of(entry).file), strict=opts.strict)
+
+
+def prefix_only_warning(entry: Entry, shown: str, sha256: str, exp: Expected) -> str:
+    """The one line said when a file only the published prefix vouches for enters the cache."""
+    return (f"{entry.name}: accepted {shown} on its published {len(exp.prefix)}-digit hash prefix {exp.prefix} only, "
+            "which guards against accidents, not against a forged file from a third party; to pin it, check its "
+            f"SHA-256 {sha256} against a source you trust and pass --sha256 {sha256} (sha256= in Python) or list it "
+            f"in {HASHES_ENV}; {STRICT_ENV}=1 or --strict refuses such files")
 
 
 def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str | None, source: str,
-            exp: Expected) -> tuple[Path, bool]:
+            exp: Expected, level: str | None = None) -> tuple[Path, bool]:
     """Move the verified file ``tmp`` into place (lock held): fsync, record, rename, then trust.
 
-    Returns (path, newly trusted). Converted weights made from another file are removed.
+    ``level``: the trust level it comes in with (recorded). A file from an origin over verified
+    HTTPS teaches the entry its full hash (recorded, pinned from then on); one that only the prefix
+    vouches for is said in a warning, once, here. Returns (path, newly trusted). Converted weights
+    made from another file are removed.
     """
     file = weights_of(entry).file
     ckpt = layout.checkpoint(file)
@@ -165,7 +200,7 @@ def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str 
         unlink(layout.converted(file))
 
     def record() -> None:
-        write_record(layout, record_for(entry, tmp, sha256, url, source, keep))
+        write_record(layout, record_for(entry, tmp, sha256, url, source, keep, level))
 
     try:
         files.commit(tmp, ckpt, before=record)
@@ -175,6 +210,10 @@ def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str 
     if exp.record_trust and trusted_sha256(layout, entry) != sha256:
         write_trust(layout, entry, sha256)
         newly = exp.tofu
+    elif level == ORIGIN_HTTPS and trusted_sha256(layout, entry) is None:
+        write_trust(layout, entry, sha256, learned_from=url)
+    if level == PREFIX_ONLY:
+        log.warning(prefix_only_warning(entry, redact_url(url) if url else str(tmp), sha256, exp))
     return ckpt, newly
 
 
@@ -198,6 +237,7 @@ def check_candidate(got: transfer.Got, exp: Expected, limits: transfer.Limits) -
         decoded = transfer.decode(got.path, files.temp_sibling(got.path, "decoded"), got.content_encoding, limits)
         if decoded is not None and (exp.tofu or exp.problem(decoded.sha256) is None):
             unlink(got.path)
+            decoded.secure = got.secure
             return decoded, None
         if decoded is not None:
             unlink(decoded.path)
@@ -259,7 +299,7 @@ def fetch(entry: Entry | str, options: DownloadOptions | None = None) -> Fetched
     w = weights_of(entry)
     layout = layout_of(opts)
     layout.ensure()
-    exp = expected_for(layout, entry, opts.sha256, opts.allow_unverified)
+    exp = expected_of(layout, entry, opts, pin=opts.sha256)
     if not opts.force:
         hit, _ = cached_copy(layout, entry, exp, repair=False)
         if hit is not None:
@@ -300,15 +340,19 @@ def _get(layout: CacheLayout, entry: Entry, exp: Expected, opts: DownloadOptions
     try:
         for src, why in find_local_copies(entry, opts):
             got, problem = copy_in(layout, entry, src, exp, limits, link=opts.link, bar=None)
+            level = exp.level(origin_https=False)  # a copy on disk is a third party, wherever it came from
+            if got is not None and exp.refusal(level) is not None:
+                unlink(got.path)
+                got, problem = None, exp.refusal(level)
             if got is None:
                 log.warning("not using %s (found in %s): %s", src, why, problem)
                 tried.append(Tried(str(src), str(problem)))
                 continue
             uri = src.resolve().as_uri()
-            path, newly = install(layout, entry, got.path, got.sha256, uri, "local", exp)
+            path, newly = install(layout, entry, got.path, got.sha256, uri, "local", exp, level)
             log.info("found a verified copy of %s at %s (%s)", entry.name, src, why)
             return Fetched(entry.name, path, got.sha256, got.size, "local", uri, exp.verified_by, newly,
-                           tuple(map(str, tried)))
+                           tuple(map(str, tried)), level)
         urls = candidate_urls(entry, opts)
         if opts.offline:
             urls = [u for u in urls if u.startswith("file://")]
@@ -357,14 +401,18 @@ def _try_url(session: requests.Session, layout: CacheLayout, entry: Entry, url: 
             transfer.discard_part(part, meta)
             raise
         final, problem = check_candidate(got, exp, limits)
+        level = exp.level(origin_https=weights_of(entry).is_origin(url) and final.secure)
+        refused = exp.refusal(level) if problem is None else None
+        problem = problem or refused
         if problem is None:
-            path, newly = install(layout, entry, final.path, final.sha256, url, "download", exp)
+            path, newly = install(layout, entry, final.path, final.sha256, url, "download", exp, level)
             unlink(meta)
-            log.info("got %s from %s (SHA-256 %s)", file, shown, final.sha256)
-            return Fetched(entry.name, path, final.sha256, final.size, "download", shown, exp.verified_by, newly)
+            log.info("got %s from %s (SHA-256 %s, %s)", file, shown, final.sha256, level)
+            return Fetched(entry.name, path, final.sha256, final.size, "download", shown, exp.verified_by, newly,
+                           trust=level)
         unlink(final.path)
         transfer.discard_part(part, meta)
-        if got.resumed and not fresh:
+        if got.resumed and not fresh and refused is None:
             log.info("%s: a resumed download failed verification; downloading it again from zero", shown)
             continue
         tried.append(Tried(shown, f"got {final.size} bytes but {problem}"))

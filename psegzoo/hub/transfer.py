@@ -25,10 +25,11 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .. import files
 from ..errors import CacheError
@@ -85,6 +86,17 @@ class Got:
     resumed: bool
     content_type: str = ""
     content_encoding: str = ""
+    secure: bool = False  # every byte came over HTTPS with the server's certificate checked
+
+
+def verified_https(urls: Sequence[str], verify: Any) -> bool:
+    """Whether a transfer through ``urls`` (the request, then each redirect) was HTTPS with the
+    certificate checked (``verify``: requests' setting, True or a CA bundle; False turns checks off).
+
+    Only such a transfer from an origin may teach psegzoo a full hash: plain HTTP, or a redirect
+    to it, is open to anyone on the path or to whoever takes over a lapsed domain.
+    """
+    return bool(urls) and verify is not False and all(urlsplit(u).scheme.lower() == "https" for u in urls)
 
 
 class _Restart(Exception):
@@ -247,8 +259,10 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
             with contextlib.closing(resp):
                 status = resp.status_code
                 if status in (200, 206):
+                    chain = [*(r.url for r in resp.history), resp.url]
+                    secure = verified_https(chain, session.verify) and (offset == 0 or meta.get("secure") is True)
                     try:
-                        return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock)
+                        return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock, secure)
                     except _Restart as exc:
                         problem, restart = Problem("restart", str(exc), True), True
                     except UrlFailed as exc:
@@ -279,7 +293,7 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
 
 
 def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
-            options: DownloadOptions, bar: Bar, clock: Clock) -> Got:
+            options: DownloadOptions, bar: Bar, clock: Clock, secure: bool) -> Got:
     import http.client
 
     requests, urllib3 = load_http()
@@ -309,7 +323,8 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
         discard_part(part, meta_path)
         raise
     try:
-        files.write_atomic(meta_path, json.dumps({"url": url, "validator": _validator(resp), "total": total}), sync=False)
+        files.write_atomic(meta_path, json.dumps({"url": url, "validator": _validator(resp), "total": total,
+                                                  "secure": secure}), sync=False)
     except OSError as exc:
         raise CacheError(f"cannot write {meta_path}: {exc.strerror or exc}") from None
     raw = resp.raw
@@ -355,7 +370,7 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
         raise _Restart(f"received {received} bytes, more than the announced {total}")
     return Got(path=part, sha256=digest, size=received, resumed=offset > 0,
                content_type=resp.headers.get("Content-Type", ""),
-               content_encoding=resp.headers.get("Content-Encoding", "").strip().lower())
+               content_encoding=resp.headers.get("Content-Encoding", "").strip().lower(), secure=secure)
 
 
 def _of(received: int, total: int | None) -> str:
