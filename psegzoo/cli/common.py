@@ -143,7 +143,11 @@ def download_options(func: Callable) -> Callable:
         opt("--allow-unverified", is_flag=True, default=None,
             help="Allow a checkpoint that has no published hash; its SHA-256 is recorded and trusted from then on."),
         opt("--sha256", "sha256", metavar="HEX",
-            help="Pin the SHA-256 the file must have (for checkpoints without a published hash)."),
+            help="Pin the full SHA-256 the file must have (64 hex digits; also PSEGZOO_HASHES=FILE|URL in "
+                 "sha256sum format)."),
+        opt("--strict", is_flag=True, default=None,
+            help="Refuse a file from a third party (mirror, copy on disk, extra manifest) that only the published "
+                 "8-digit hash prefix vouches for (also PSEGZOO_STRICT=1)."),
         opt("--retries", type=click.IntRange(0, 50), default=None,
             help="Retries per URL on timeouts, dropped connections, 429 and 5xx (default 4; PSEGZOO_RETRIES)."),
         opt("--timeout", "read_timeout", type=float, default=None, metavar="S",

@@ -23,6 +23,7 @@ from .common import (
     fmt_size,
     handle_errors,
     index_option,
+    printable,
     quiet,
 )
 
@@ -92,29 +93,39 @@ def cache_group(ctx: click.Context, as_json: bool) -> None:
         rows = [{"name": i.name, "file": i.file, "path": str(i.path), "complete": i.complete, "size": i.size,
                  "sha256": i.sha256, "converted": i.converted, "converted_size": i.converted_size,
                  "converted_sha256": i.converted_sha256, "partial_size": i.partial_size, "url": i.url,
-                 "source": i.source, "at": i.at, "trusted": i.trusted} for i in items]
+                 "source": i.source, "at": i.at, "trusted": i.trusted, "trust": i.trust} for i in items]
         click.echo(json.dumps({"root": str(options.home), "total_bytes": total, "checkpoints": rows}, indent=1))
         return
     from rich.table import Table
 
     out = _wide(console())
     table = Table(title=f"cache: {options.home}", title_justify="left", header_style="bold")
-    for column, justify in (("name", "left"), ("size", "right"), ("sha256", "left"), ("converted", "right")):
+    for column, justify in (("name", "left"), ("size", "right"), ("sha256", "left"), ("trust", "left"),
+                            ("converted", "right")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for i in items:
         size = fmt_size(i.size) if i.complete else f"partial {fmt_size(i.partial_size)}"
         if i.complete and i.partial_size:
             size += f" (+{fmt_size(i.partial_size)} unfinished)"
-        table.add_row(escape(i.name), size, (i.sha256 or "-")[:16], fmt_size(i.converted_size) if i.converted else "no")
+        table.add_row(escape(i.name), size, (i.sha256 or "-")[:16], _trust_cell(i.trust),
+                      fmt_size(i.converted_size) if i.converted else "no")
     out.print(table)
     out.print(f"{sum(i.complete for i in items)} checkpoint(s), {fmt_size(total)} in total")
+
+
+def _trust_cell(trust: str | None) -> str:
+    """The trust level, in yellow when only a hash prefix vouches for the file."""
+    if trust is None:
+        return "-"
+    return f"[yellow]{escape(trust)}[/]" if trust == "prefix-only" else escape(trust)
 
 
 @cache_group.command("rm")
 @click.argument("names", nargs=-1)
 @click.option("--all", "remove_all", is_flag=True, help="Remove every cached checkpoint, converted file and unfinished download.")
 @click.option("--forget-trust", is_flag=True,
-              help="Also forget hashes trusted on first use (a later download may then have another hash).")
+              help="Also forget recorded hashes (trusted on first use, or learned from the origin over HTTPS); a later "
+                   "download may then have another hash.")
 @index_option
 @handle_errors
 def cache_rm_command(names: Sequence[str], remove_all: bool, forget_trust: bool) -> None:
@@ -135,16 +146,49 @@ def cache_rm_command(names: Sequence[str], remove_all: bool, forget_trust: bool)
         click.echo("nothing to remove")
 
 
+HASHES_HEADER = ("# psegzoo verify --hashes: the full SHA-256 of each cached checkpoint, hashed now, in sha256sum "
+                 "format ('sha256sum -c' and PSEGZOO_HASHES read it). Each '#' line says the file's trust level and "
+                 "where it came from; pinned and origin-https hashes are the ones worth contributing.")
+
+
+def _hashes_lines(report: psegzoo.VerifyResult) -> list[str]:
+    """A comment saying where the file came from, then its ``sha256sum`` line."""
+    where = report.url or "an unrecorded source"
+    comment = f"# {report.name}: {report.trust or 'trust not recorded'}, from {where}"
+    return [printable(comment).replace("\n", " "), f"{report.sha256}  {printable(str(report.path))}"]
+
+
+def _verify_line(report: psegzoo.VerifyResult) -> str:
+    line = f"[green]ok[/]  {escape(report.name)}  sha256 {report.sha256}  ({_trust_cell(report.trust)}"
+    line += f" from {escape(report.url)})" if report.url else ")"
+    if report.converted_status == "ok":
+        line += "  (converted weights ok)"
+    elif report.converted_status is not None:
+        line += (f"  [bold red]converted weights {report.converted_status}[/]: {escape(report.converted_problem or '')}"
+                 " (deleted; converted again on next use)")
+    return line
+
+
 @click.command("verify")
 @click.argument("names", nargs=-1)
+@click.option("--hashes", "as_hashes", is_flag=True,
+              help="Print the full SHA-256 of the cached checkpoints in sha256sum format, each after a '#' line saying "
+                   "its trust level and where it came from (problems go to stderr).")
 @index_option
 @handle_errors
-def verify_command(names: Sequence[str]) -> None:
-    """Re-hash cached checkpoints and converted weights against their records; bad files are deleted."""
+def verify_command(names: Sequence[str], as_hashes: bool) -> None:
+    """Re-hash cached checkpoints and converted weights against their records; bad files are deleted.
+
+    Each line shows the trust level the file came in with: pinned (a full SHA-256 known beforehand),
+    origin-https (from its origin over verified HTTPS; its hash is now pinned), prefix-only (a third
+    party that only the 8-digit hash prefix vouches for), first-use (trusted on first use).
+    """
     options = download_settings()
     targets: list[psegzoo.Entry | None] = [psegzoo.get_entry(n, index=options.index) for n in names]
     bad = 0
-    out = console()
+    out, err = console(), console(stderr=True)
+    if as_hashes:
+        click.echo(HASHES_HEADER)
     for target in targets or [None]:
         for report in psegzoo.verify(target, options=options, full=True):
             bad += not report.ok
@@ -152,15 +196,12 @@ def verify_command(names: Sequence[str]) -> None:
                 detail = report.problem or ""
                 if report.removed:
                     detail += " (deleted; it will be got again on next use)"
-                out.print(f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}", soft_wrap=True)
-                continue
-            line = f"[green]ok[/]  {escape(report.name)}  sha256 {report.sha256}"
-            if report.converted_status == "ok":
-                line += "  (converted weights ok)"
-            elif report.converted_status is not None:
-                line += (f"  [bold red]converted weights {report.converted_status}[/]: {escape(report.converted_problem or '')}"
-                         " (deleted; converted again on next use)")
-            out.print(line, soft_wrap=True)
+                (err if as_hashes else out).print(f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}",
+                                                  soft_wrap=True)
+            elif as_hashes:
+                click.echo("\n".join(_hashes_lines(report)))
+            else:
+                out.print(_verify_line(report), soft_wrap=True)
     if bad:
         sys.exit(1)
 
@@ -170,9 +211,11 @@ def verify_command(names: Sequence[str]) -> None:
 @click.option("--name", help="Model name (default: recognised from the file name or its hash). FILE only.")
 @click.option("--sha256", "sha256", metavar="HEX", help="Pin the SHA-256 the file must have. FILE only.")
 @click.option("--link", is_flag=True, help="Hard-link into the cache instead of copying (same file system).")
+@click.option("--strict", is_flag=True, default=None,
+              help="Refuse a file that only the published 8-digit hash prefix vouches for (also PSEGZOO_STRICT=1).")
 @index_option
 @handle_errors
-def import_command(path: str, name: str | None, sha256: str | None, link: bool) -> None:
+def import_command(path: str, name: str | None, sha256: str | None, link: bool, strict: bool | None) -> None:
     """Put checkpoints you already have into the cache: one FILE, or every one under DIR.
 
     Each file must match the published hash. For a checkpoint that publishes none, importing it
@@ -180,7 +223,7 @@ def import_command(path: str, name: str | None, sha256: str | None, link: bool) 
     folder is searched with its subfolders; every file gets a line in the result table, and files
     that are not checkpoints of the zoo are listed, never fatal (exit 1 if a checkpoint was refused).
     """
-    options = download_settings(sha256=sha256, link=link or None)
+    options = download_settings(sha256=sha256, link=link or None, strict=strict or None)
     source = Path(path)
     if not source.is_dir():
         result = psegzoo.import_checkpoint(source, name=name, options=options)
