@@ -47,10 +47,21 @@ def zoo(tmp_path, monkeypatch, env, http_server):
     return Zoo(tmp_path, monkeypatch, http_server)
 
 
+def prefix_only(line: str) -> bool:
+    """The warning said when a file from a third party (every entry here comes from an extra manifest)
+    enters the cache on its 8-digit hash prefix alone; tests/test_hub_trust.py checks it."""
+    return line.startswith("warning: ") and "-digit hash prefix" in line and "vouches for" in line
+
+
+def other_lines(text: str) -> list[str]:
+    """The non-empty lines of ``text`` but the prefix-only warnings."""
+    return [line for line in text.splitlines() if line.strip() and not prefix_only(line)]
+
+
 def error_line(text: str, *, warnings: int = 0) -> str:
     """The one line of ``text`` that carries the error (the message is not wrapped), after exactly
     ``warnings`` one-line warnings (retries shown as they happened)."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = other_lines(text)
     errors = [line for line in lines if line.startswith("error: ")]
     shown = [line for line in lines if line.startswith("warning: ")]
     assert len(errors) == 1 and len(shown) == warnings and len(lines) == 1 + warnings, text
@@ -361,7 +372,8 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     pa = Path(cli("download", "m_verify_a", "-q").stdout.strip())
     cli("download", "m_verify_b", "-q")
     out = cli("verify").stdout.splitlines()
-    assert out == [f"ok  m_verify_a  sha256 {sha(ckpt_bytes)}", f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
+    assert out == [f"ok  m_verify_a  sha256 {sha(ckpt_bytes)}  (prefix-only from {a.weights.url})",
+                   f"ok  m_verify_b  sha256 {sha(other_bytes)}  (prefix-only from {b.weights.url})"]
 
     flip_byte(pa, len(ckpt_bytes) // 2)  # same size: only the full hash sees it
     proc = run_script("verify", "m_verify_a", code=1, timeout=60)
@@ -370,7 +382,8 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     assert sha(ckpt_bytes) in line
     assert proc.stderr == ""  # said once, not again by a log message
     assert cache_files(env) == ckpt_and_record(b)
-    assert cli("verify").stdout.splitlines() == [f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
+    assert cli("verify").stdout.splitlines() == [f"ok  m_verify_b  sha256 {sha(other_bytes)}  (prefix-only from "
+                                                 f"{b.weights.url})"]
     assert "missing" in cli("verify", "m_verify_a", code=1).stdout
     # The next use downloads it again.
     assert cli("download", "m_verify_a").stdout.strip() == str(pa) and pa.read_bytes() == ckpt_bytes
@@ -457,7 +470,7 @@ def test_predict_says_the_weights_are_unreachable(zoo, env, ckpt_bytes, tmp_path
 def test_retries_are_shown_as_they_happen_and_quiet_hides_them(zoo, http_server, ckpt_bytes, env):
     entry = zoo.add("m_shown", ckpt_bytes, plan=[{"status": 503}, {"status": 503}])
     proc = run_script("download", "m_shown", timeout=60)
-    shown = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    shown = other_lines(proc.stderr)
     assert shown == [f"warning: HTTP 503 Service Unavailable from {entry.weights.url}; retry {n} of 2 in 0.0 s"
                      for n in (1, 2)]  # one record each, printed once, never wrapped
     cli("cache", "rm", "m_shown")
@@ -512,7 +525,7 @@ def test_download_finds_a_copy_in_a_search_folder(zoo, http_server, ckpt_bytes, 
     monkeypatch.setenv("PSEGZOO_SEARCH_PATH", str(tmp_path / "team"))  # --search adds to it
     result = cli("download", "m_found", "m_found_env", "--search", tmp_path / "old-runs", "--offline")
     assert result.stdout.splitlines() == [str(env / "checkpoints" / e.weights.file) for e in (entry, other)]
-    assert result.stderr.splitlines()[0] == f"m_found: verified copy found at {copy.resolve().as_uri()}"
+    assert other_lines(result.stderr)[0] == f"m_found: verified copy found at {copy.resolve().as_uri()}"
     assert http_server.requests == []
 
 
@@ -533,7 +546,7 @@ def test_import_folder_prints_a_table_and_never_stops(zoo, ckpt_bytes, other_byt
     assert rows[good.weights.file] == ["m_dir_ok", "imported"]
     assert rows[f"sub/{bad.weights.file}"] == ["m_dir_tampered", "hash mismatch"]
     assert rows["README.txt"] == ["-", "not a zoo file"]
-    (why,) = [line for line in result.stderr.splitlines() if line.strip()]
+    (why,) = other_lines(result.stderr)
     assert why.startswith(f"hash mismatch: sub/{bad.weights.file}: ") and "does not match the published hash prefix" in why
     assert result.stdout.strip().splitlines()[-1] == "1 imported, 1 hash mismatch, 1 not a zoo file"
     assert cache_files(env) == ckpt_and_record(good)

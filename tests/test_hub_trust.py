@@ -25,6 +25,9 @@ from tests.support.http_server import FileServer, self_signed
 from tests.support.hub import cache_listing, opts, sha, url_path
 
 
+PREFIX_WARNING = "hash prefix"
+
+
 def forged_pin(data: bytes) -> str:
     """A full SHA-256 that shares ``data``'s published 8-digit prefix but is not its hash."""
     real = sha(data)
@@ -32,7 +35,7 @@ def forged_pin(data: bytes) -> str:
 
 
 def prefix_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "hash prefix" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and PREFIX_WARNING in r.getMessage()]
 
 
 def record_of(home: Path, entry: Entry) -> dict:
@@ -318,4 +321,5 @@ def test_strict_on_the_command_line_is_one_clean_line(zoo, hub_env, ckpt_bytes, 
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error:") and "strict mode" in line
     result = cli("import", str(src))
-    assert "hash prefix" in result.output and os.path.exists(hub.checkpoint_path(entry))
+    assert f"only the 8-digit hash prefix {sha(ckpt_bytes)[:8]} vouches for" in result.output
+    assert os.path.exists(hub.checkpoint_path(entry))

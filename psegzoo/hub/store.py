@@ -177,10 +177,9 @@ def expected_of(layout: CacheLayout, entry: Entry, opts: DownloadOptions, *, pin
 
 def prefix_only_warning(entry: Entry, shown: str, sha256: str, exp: Expected) -> str:
     """The one line said when a file only the published prefix vouches for enters the cache."""
-    return (f"{entry.name}: accepted {shown} on its published {len(exp.prefix)}-digit hash prefix {exp.prefix} only, "
-            "which guards against accidents, not against a forged file from a third party; to pin it, check its "
-            f"SHA-256 {sha256} against a source you trust and pass --sha256 {sha256} (sha256= in Python) or list it "
-            f"in {HASHES_ENV}; {STRICT_ENV}=1 or --strict refuses such files")
+    return (f"{entry.name}: only the {len(exp.prefix)}-digit hash prefix {exp.prefix} vouches for {shown} (a prefix "
+            f"stops accidents, not forgeries); if you trust it, pin it with --sha256 {sha256} or {HASHES_ENV}, or "
+            f"refuse such files with --strict ({STRICT_ENV}=1)")
 
 
 def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str | None, source: str,
