@@ -24,7 +24,6 @@ from tests.support.cli import cli
 from tests.support.http_server import FileServer, self_signed
 from tests.support.hub import cache_listing, opts, sha, url_path
 
-
 PREFIX_WARNING = "hash prefix"
 
 

@@ -226,14 +226,23 @@ def import_command(path: str, name: str | None, sha256: str | None, link: bool, 
     options = download_settings(sha256=sha256, link=link or None, strict=strict or None)
     source = Path(path)
     if not source.is_dir():
-        result = psegzoo.import_checkpoint(source, name=name, options=options)
-        if result.newly_trusted and result.name and result.sha256:
-            console(stderr=True).print(_trusted_notice(result.name, result.sha256, str(source)), soft_wrap=True)
-        verb = "already cached:" if result.status == "already cached" else "imported"
-        click.echo(f"{verb} {result.name} -> {result.path}")
+        _import_file(source, name, options)
         return
     if name or sha256:
         raise click.UsageError("--name and --sha256 apply to one FILE, not to a folder")
+    _import_folder(source, options)
+
+
+def _import_file(source: Path, name: str | None, options: psegzoo.DownloadOptions) -> None:
+    result = psegzoo.import_checkpoint(source, name=name, options=options)
+    if result.newly_trusted and result.name and result.sha256:
+        console(stderr=True).print(_trusted_notice(result.name, result.sha256, str(source)), soft_wrap=True)
+    verb = "already cached:" if result.status == "already cached" else "imported"
+    click.echo(f"{verb} {result.name} -> {result.path}")
+
+
+def _import_folder(source: Path, options: psegzoo.DownloadOptions) -> None:
+    """Import every checkpoint under ``source``: a table of results, then why each refused one was."""
     results = psegzoo.import_folder(source, options)
     from rich.table import Table
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import files
 from ..errors import CacheError, PsegzooError
 from ..manifest import Entry, load_manifest
-from .layout import CacheLayout, read_record, unlink, weights_of, write_record
+from .layout import CacheLayout, CacheRecord, read_record, unlink, weights_of, write_record
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
 from .store import expected_of, layout_of, record_for, remove_entry_files
@@ -229,30 +229,34 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool,
     name = rec.name if rec else entry.name if entry else file
     if not ckpt.is_file():
         return VerifyResult(name, file, ckpt, "missing", "not in the cache", None)
-    size = ckpt.stat().st_size
-    problem = None
-    sha = rec.sha256 if rec else None
-    if rec is not None and size != rec.size:
-        problem = f"size is {size} bytes, the record says {rec.size}"
-    elif full or rec is None:
-        sha = file_sha256(ckpt)
-        if rec is not None and sha != rec.sha256:
-            problem = f"SHA-256 {sha} differs from the recorded {rec.sha256}"
-    if problem is None and entry is not None and entry.weights is not None and sha is not None:
-        exp = expected_of(layout, entry, opts, allow_unverified=True)
-        if not exp.tofu:
-            problem = exp.problem(sha)
+    sha, problem = _check_file(layout, entry, ckpt, rec, full, opts)
     if problem is not None:
         removed = tuple(remove_entry_files(layout, file))
         log.info("removed %s from the cache: %s", file, problem)
         return VerifyResult(name, file, ckpt, "corrupt", problem, sha, removed)
     assert sha is not None
-    if (rec is None or not rec.describes(ckpt.stat())) and entry is not None:
-        rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None, rec.source if rec else "cache",
-                                               rec.converted if rec else None, rec.trust if rec else None))
+    if rec is None and entry is not None:
+        rec = write_record(layout, record_for(entry, ckpt, sha, None, "cache"))
+    elif rec is not None and not rec.describes(ckpt.stat()) and entry is not None:
+        rec = write_record(layout, record_for(entry, ckpt, sha, rec.url, rec.source, rec.converted, rec.trust))
     conv_status, conv_problem, removed_conv = _verify_converted(layout, file, full)
     return VerifyResult(name, file, ckpt, "ok", None, sha, removed_conv, conv_status, conv_problem,
                         rec.trust if rec else None, rec.url if rec else None)
+
+
+def _check_file(layout: CacheLayout, entry: Entry | None, ckpt: Path, rec: CacheRecord | None, full: bool,
+                opts: DownloadOptions) -> tuple[str | None, str | None]:
+    """The cached file's SHA-256 (hashed now with ``full`` or without a record) and what is wrong with it."""
+    size = ckpt.stat().st_size
+    if rec is not None and size != rec.size:
+        return rec.sha256, f"size is {size} bytes, the record says {rec.size}"
+    sha = rec.sha256 if rec is not None and not full else file_sha256(ckpt)
+    if rec is not None and sha != rec.sha256:
+        return sha, f"SHA-256 {sha} differs from the recorded {rec.sha256}"
+    if entry is None or entry.weights is None:
+        return sha, None
+    exp = expected_of(layout, entry, opts, allow_unverified=True)
+    return sha, None if exp.tofu else exp.problem(sha)
 
 
 def _verify_converted(layout: CacheLayout, file: str, full: bool) -> tuple[str | None, str | None, tuple[Path, ...]]:

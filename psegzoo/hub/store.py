@@ -122,28 +122,14 @@ def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: boo
     record, or an unrecorded file that does not verify, is deleted. A recorded (once verified) file
     that fails today's checks, e.g. a mistyped ``--sha256``, is kept until a replacement verifies.
     """
-    file = weights_of(entry).file
-    ckpt = layout.checkpoint(file)
+    ckpt = layout.checkpoint(weights_of(entry).file)
     st = _stat(ckpt)
     if st is None:
         return None, None
-    rec = read_record(layout, file)
-    if rec is not None and rec.describes(st):
-        sha = rec.sha256
-    elif not repair:
+    rec = _cached_record(layout, entry, ckpt, st, exp, repair)
+    if rec is None:
         return None, None
-    else:
-        sha = file_sha256(ckpt)
-        if rec is not None and sha != rec.sha256:
-            log.warning("cached %s differs from its record (SHA-256 %s, recorded %s) and is removed", ckpt, sha, rec.sha256)
-            remove_entry_files(layout, file)
-            return None, None
-        if rec is None and not exp.tofu and exp.problem(sha) is not None:
-            log.warning("removed unverified %s from the cache: its %s", ckpt, exp.problem(sha))
-            remove_entry_files(layout, file)
-            return None, None
-        rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None, rec.source if rec else "cache",
-                                               rec.converted if rec else None, rec.trust if rec else None))
+    sha = rec.sha256
     problem = None if exp.tofu else exp.problem(sha)
     if problem is not None:
         return None, f"the cached copy was kept: its {problem}"
@@ -158,6 +144,33 @@ def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: boo
         write_trust(layout, entry, sha)
         newly = exp.tofu
     return Fetched(entry.name, ckpt, sha, st.st_size, "cache", rec.url, exp.verified_by, newly, trust=level), None
+
+
+def _cached_record(layout: CacheLayout, entry: Entry, ckpt: Path, st: os.stat_result, exp: Expected,
+                   repair: bool) -> CacheRecord | None:
+    """The record that describes the cached file: as read, or (``repair``) made anew after hashing it.
+
+    None when there is none to trust; a file whose bytes differ from its record, or an unrecorded
+    file that does not verify, is deleted (``repair`` only).
+    """
+    file = weights_of(entry).file
+    rec = read_record(layout, file)
+    if rec is not None and rec.describes(st):
+        return rec
+    if not repair:
+        return None
+    sha = file_sha256(ckpt)
+    if rec is not None and sha != rec.sha256:
+        log.warning("cached %s differs from its record (SHA-256 %s, recorded %s) and is removed", ckpt, sha, rec.sha256)
+        remove_entry_files(layout, file)
+        return None
+    if rec is None and not exp.tofu and exp.problem(sha) is not None:
+        log.warning("removed unverified %s from the cache: its %s", ckpt, exp.problem(sha))
+        remove_entry_files(layout, file)
+        return None
+    if rec is None:
+        return write_record(layout, record_for(entry, ckpt, sha, None, "cache"))
+    return write_record(layout, record_for(entry, ckpt, sha, rec.url, rec.source, rec.converted, rec.trust))
 
 
 def record_for(entry: Entry, path: Path, sha256: str, url: str | None, source: str,

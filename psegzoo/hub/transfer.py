@@ -243,14 +243,10 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         attempts += 1
         clock.check()
         offset = _size(part)
-        request_headers = {"Accept-Encoding": "identity", **headers}
-        if offset > 0:
-            request_headers["Range"] = f"bytes={offset}-"
-            request_headers["If-Range"] = meta["validator"]
         problem: Problem | None = None
         restart = False
         try:
-            resp = session.get(url, headers=request_headers, stream=True,
+            resp = session.get(url, headers=_request_headers(headers, offset, meta), stream=True,
                                timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             problem = classify(exc, options)
@@ -259,8 +255,7 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
             with contextlib.closing(resp):
                 status = resp.status_code
                 if status in (200, 206):
-                    chain = [*(r.url for r in resp.history), resp.url]
-                    secure = verified_https(chain, session.verify) and (offset == 0 or meta.get("secure") is True)
+                    secure = _secure(resp, session.verify, offset, meta)
                     try:
                         return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock, secure)
                     except _Restart as exc:
@@ -280,23 +275,40 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         if gained >= PROGRESS_BYTES and problem.kind != "slow":
             failures = 0  # real progress: this failure starts a fresh count
         failures += 1
-        delay = policy.wait(failures, problem) if attempts < MAX_ATTEMPTS else None
-        if delay is None:
-            tries = f" (gave up after {attempts} attempt{'s' if attempts > 1 else ''})" if attempts > 1 else ""
-            raise UrlFailed(Problem(problem.kind, problem.text + tries, False, status=problem.status))
-        left = clock.left()
-        if left is not None and delay >= left:
-            raise DeadlineExceeded()
+        delay = _delay(policy, failures, attempts, problem, clock)
         log.warning("%s from %s; retry %d of %d in %.1f s", problem.text, shown, failures, policy.retries, delay,
                     extra={"psegzoo_retry": {"url": shown, "attempt": attempts + 1, "wait": delay, "reason": problem.text}})
         time.sleep(delay)
 
 
-def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
-            options: DownloadOptions, bar: Bar, clock: Clock, secure: bool) -> Got:
-    import http.client
+def _request_headers(headers: dict[str, str], offset: int, meta: dict[str, Any]) -> dict[str, str]:
+    out = {"Accept-Encoding": "identity", **headers}
+    if offset > 0:
+        out["Range"] = f"bytes={offset}-"
+        out["If-Range"] = meta["validator"]
+    return out
 
-    requests, urllib3 = load_http()
+
+def _secure(resp: requests.Response, verify: Any, offset: int, meta: dict[str, Any]) -> bool:
+    """Whether this answer, and for a resumed file every earlier part, came over verified HTTPS."""
+    chain = [*(r.url for r in resp.history), resp.url]
+    return verified_https(chain, verify) and (offset == 0 or meta.get("secure") is True)
+
+
+def _delay(policy: RetryPolicy, failures: int, attempts: int, problem: Problem, clock: Clock) -> float:
+    """How long to wait before the next try; raises UrlFailed (give up) or DeadlineExceeded."""
+    delay = policy.wait(failures, problem) if attempts < MAX_ATTEMPTS else None
+    if delay is None:
+        tries = f" (gave up after {attempts} attempt{'s' if attempts > 1 else ''})" if attempts > 1 else ""
+        raise UrlFailed(Problem(problem.kind, problem.text + tries, False, status=problem.status))
+    left = clock.left()
+    if left is not None and delay >= left:
+        raise DeadlineExceeded()
+    return delay
+
+
+def _announced(resp: requests.Response, url: str, offset: int, limits: Limits) -> tuple[int, int | None]:
+    """Where the answer's body starts in the file and the file's whole size (None: unknown), checked."""
     total: int | None
     if resp.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
@@ -317,6 +329,15 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
             raise UrlFailed(refused)
     elif limits.exact is not None:
         total = limits.exact  # no length announced: the published size says when the file is whole
+    return offset, total
+
+
+def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
+            options: DownloadOptions, bar: Bar, clock: Clock, secure: bool) -> Got:
+    import http.client
+
+    requests, urllib3 = load_http()
+    offset, total = _announced(resp, url, offset, limits)
     try:
         check_space(part.parent, None if total is None else total - offset, part.name[: -len(".part")])
     except CacheError:

@@ -202,6 +202,19 @@ def _parse_origins(r: _Reader, url: str, urls: tuple[str, ...]) -> tuple[str, ..
     return tuple(dict.fromkeys(origins))
 
 
+def _parse_hashes(r: _Reader) -> tuple[str | None, str | None]:
+    """``weights.sha256_prefix`` and ``weights.sha256``, which must agree."""
+    prefix = r.raw("sha256_prefix")
+    if prefix is not None and (not isinstance(prefix, str) or not _SHA256_PREFIX.fullmatch(prefix)):
+        raise r.fail("sha256_prefix", f"must be exactly 8 lowercase hex digits or null, got {prefix!r}")
+    full = r.raw("sha256", None)
+    if full is not None and (not isinstance(full, str) or not _SHA256_FULL.fullmatch(full)):
+        raise r.fail("sha256", f"must be 64 lowercase hex digits or null, got {full!r}")
+    if full is not None and prefix is not None and not full.startswith(prefix):
+        raise r.fail("sha256", f"{full} does not start with the sha256_prefix {prefix}")
+    return prefix, full
+
+
 def _parse_weights(r: _Reader | None, builtin: bool = False) -> Weights | None:
     """The weights object; ``origins`` are kept for the built-in manifest only (see :func:`parse_manifest`)."""
     if r is None:
@@ -212,17 +225,10 @@ def _parse_weights(r: _Reader | None, builtin: bool = False) -> Weights | None:
     file = r.str("file")
     if "/" in file or "\\" in file or file in (".", "..") or not _SAFE_NAME.fullmatch(file):
         raise r.fail("file", f"must be a plain file name (letters, digits, . _ + -), got {file!r}")
-    prefix = r.raw("sha256_prefix")
-    if prefix is not None and (not isinstance(prefix, str) or not _SHA256_PREFIX.fullmatch(prefix)):
-        raise r.fail("sha256_prefix", f"must be exactly 8 lowercase hex digits or null, got {prefix!r}")
+    prefix, full = _parse_hashes(r)
     urls = r.raw("urls", [])
     if not isinstance(urls, list) or any(not isinstance(u, str) or not _WEIGHTS_URL.match(u) for u in urls):
         raise r.fail("urls", f"must be a list of http(s):// or file:// URLs, got {urls!r}")
-    full = r.raw("sha256", None)
-    if full is not None and (not isinstance(full, str) or not _SHA256_FULL.fullmatch(full)):
-        raise r.fail("sha256", f"must be 64 lowercase hex digits or null, got {full!r}")
-    if full is not None and prefix is not None and not full.startswith(prefix):
-        raise r.fail("sha256", f"{full} does not start with the sha256_prefix {prefix}")
     size = r.int("size", None, minimum=1)
     if size is not None and size > 2**62:
         raise r.fail("size", f"is {size}, more than any checkpoint could be")
