@@ -192,6 +192,18 @@ def test_hashes_list_pins_files_and_refuses_a_forged_prefix_match(zoo, http_serv
     assert len(http_server.requests) == gets
 
 
+def test_a_cached_file_that_a_listed_hash_contradicts_is_not_used_nor_deleted(zoo, hub_env, ckpt_bytes, tmp_path,
+                                                                              monkeypatch):
+    entry = zoo.add("m_listed_later", ckpt_bytes)
+    path = hub.download(entry, opts())
+    (tmp_path / "sums.txt").write_text(f"{forged_pin(ckpt_bytes)}  {entry.weights.file}\n")  # a typo, or a forgery
+    monkeypatch.setenv("PSEGZOO_HASHES", str(tmp_path / "sums.txt"))
+    with pytest.raises(DownloadError, match="the cached copy was kept: its SHA-256 .* SHA-256 listed in PSEGZOO_HASHES"):
+        hub.fetch(entry, opts())
+    (result,) = hub.verify(entry, options=opts())
+    assert result.status == "ok" and path.read_bytes() == ckpt_bytes
+
+
 def test_a_bad_hashes_list_is_a_one_line_error(zoo, ckpt_bytes, tmp_path, monkeypatch):
     entry = zoo.add("m_bad_list", ckpt_bytes)
     (tmp_path / "sums.txt").write_text(f"{sha(ckpt_bytes)}  a.pth\nnot a hash line\n")
@@ -314,11 +326,14 @@ def test_strict_on_the_command_line_is_one_clean_line(zoo, hub_env, ckpt_bytes, 
     result = cli("download", entry.name, "--strict", code=1)
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error:") and "--strict" in line and "strict=True" not in line
-    src = tmp_path / entry.weights.file
+    src = tmp_path / "stash" / entry.weights.file
+    src.parent.mkdir()
     src.write_bytes(ckpt_bytes)
     result = cli("import", str(src), "--strict", code=1)
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error:") and "strict mode" in line
+    folder = cli("import", str(src.parent), "--strict", code=1)
+    assert "1 refused" in folder.stdout and "strict mode" in folder.stderr and not hub.checkpoint_path(entry).exists()
     result = cli("import", str(src))
     assert f"only the 8-digit hash prefix {sha(ckpt_bytes)[:8]} vouches for" in result.output
     assert os.path.exists(hub.checkpoint_path(entry))

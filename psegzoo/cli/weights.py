@@ -261,9 +261,9 @@ def _import_folder(source: Path, options: psegzoo.DownloadOptions) -> None:
             err.print(f"[bold red]{r.status}:[/] {escape(str(r.source.relative_to(source)))}: "
                       f"{escape(r.error.cli_message())}", soft_wrap=True)
     counts = {s: sum(r.status == s for r in results) for s in ("imported", "already cached", "hash mismatch",
-                                                                  "not a zoo file", "unreadable")}
+                                                                  "refused", "not a zoo file", "unreadable")}
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")
-    if counts["hash mismatch"] or counts["unreadable"]:
+    if counts["hash mismatch"] or counts["refused"] or counts["unreadable"]:
         sys.exit(1)
 
 

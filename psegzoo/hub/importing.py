@@ -29,8 +29,9 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What happened to one file. ``status``: imported, already cached, hash mismatch,
-    not a zoo file, or unreadable; ``error`` says why a checkpoint was refused."""
+    """What happened to one file. ``status``: imported, already cached, hash mismatch, refused
+    (strict mode: only the hash prefix vouches for it), not a zoo file, or unreadable; ``error``
+    says why a checkpoint was refused."""
 
     source: Path
     status: str
@@ -48,6 +49,10 @@ class ImportResult:
     @property
     def detail(self) -> str | None:
         return None if self.error is None else str(self.error)
+
+
+class StrictRefusal(VerificationError):
+    """The file matches, but only on the published hash prefix, and strict mode is on."""
 
 
 def _identify(src: Path, manifest: Manifest, sha: str | None) -> Entry | None:
@@ -82,7 +87,7 @@ def _import_entry(src: Path, entry: Entry, options: DownloadOptions) -> ImportRe
         refused = exp.refusal(level)
         if refused is not None:
             got.path.unlink()
-            raise VerificationError(f"not importing {src} as {entry.name}: {refused}")
+            raise StrictRefusal(f"not importing {src} as {entry.name}: {refused}")
         path, newly = install(layout, entry, got.path, got.sha256, src.resolve().as_uri(), "import", exp, level)
     log.info("imported %s as %s (SHA-256 %s, %s)", src, path, got.sha256, level)
     return ImportResult(src, "imported", entry.name, path, got.sha256, newly_trusted=newly, trust=level)
@@ -144,6 +149,8 @@ def import_folder(folder: str | os.PathLike, options: DownloadOptions | None = N
                 results.append(ImportResult(src, "not a zoo file"))
                 continue
             results.append(_import_entry(src, entry, opts))
+        except StrictRefusal as exc:
+            results.append(ImportResult(src, "refused", entry.name if entry else None, error=exc))
         except VerificationError as exc:
             results.append(ImportResult(src, "hash mismatch", entry.name if entry else None, error=exc))
         except PsegzooError as exc:

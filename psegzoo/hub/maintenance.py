@@ -13,8 +13,8 @@ from ..manifest import Entry, load_manifest
 from .layout import CacheLayout, CacheRecord, read_record, unlink, weights_of, write_record
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
-from .store import expected_of, layout_of, record_for, remove_entry_files
-from .trust import file_sha256
+from .store import layout_of, record_for, remove_entry_files
+from .trust import expected, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +219,17 @@ def verify(entry: Entry | str | None = None, *, options: DownloadOptions | None 
     for e, file in targets:
         layout.ensure("locks")
         with entry_lock(layout, file, timeout=opts.lock_timeout, what=f"verifying {file}"):
-            results.append(_verify_one(layout, e, file, full, opts))
+            results.append(_verify_one(layout, e, file, full))
     return results
 
 
-def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool, opts: DownloadOptions) -> VerifyResult:
+def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool) -> VerifyResult:
     ckpt = layout.checkpoint(file)
     rec = read_record(layout, file)
     name = rec.name if rec else entry.name if entry else file
     if not ckpt.is_file():
         return VerifyResult(name, file, ckpt, "missing", "not in the cache", None)
-    sha, problem = _check_file(layout, entry, ckpt, rec, full, opts)
+    sha, problem = _check_file(layout, entry, ckpt, rec, full)
     if problem is not None:
         removed = tuple(remove_entry_files(layout, file))
         log.info("removed %s from the cache: %s", file, problem)
@@ -244,8 +244,8 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool,
                         rec.trust if rec else None, rec.url if rec else None)
 
 
-def _check_file(layout: CacheLayout, entry: Entry | None, ckpt: Path, rec: CacheRecord | None, full: bool,
-                opts: DownloadOptions) -> tuple[str | None, str | None]:
+def _check_file(layout: CacheLayout, entry: Entry | None, ckpt: Path, rec: CacheRecord | None,
+                full: bool) -> tuple[str | None, str | None]:
     """The cached file's SHA-256 (hashed now with ``full`` or without a record) and what is wrong with it."""
     size = ckpt.stat().st_size
     if rec is not None and size != rec.size:
@@ -255,7 +255,9 @@ def _check_file(layout: CacheLayout, entry: Entry | None, ckpt: Path, rec: Cache
         return sha, f"SHA-256 {sha} differs from the recorded {rec.sha256}"
     if entry is None or entry.weights is None:
         return sha, None
-    exp = expected_of(layout, entry, opts, allow_unverified=True)
+    # the published and recorded hashes only: a file that fails a hash the user gives (--sha256,
+    # PSEGZOO_HASHES, perhaps mistyped) is not used, but not deleted either
+    exp = expected(layout, entry, None, allow_unverified=True)
     return sha, None if exp.tofu else exp.problem(sha)
 
 
