@@ -424,7 +424,7 @@ def _try_url(session: requests.Session, layout: CacheLayout, entry: Entry, url: 
                            trust=level)
         unlink(final.path)
         transfer.discard_part(part, meta)
-        if got.resumed and not fresh and refused is None:
+        if got.resumed and not fresh:  # also when strict mode refused it: bytes from zero may come over verified HTTPS
             log.info("%s: a resumed download failed verification; downloading it again from zero", shown)
             continue
         tried.append(Tried(shown, f"got {final.size} bytes but {problem}"))
