@@ -128,7 +128,7 @@ class Expected:
 
     def refusal(self, level: str | None) -> str | None:
         """Why strict mode refuses a file of this trust level (None: it does not)."""
-        if not self.strict or level not in (PREFIX_ONLY, None):
+        if not self.strict or self.tofu or self.full or level not in (PREFIX_ONLY, None):
             return None
         return (f"only its published {len(self.prefix)}-digit hash prefix {self.prefix} vouches for it and it did not "
                 f"come from its origin over HTTPS, which strict mode ({option('strict=True', '--strict')} or "
