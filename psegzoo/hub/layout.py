@@ -27,6 +27,7 @@ from typing import Any
 from .. import files
 from ..errors import CacheError, NoWeightsError
 from ..manifest import Entry, Weights
+from .redact import redact_url
 from .settings import HOME_ENV, check_home
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,11 @@ def _parse_converted(data: Any) -> ConvertedRecord | None:
     return rec if HEX64.fullmatch(rec.sha256) and HEX64.fullmatch(rec.source_sha256) else None
 
 
+def _shown_url(value: Any) -> str | None:
+    """A recorded URL as it may be shown (records written by older versions kept query strings)."""
+    return redact_url(value) if isinstance(value, str) else None
+
+
 def read_record(layout: CacheLayout, file: str) -> CacheRecord | None:
     """The record of ``file``, or None (missing, unreadable or describing another file: logged)."""
     path = layout.record(file)
@@ -247,7 +253,7 @@ def read_record(layout: CacheLayout, file: str) -> CacheRecord | None:
             data = json.load(f)
         rec = CacheRecord(
             name=str(data["name"]), file=str(data["file"]), sha256=str(data["sha256"]), size=int(data["size"]),
-            url=data.get("url"), source=str(data.get("source", "download")), at=str(data.get("at", "")),
+            url=_shown_url(data.get("url")), source=str(data.get("source", "download")), at=str(data.get("at", "")),
             mtime_ns=int(data.get("mtime_ns", 0)), inode=int(data.get("inode", 0)),
             converted=_parse_converted(data.get("converted")),
         )

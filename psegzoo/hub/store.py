@@ -406,7 +406,7 @@ def _offline_error(entry: Entry, layout: CacheLayout, tried: list[Tried]) -> Off
     seen = f" Tried: {'; '.join(map(str, tried))}." if tried else ""
     return OfflineError(
         f"offline mode is on ({OFFLINE_ENV} or {option('offline=True', '--offline')}) and {entry.name} is not in the "
-        f"cache ({layout.checkpoint(w.file)}).{seen} On a machine with network access, get {w.url} and copy it here, "
+        f"cache ({layout.checkpoint(w.file)}).{seen} On a machine with network access, get {redact(w.url)} and copy it here, "
         f"then run 'psegzoo import {w.file}'; or turn offline mode off"
     )
 

@@ -201,6 +201,11 @@ def _open_part(part: Path, offset: int) -> IO[bytes]:
     return f
 
 
+def url_key(url: str) -> str:
+    """What a partial file's note keeps of its URL: a hash (the URL itself may hold a signature or token)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -221,7 +226,7 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
     """
     requests, urllib3 = load_http()
     meta = _read_meta(meta_path)
-    if not (resume and meta.get("url") == url and meta.get("validator")):
+    if not (resume and meta.get("url_sha256") == url_key(url) and meta.get("validator")):
         discard_part(part, meta_path)  # never splice bytes from another source, version or trust mode
         meta = {}
     policy = RetryPolicy.of(options)
@@ -309,7 +314,7 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
         discard_part(part, meta_path)
         raise
     try:
-        files.write_atomic(meta_path, json.dumps({"url": url, "validator": _validator(resp), "total": total}), sync=False)
+        files.write_atomic(meta_path, json.dumps({"url": redact(url), "url_sha256": url_key(url), "validator": _validator(resp), "total": total}), sync=False)
     except OSError as exc:
         raise CacheError(f"cannot write {meta_path}: {exc.strerror or exc}") from None
     raw = resp.raw
@@ -452,8 +457,19 @@ def decode(src: Path, dst: Path, encoding: str, limits: Limits) -> Got | None:
 
 
 def new_session() -> requests.Session:
+    """A session that follows redirects but never carries an ``Authorization`` header past one.
+
+    requests alone keeps it on a redirect to the same host and port; a token given for one URL
+    (``HF_TOKEN`` for the endpoint) must reach that URL only, not wherever it redirects.
+    """
     requests, _ = load_http()
-    session = requests.Session()
+
+    class Session(requests.Session):  # type: ignore[misc, name-defined]
+        def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+            prepared_request.headers.pop("Authorization", None)
+            super().rebuild_auth(prepared_request, response)
+
+    session = Session()
     session.max_redirects = MAX_REDIRECTS
     session.headers.update({"User-Agent": f"psegzoo (python-requests/{requests.__version__})",
                             "Accept-Encoding": "identity"})
