@@ -118,3 +118,59 @@ def test_hf_token_is_never_sent_after_a_redirect(zoo, ckpt_bytes, monkeypatch):
         assert hf.gets(resolve)[0].header("Authorization") == "Bearer hf_SECRET1"
         assert hf.gets("/same-host-blob")[0].header("Authorization") is None
         assert cdn.gets("/blob")[0].header("Authorization") is None
+
+
+# --------------------------------------------------------------------------------------------
+# psegzoo mirror DIR: every write stays inside DIR; the cache's files are not linked out
+# --------------------------------------------------------------------------------------------
+
+
+def _import(tmp_path: Path, entry, data: bytes) -> Path:
+    src = tmp_path / "have" / entry.weights.file
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(data)
+    return hub.import_checkpoint(src, name=entry.name, options=opts()).path
+
+
+@pytest.mark.parametrize("escape", ["%2e%2e/%2e%2e/%2e%2e/%2e%2e", "%2E%2E%2F%2E%2E%2F%2E%2E%2F%2E%2E", "a/%2e/../../../.."])
+def test_mirror_never_writes_outside_its_folder_whatever_the_url_path(zoo, ckpt_bytes, tmp_path, escape):
+    entry = zoo.add("m_escape", ckpt_bytes, url=f"http://127.0.0.1:{free_port()}/{escape}/escaped/x.pth")
+    _import(tmp_path, entry, ckpt_bytes)
+    share = tmp_path / "deep" / "er" / "share"
+    share.mkdir(parents=True)
+    before = sorted(p for p in tmp_path.rglob("*") if "home" not in p.parts)
+    (r,) = hub.mirror(share, options=opts())
+    assert r.status == "refused" and r.path is None and "outside" in r.detail
+    after = sorted(p for p in tmp_path.rglob("*") if "home" not in p.parts)
+    assert [p for p in after if p not in before and not p.is_relative_to(share)] == []
+    assert not list(tmp_path.rglob("escaped")) and not Path("/escaped").exists()
+    proc = subprocess.run([*psegzoo_command(), "mirror", str(share)], env=child_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "refused" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_mirror_never_follows_a_symlink_out_of_its_folder(zoo, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_link_out", ckpt_bytes)
+    _import(tmp_path, entry, ckpt_bytes)
+    share, outside = tmp_path / "share", tmp_path / "outside"
+    share.mkdir()
+    outside.mkdir()
+    (share / url_path(entry).lstrip("/").split("/")[0]).symlink_to(outside, target_is_directory=True)
+    (r,) = hub.mirror(share, options=opts())
+    assert r.status == "refused" and list(outside.rglob("*")) == []
+
+
+def test_mirror_copies_by_default_and_links_only_when_asked(zoo, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_mirror_copy", ckpt_bytes)
+    cached = _import(tmp_path, entry, ckpt_bytes)
+    (r,) = hub.mirror(tmp_path / "share", options=opts())
+    assert r.status == "copied" and r.path.stat().st_ino != cached.stat().st_ino
+    r.path.chmod(0o644)
+    r.path.write_bytes(b"changed by someone who can write the mirror folder")
+    assert hub.fetch(entry, opts(offline=True)).path.read_bytes() == ckpt_bytes
+    out = cli("mirror", tmp_path / "share2").output
+    assert "copied m_mirror_copy" in out and (tmp_path / "share2" / url_path(entry).lstrip("/")).stat().st_ino != \
+        cached.stat().st_ino
+    out = cli("mirror", "--link", tmp_path / "share3").output
+    assert "linked m_mirror_copy" in out and (tmp_path / "share3" / url_path(entry).lstrip("/")).stat().st_ino == \
+        cached.stat().st_ino

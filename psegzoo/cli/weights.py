@@ -218,14 +218,19 @@ def import_command(path: str, name: str | None, sha256: str | None, link: bool) 
 @click.command("mirror")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("names", nargs=-1)
-@click.option("--copy", is_flag=True, help="Copy the files (default: hard-link where the file system allows).")
+@click.option("--link", is_flag=True,
+              help="Hard-link the cache's files instead of copying them (same file system); whoever can write DIR "
+                   "can then change the cached files.")
+@click.option("--copy", is_flag=True, hidden=True, help="Copy the files (the default).")
 @index_option
 @handle_errors
-def mirror_command(directory: str, names: Sequence[str], copy: bool) -> None:
+def mirror_command(directory: str, names: Sequence[str], link: bool, copy: bool) -> None:
     """Write verified cached checkpoints (NAMEs, or all) into DIR in their original URL layout, with
     DIR/SHA256SUMS. Serve DIR with any static HTTP server and pass its URL to --mirror."""
     options = download_settings()
-    results = psegzoo.mirror(directory, list(names) or None, options=options, link=not copy)
+    if link and copy:
+        raise click.UsageError("--link and --copy contradict each other; give one")
+    results = psegzoo.mirror(directory, list(names) or None, options=options, link=link)
     err = console(stderr=True)
     for r in results:
         if r.path is not None:
