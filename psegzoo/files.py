@@ -12,20 +12,50 @@ callers turn them into their own error types.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["TEMP_NAME", "atomic_path", "commit", "create_new", "owner_of_temp", "temp_sibling", "write_atomic"]
+__all__ = ["TEMP_NAME", "NotRegularFileError", "atomic_path", "commit", "create_new", "open_regular", "owner_of_temp",
+           "temp_sibling", "write_atomic"]
 
 # Files are never opened through a symlink someone placed where a new file goes.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 #: ``.<target name>.<tag>-<pid>-<random hex>.tmp``
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})\.tmp")
+
+
+class NotRegularFileError(OSError):
+    """The path names a FIFO, socket or device: reading it could block for ever or never end."""
+
+
+def open_regular(path: str | os.PathLike, buffering: int = -1) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (symlinks to one are fine).
+
+    Opened with ``O_NONBLOCK`` first, so opening a FIFO never waits for a writer, then checked
+    with ``fstat`` on the open descriptor (no window between the check and the read). A folder
+    raises IsADirectoryError, anything else that is not a regular file NotRegularFileError; both
+    are OSErrors whose ``strerror`` says what the path is.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, "it is a FIFO, socket or device, not a regular file", str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # no effect on a regular file's reads; leaves the descriptor as open() would
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def temp_sibling(path: Path, tag: str = "w") -> Path:

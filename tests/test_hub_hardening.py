@@ -174,3 +174,44 @@ def test_mirror_copies_by_default_and_links_only_when_asked(zoo, ckpt_bytes, tmp
     out = cli("mirror", "--link", tmp_path / "share3").output
     assert "linked m_mirror_copy" in out and (tmp_path / "share3" / url_path(entry).lstrip("/")).stat().st_ino == \
         cached.stat().st_ino
+
+
+# --------------------------------------------------------------------------------------------
+# FIFOs and devices: never opened for reading
+# --------------------------------------------------------------------------------------------
+
+
+def _run_cli(*args: object, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """The console script in a child process: a hang shows as TimeoutExpired, not a stuck test run."""
+    return subprocess.run([*psegzoo_command(), *map(str, args)], env=child_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_fifo_given_as_index_is_refused_at_once(hub_env, tmp_path):
+    fifo = tmp_path / "index.json"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    proc = _run_cli("list", "--index", fifo, timeout=60)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 30
+    (line,) = proc.stderr.strip().splitlines()
+    assert "FIFO" in line and str(fifo) in line and "Traceback" not in line
+    with pytest.raises(ManifestError, match="FIFO"):
+        from psegzoo.manifest import load_manifest
+
+        load_manifest(fifo)
+
+
+def test_a_fifo_behind_a_file_mirror_is_skipped_and_the_next_source_used(zoo, http_server, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_fifo", ckpt_bytes)
+    share = tmp_path / "share"
+    share.mkdir()
+    os.mkfifo(share / entry.weights.file)
+    code = ("import sys\nfrom psegzoo import hub\n"
+            "f = hub.fetch(sys.argv[1], hub.DownloadOptions(progress=False, mirrors=(sys.argv[2],), deadline=20))\n"
+            "print(f.url)\nprint(f.skipped)\n")
+    proc = subprocess.run([sys.executable, "-c", code, entry.name, share.as_uri() + "/{file}"], env=child_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    url, skipped = proc.stdout.splitlines()
+    assert url == entry.weights.url and "FIFO" in skipped
+    assert len(http_server.gets(url_path(entry))) == 1

@@ -14,7 +14,7 @@ ALLOWED = {
     "errors": set(),
     "units": set(),
     "files": set(),
-    "manifest": {"units", "errors"},
+    "manifest": {"units", "errors", "files"},
     "hub": {"units", "errors", "files", "manifest"},
     "convert": {"units", "errors", "files", "manifest"},
     "models": {"units", "errors", "manifest", "models"},

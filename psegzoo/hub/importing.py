@@ -94,7 +94,8 @@ def import_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     opts = options_or_default(options)
     src = Path(path).expanduser()
     if not src.is_file():
-        raise CacheError(f"cannot import {str(src)!r}: no such file")
+        what = "not a regular file (a FIFO, socket or device)" if src.exists() else "no such file"
+        raise CacheError(f"cannot import {str(src)!r}: {what}")
     manifest = load_manifest(opts.index)
     entry: Entry | None
     if name:

@@ -382,7 +382,7 @@ def hash_into(path: Path, limit: int, h: Any) -> None:
 def copy_file(src: Path, dst: Path, *, limits: Limits, bar: Bar | None = None) -> Got:
     """Copy a local file into the new file ``dst`` while hashing it; ``dst`` keeps at most the
     source's permission bits (a copy never makes a private file world-readable)."""
-    with open(src, "rb", buffering=0) as fi:
+    with files.open_regular(src, buffering=0) as fi:  # never a FIFO or device: it could block for ever
         st = os.fstat(fi.fileno())
         refused = limits.refuse(st.st_size)
         if refused is not None:

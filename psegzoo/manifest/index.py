@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..errors import ManifestError, option
 from .entries import INDEX_ENV, MAX_MANIFEST_BYTES, Dataset, Entry, Resolution
 from .names import _filter, _Lookup, _resolve
@@ -71,12 +72,14 @@ def _read_json(path: Path) -> Any:
     """The JSON document in ``path``: strict UTF-8, no NaN/Infinity, bounded size and depth."""
     where = f"manifest file {str(path)!r}"
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path) as f:  # a FIFO or device given as --index must not hang or never end
             data = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError(f"{where} does not exist (check {INDEX_ENV} or {option('index=', '--index')})") from None
     except IsADirectoryError:
         raise ManifestError(f"{where} is a directory, not a JSON file") from None
+    except files.NotRegularFileError:
+        raise ManifestError(f"{where} is a FIFO, socket or device, not a JSON file") from None
     except OSError as exc:
         raise ManifestError(f"{where} cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_MANIFEST_BYTES:
