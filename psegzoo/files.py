@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 __all__ = ["TEMP_NAME", "NotRegularFileError", "atomic_path", "commit", "create_new", "open_regular", "owner_of_temp",
            "temp_sibling", "write_atomic"]
@@ -35,7 +36,7 @@ class NotRegularFileError(OSError):
     """The path names a FIFO, socket or device: reading it could block for ever or never end."""
 
 
-def open_regular(path: str | os.PathLike, buffering: int = -1) -> BinaryIO:
+def open_regular(path: str | os.PathLike, buffering: int = -1) -> io.BufferedReader | io.FileIO:
     """Open ``path`` for reading only if it is a regular file (symlinks to one are fine).
 
     Opened with ``O_NONBLOCK`` first, so opening a FIFO never waits for a writer, then checked
@@ -52,7 +53,7 @@ def open_regular(path: str | os.PathLike, buffering: int = -1) -> BinaryIO:
             raise NotRegularFileError(errno.EINVAL, "it is a FIFO, socket or device, not a regular file", str(path))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)  # no effect on a regular file's reads; leaves the descriptor as open() would
-        return os.fdopen(fd, "rb", buffering=buffering)
+        return cast(io.BufferedReader | io.FileIO, os.fdopen(fd, "rb", buffering=buffering))
     except BaseException:
         os.close(fd)
         raise

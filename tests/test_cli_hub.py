@@ -547,7 +547,7 @@ def test_mirror_command_and_a_colleagues_download_from_it(zoo, http_server, ckpt
     share = tmp_path / "share"
     result = cli("mirror", share)
     target = share / url_path(entry).lstrip("/")
-    assert result.stdout.strip() == f"linked m_share -> {target}"
+    assert result.stdout.strip() == f"copied m_share -> {target}"  # copied by default: the cache stays the cache's
     assert "1 checkpoint(s) in" in result.stderr and "--mirror" in result.stderr
     assert (share / "SHA256SUMS").read_text() == f"{sha(ckpt_bytes)}  {url_path(entry).lstrip('/')}\n"
     monkeypatch.setenv("PSEGZOO_HOME", str(tmp_path / "colleague"))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from psegzoo import hub
-from psegzoo.errors import CacheError, DownloadError, ManifestError
+from psegzoo.errors import DownloadError, ManifestError
 from psegzoo.hub.redact import redact_url
 from tests.support.cli import cli, psegzoo_command
 from tests.support.http_server import FileServer
-from tests.support.hub import REPO, URL_DIR, child_env, free_port, opts, sha, url_path
+from tests.support.hub import URL_DIR, child_env, free_port, opts, sha, url_path
 
 SECRETS = ("SECRET1", "SECRET2", "SECRET3", "SECRET4")
 QUERY = "?token=SECRET1&X-Amz-Signature=SECRET2&sig=SECRET3&X-Amz-Credential=SECRET4"

@@ -206,9 +206,11 @@ class ConvertedRecord:
 class CacheRecord:
     """``records/<file>.json``: what was verified about a cached checkpoint.
 
-    ``size``, ``mtime_ns`` and ``inode`` identify the very file that was hashed: while they match,
-    the file is the verified one without hashing it again (a file changed in place, or a record
-    left from an older file, fails this and is hashed).
+    ``size``, ``mtime_ns``, ``ctime_ns`` and ``inode`` identify the very file that was hashed:
+    while they match, the file is the verified one without hashing it again. A file changed in
+    place fails this even when its modification time was set back (no one can set the change time
+    back), as does a record left from an older file or one written before change times were
+    recorded: such a file is hashed again before use.
     """
 
     name: str
@@ -221,9 +223,11 @@ class CacheRecord:
     mtime_ns: int = 0
     inode: int = 0
     converted: ConvertedRecord | None = None
+    ctime_ns: int = 0
 
     def describes(self, st: os.stat_result) -> bool:
-        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.inode
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (self.size, self.mtime_ns, self.ctime_ns,
+                                                                            self.inode)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,7 +259,7 @@ def read_record(layout: CacheLayout, file: str) -> CacheRecord | None:
             name=str(data["name"]), file=str(data["file"]), sha256=str(data["sha256"]), size=int(data["size"]),
             url=_shown_url(data.get("url")), source=str(data.get("source", "download")), at=str(data.get("at", "")),
             mtime_ns=int(data.get("mtime_ns", 0)), inode=int(data.get("inode", 0)),
-            converted=_parse_converted(data.get("converted")),
+            converted=_parse_converted(data.get("converted")), ctime_ns=int(data.get("ctime_ns", 0)),
         )
     except (FileNotFoundError, NotADirectoryError):
         return None

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNREADABLE = "cannot read it"  # how copy_in's problem starts when the source could not be read (not a mismatch)
+
 
 @dataclass(frozen=True)
 class Fetched:
@@ -143,19 +145,29 @@ def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: boo
     return Fetched(entry.name, ckpt, sha, st.st_size, "cache", rec.url, exp.verified_by, newly), None
 
 
+def _record_rename(layout: CacheLayout, ckpt: Path, rec: CacheRecord) -> None:
+    """A rename sets the file's change time: record the new one, if nothing else about the file changed."""
+    st = ckpt.stat()
+    if (st.st_size, st.st_mtime_ns, st.st_ino) == (rec.size, rec.mtime_ns, rec.inode) and st.st_ctime_ns != rec.ctime_ns:
+        write_record(layout, replace(rec, ctime_ns=st.st_ctime_ns))
+
+
 def record_for(entry: Entry, path: Path, sha256: str, url: str | None, source: str,
-                converted: ConvertedRecord | None = None) -> CacheRecord:
-    st = path.stat()
+               converted: ConvertedRecord | None = None, st: os.stat_result | None = None) -> CacheRecord:
+    st = path.stat() if st is None else st
     return CacheRecord(name=entry.name, file=weights_of(entry).file, sha256=sha256, size=st.st_size,
                        url=redact(url) if url else None, source=source, at=now_iso(), mtime_ns=st.st_mtime_ns,
-                       inode=st.st_ino, converted=converted)
+                       inode=st.st_ino, converted=converted, ctime_ns=st.st_ctime_ns)
 
 
 def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str | None, source: str,
-            exp: Expected) -> tuple[Path, bool]:
+            exp: Expected, hashed: tuple[int, ...] | None = None) -> tuple[Path, bool]:
     """Move the verified file ``tmp`` into place (lock held): fsync, record, rename, then trust.
 
-    Returns (path, newly trusted). Converted weights made from another file are removed.
+    ``hashed``: the identity (:func:`transfer.identity`) a hard-linked file had when it was hashed;
+    if it changed since, the file is refused. The record is written before the rename and updated
+    with the change time the rename gave the file. Returns (path, newly trusted). Converted weights
+    made from another file are removed.
     """
     file = weights_of(entry).file
     ckpt = layout.checkpoint(file)
@@ -163,12 +175,17 @@ def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str 
     keep = previous.converted if previous is not None and previous.sha256 == sha256 else None
     if keep is None:
         unlink(layout.converted(file))
+    written: list[CacheRecord] = []
 
     def record() -> None:
-        write_record(layout, record_for(entry, tmp, sha256, url, source, keep))
+        st = tmp.stat()
+        if hashed is not None and transfer.identity(st) != hashed:
+            raise VerificationError(f"{entry.name}: the linked file changed while it was being verified; try again")
+        written.append(write_record(layout, record_for(entry, tmp, sha256, url, source, keep, st)))
 
     try:
         files.commit(tmp, ckpt, before=record)
+        _record_rename(layout, ckpt, written[0])
     except OSError as exc:
         raise CacheError(f"cannot move the verified file into {ckpt}: {exc.strerror or exc}") from None
     newly = False
@@ -208,20 +225,44 @@ def check_candidate(got: transfer.Got, exp: Expected, limits: transfer.Limits) -
     return got, problem
 
 
+def _link_in(src: Path, tmp: Path, exp: Expected, limits: transfer.Limits) -> tuple[transfer.Got | None, str | None] | None:
+    """Hard-link ``src`` to ``tmp``, then check the linked inode: its size first, then its hash.
+
+    None when no link can be made (another file system, links not allowed): copy instead. The
+    identity the file had while it was hashed goes with it, so that a change during or after the
+    hashing is caught (:func:`install`, and the record's change time at every later use).
+    """
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return None
+    try:
+        before = os.stat(tmp)
+        refused = limits.refuse(before.st_size, local=True)
+        if refused is not None:
+            unlink(tmp)
+            return None, refused.text
+        sha = file_sha256(tmp)
+        changed = transfer.identity(os.stat(tmp)) != transfer.identity(before)
+    except (OSError, CacheError) as exc:
+        unlink(tmp)
+        return None, f"{UNREADABLE} ({getattr(exc, 'strerror', None) or exc})"
+    problem = "it changed while it was being hashed" if changed else None if exp.tofu else exp.problem(sha)
+    if problem is not None:
+        unlink(tmp)
+        return None, problem if changed else f"its {problem}"
+    return transfer.Got(path=tmp, sha256=sha, size=before.st_size, resumed=False,
+                        hashed=transfer.identity(before)), None
+
+
 def copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits: transfer.Limits, *, link: bool,
              bar: Bar | None) -> tuple[transfer.Got | None, str | None]:
     """Bring a local file into a temporary file beside the checkpoint, hashed; (got, problem)."""
     tmp = files.temp_sibling(layout.checkpoint(weights_of(entry).file), "copy")
     if link:
-        try:
-            sha = file_sha256(src)
-            problem = None if exp.tofu else exp.problem(sha)
-            if problem is not None:
-                return None, f"its {problem}"
-            os.link(src, tmp)
-            return transfer.Got(path=tmp, sha256=sha, size=tmp.stat().st_size, resumed=False), None
-        except (OSError, CacheError):
-            unlink(tmp)  # another file system, or links not allowed: copy instead
+        linked = _link_in(src, tmp, exp, limits)
+        if linked is not None:
+            return linked
     try:
         got = transfer.copy_file(src, tmp, limits=limits, bar=bar)
     except failures.UrlFailed as exc:
@@ -229,7 +270,7 @@ def copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits:
         return None, exc.problem.text
     except OSError as exc:
         unlink(tmp)
-        return None, f"cannot read it ({exc.strerror or exc})"
+        return None, f"{UNREADABLE} ({exc.strerror or exc})"
     except BaseException:
         unlink(tmp)
         raise
@@ -305,7 +346,7 @@ def _get(layout: CacheLayout, entry: Entry, exp: Expected, opts: DownloadOptions
                 tried.append(Tried(str(src), str(problem)))
                 continue
             uri = src.resolve().as_uri()
-            path, newly = install(layout, entry, got.path, got.sha256, uri, "local", exp)
+            path, newly = install(layout, entry, got.path, got.sha256, uri, "local", exp, got.hashed)
             log.info("found a verified copy of %s at %s (%s)", entry.name, src, why)
             return Fetched(entry.name, path, got.sha256, got.size, "local", uri, exp.verified_by, newly,
                            tuple(map(str, tried)))
@@ -423,8 +464,9 @@ def entry_for_file(file_name: str, index: Sequence[Path] | None) -> Entry:
 
 
 def not_the_checkpoint(src: Path, entry: Entry, problem: str) -> VerificationError:
+    """``problem``: what :func:`copy_in` found wrong, a whole phrase ("its SHA-256 ...", "the file is ...")."""
     w = weights_of(entry)
     return VerificationError(
-        f"{src} is not the checkpoint of {entry.name}: its {problem}. Check that it is the file {w.file} from {w.url}, "
+        f"{src} is not the checkpoint of {entry.name}: {problem}. Check that it is the file {w.file} from {w.url}, "
         f"or name the right model with {option('name=', '--name')}"
     )

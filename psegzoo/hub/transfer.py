@@ -85,6 +85,12 @@ class Got:
     resumed: bool
     content_type: str = ""
     content_encoding: str = ""
+    hashed: tuple[int, ...] | None = None  # identity() of a linked file when it was hashed: must not change
+
+
+def identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes may have: size, modification and change time, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 class _Restart(Exception):
@@ -154,11 +160,13 @@ class Limits:
     def of(cls, size: int | None, options: DownloadOptions) -> Limits:
         return cls(size, size if size is not None else options.max_size)
 
-    def refuse(self, total: int) -> Problem | None:
+    def refuse(self, total: int, *, local: bool = False) -> Problem | None:
+        """Why a file of ``total`` bytes (as a server announces it, or a ``local`` file's size) is refused."""
+        says = "the file is" if local else "the server announces"
         if self.exact is not None and total != self.exact:
-            return Problem("size", f"the server announces {total} bytes but the manifest says {self.exact}", False)
+            return Problem("size", f"{says} {total} bytes but the manifest says {self.exact}", False)
         if total > self.cap:
-            return Problem("size", f"the server announces {format_size(total)}, more than the {self._cap_text()}", False)
+            return Problem("size", f"{says} {format_size(total)}, more than the {self._cap_text()}", False)
         return None
 
     def _cap_text(self) -> str:
@@ -314,7 +322,8 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
         discard_part(part, meta_path)
         raise
     try:
-        files.write_atomic(meta_path, json.dumps({"url": redact(url), "url_sha256": url_key(url), "validator": _validator(resp), "total": total}), sync=False)
+        note = {"url": redact(url), "url_sha256": url_key(url), "validator": _validator(resp), "total": total}
+        files.write_atomic(meta_path, json.dumps(note), sync=False)
     except OSError as exc:
         raise CacheError(f"cannot write {meta_path}: {exc.strerror or exc}") from None
     raw = resp.raw
@@ -384,7 +393,7 @@ def copy_file(src: Path, dst: Path, *, limits: Limits, bar: Bar | None = None) -
     source's permission bits (a copy never makes a private file world-readable)."""
     with files.open_regular(src, buffering=0) as fi:  # never a FIFO or device: it could block for ever
         st = os.fstat(fi.fileno())
-        refused = limits.refuse(st.st_size)
+        refused = limits.refuse(st.st_size, local=True)
         if refused is not None:
             raise UrlFailed(refused)
         check_space(dst.parent, st.st_size, dst.name)
@@ -464,7 +473,7 @@ def new_session() -> requests.Session:
     """
     requests, _ = load_http()
 
-    class Session(requests.Session):  # type: ignore[misc, name-defined]
+    class Session(requests.Session):  # type: ignore[name-defined]
         def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
             prepared_request.headers.pop("Authorization", None)
             super().rebuild_auth(prepared_request, response)
