@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -213,3 +215,203 @@ def test_a_fifo_behind_a_file_mirror_is_skipped_and_the_next_source_used(zoo, ht
     url, skipped = proc.stdout.splitlines()
     assert url == entry.weights.url and "FIFO" in skipped
     assert len(http_server.gets(url_path(entry))) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Files the user may not delete or read: one clean line, as an unprivileged user
+# --------------------------------------------------------------------------------------------
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """A folder every user can reach (pytest's own temporary folders are private to root)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="psegzoo-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+        shutil.rmtree(path)
+
+
+def as_nobody(*args: object, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """``psegzoo ARGS`` as the user nobody (permission bits apply to it, not to root)."""
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed to run a command as another user"
+    full = child_env(**env)
+    return subprocess.run([*NOBODY, *psegzoo_command(), *map(str, args)], env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _shared_cache(zoo, shared: Path, monkeypatch, *entries) -> dict[str, str]:
+    """A cache in a sticky, world-writable folder whose files belong to root (as in a team's shared
+    cache where root downloaded them); the environment for nobody to use it."""
+    home = shared / "cache"
+    monkeypatch.setenv("PSEGZOO_HOME", str(home))
+    hub.CacheLayout(home).ensure("checkpoints", "records", "converted", "partial", "locks", "trusted")
+    for entry in entries:
+        hub.download(entry, opts())
+    index = shared / "index.json"
+    index.write_bytes(zoo.path.read_bytes())
+    index.chmod(0o644)
+    for folder in [home, *[p for p in home.rglob("*") if p.is_dir()]]:
+        folder.chmod(0o1777)
+    for lock in (home / "locks").iterdir():
+        lock.chmod(0o666)  # nobody may take the locks; the files themselves stay root's
+    return {"PSEGZOO_HOME": str(home), "PSEGZOO_INDEX": str(index), "HOME": str(shared / "nobody-home"),
+            "TORCH_HOME": str(shared / "torch")}
+
+
+def _one_clean_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_cache_rm_and_verify_on_files_another_user_owns_are_one_clean_line(zoo, ckpt_bytes, other_bytes, shared,
+                                                                          monkeypatch):
+    a = zoo.add("m_shared_a", ckpt_bytes)
+    b = zoo.add("m_shared_b", other_bytes)
+    env = _shared_cache(zoo, shared, monkeypatch, a, b)
+    ckpt = hub.checkpoint_path(a, opts())
+    proc = as_nobody("cache", "rm", "m_shared_a", env=env)
+    assert proc.returncode == 1
+    line = _one_clean_line(proc)
+    assert "cannot delete" in line and "owned by root" in line and "not permitted" in line
+    assert ckpt.read_bytes() == ckpt_bytes
+    proc = as_nobody("cache", "rm", "--all", env=env)
+    assert proc.returncode == 1 and "cannot delete" in _one_clean_line(proc)
+    # verify finds a damaged file it may not delete: says so, on the file's own line
+    st = ckpt.stat()
+    ckpt.write_bytes(ckpt_bytes[:-1] + bytes([ckpt_bytes[-1] ^ 1]))
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = as_nobody("verify", env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    (bad,) = [line for line in proc.stdout.splitlines() if "m_shared_a" in line]
+    assert "corrupt" in bad and "not deleted" in bad and "owned by root" in bad
+    assert any("ok" in line and "m_shared_b" in line for line in proc.stdout.splitlines())
+
+
+def test_an_unreadable_file_in_an_imported_folder_is_reported_as_unreadable(zoo, ckpt_bytes, other_bytes, shared,
+                                                                           monkeypatch):
+    a = zoo.add("m_unreadable", ckpt_bytes)
+    b = zoo.add("m_readable", other_bytes)
+    env = _shared_cache(zoo, shared, monkeypatch)
+    folder = shared / "work_dirs"
+    folder.mkdir(mode=0o755)
+    for entry, data, mode in ((a, ckpt_bytes, 0o600), (b, other_bytes, 0o644)):
+        (folder / entry.weights.file).write_bytes(data)
+        (folder / entry.weights.file).chmod(mode)
+    proc = as_nobody("import", folder, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    rows = {line.split()[1].split("_2024")[0]: line for line in proc.stdout.splitlines() if "│ m_" in line}
+    assert "unreadable" in rows["m_unreadable"] and "m_unreadable │" in rows["m_unreadable"]
+    assert "imported" in rows["m_readable"] and "mismatch" not in proc.stdout
+    assert "Permission denied" in proc.stderr and "hash mismatch" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Files that change after they were checked; sizes before hashing; a stopped lock holder
+# --------------------------------------------------------------------------------------------
+
+
+def _flip_in_place(path: Path) -> None:
+    """Change one byte of ``path`` in place and set its modification time back."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+
+
+def test_a_linked_import_edited_in_place_is_hashed_again_before_use(zoo, http_server, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_linked_edit", ckpt_bytes)
+    src = tmp_path / "have" / entry.weights.file
+    src.parent.mkdir()
+    src.write_bytes(ckpt_bytes)
+    imported = hub.import_checkpoint(src, options=opts(link=True))
+    assert imported.path.stat().st_ino == src.stat().st_ino  # one file, two names
+    _flip_in_place(src)  # the user's copy is the cached file
+    got = hub.fetch(entry, opts())
+    assert got.path.read_bytes() == ckpt_bytes and got.downloaded
+    assert len(http_server.gets(url_path(entry))) == 1
+
+
+def test_a_mirror_linked_out_and_edited_is_hashed_again_before_use(zoo, http_server, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_mirror_edit", ckpt_bytes)
+    hub.download(entry, opts())
+    (r,) = hub.mirror(tmp_path / "share", options=opts(), link=True)
+    assert r.status == "linked"
+    _flip_in_place(r.path)
+    assert hub.fetch(entry, opts()).path.read_bytes() == ckpt_bytes
+    assert len(http_server.gets(url_path(entry))) == 2
+
+
+def _sparse(path: Path, size: str = "30G") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["truncate", "-s", size, str(path)], check=True)
+    return path
+
+
+def test_a_huge_sparse_file_is_refused_by_its_size_before_any_hashing(zoo, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_sparse", ckpt_bytes)
+    big = _sparse(tmp_path / "have" / entry.weights.file)
+    for extra in (["--link"], []):
+        proc = _run_cli("import", big, *extra, timeout=25)  # hashing 30 GB would take minutes
+        assert proc.returncode == 1
+        line = _one_clean_line(proc)
+        assert "the file is 32.2 GB, more than the size limit 2.0 GB (PSEGZOO_MAX_SIZE)" in line
+        assert "server" not in line
+    proc = _run_cli("import", big, timeout=25, PSEGZOO_MAX_SIZE="1000000")
+    assert proc.returncode == 1 and "the file is 32.2 GB, more than the size limit 1.0 MB" in _one_clean_line(proc)
+
+
+def test_import_folder_hashes_only_files_whose_size_fits_an_entry(zoo, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_sized", ckpt_bytes, weights={"size": len(ckpt_bytes)})
+    folder = tmp_path / "work_dirs"
+    for name in ("huge.pth", "huge.pt", "huge.ckpt", "huge.bin"):
+        _sparse(folder / name)
+    (folder / "renamed.pth").write_bytes(ckpt_bytes)  # found by its hash: its size fits the entry
+    proc = _run_cli("import", folder, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert sum("not a zoo file" in r for r in rows) == 4
+    assert any("renamed.pth" in r and entry.name in r and "imported" in r for r in rows)
+
+
+HOLDER = """
+import pathlib, sys, time
+from psegzoo.hub import locking
+from psegzoo.hub.layout import CacheLayout
+with locking.entry_lock(CacheLayout(pathlib.Path(sys.argv[1])), sys.argv[2], timeout=5, what="holding it"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_cache_rm_all_behind_a_stopped_lock_holder_says_who_and_gives_up(zoo, ckpt_bytes, hub_env):
+    entry = zoo.add("m_stopped_holder", ckpt_bytes)
+    hub.download(entry, opts())
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(hub_env), entry.weights.file], env=child_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        os.kill(holder.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        proc = _run_cli("cache", "rm", "--all", timeout=60, PSEGZOO_LOCK_TIMEOUT="3")
+        took = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 1 and took < 30 and "Traceback" not in proc.stderr
+    waiting = [line for line in proc.stderr.splitlines() if "waiting for" in line and "gave up" not in line]
+    assert waiting and f"process {holder.pid} on " in waiting[0] and "PSEGZOO_LOCK_TIMEOUT" in waiting[0]
+    assert f"gave up after 3 s waiting for process {holder.pid}" in proc.stderr
+    assert hub.checkpoint_path(entry, opts()).is_file()

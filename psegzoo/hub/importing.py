@@ -158,5 +158,5 @@ def import_folder(folder: str | os.PathLike, options: DownloadOptions | None = N
         except VerificationError as exc:
             results.append(ImportResult(src, "hash mismatch", entry.name if entry else None, error=exc))
         except PsegzooError as exc:
-            results.append(ImportResult(src, "unreadable", error=exc))
+            results.append(ImportResult(src, "unreadable", entry.name if entry else None, error=exc))
     return results

@@ -186,6 +186,31 @@ def unlink(path: Path) -> bool:
         return False
 
 
+def _owner(path: Path) -> str:
+    """`` (owned by NAME)`` for a file of another user, else ``""`` (the owner is what the user needs to know)."""
+    try:
+        uid = path.lstat().st_uid
+        if not hasattr(os, "getuid") or uid == os.getuid():
+            return ""
+        import pwd
+
+        return f" (owned by {pwd.getpwuid(uid).pw_name})"
+    except (OSError, KeyError, ImportError):
+        return ""
+
+
+def remove_file(path: Path) -> bool:
+    """Delete a cache file (False when it was not there); a CacheError in one line when it cannot be
+    deleted: another user's file in a shared cache, a read-only file system, an immutable file."""
+    try:
+        return unlink(path)
+    except OSError as exc:
+        raise CacheError(
+            f"cannot delete {path}{_owner(path)}: {exc.strerror or exc}; remove it as its owner (or fix the "
+            f"file system), or use a cache of your own with {HOME_ENV}"
+        ) from None
+
+
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import files
 from ..errors import CacheError, PsegzooError
 from ..manifest import Entry, load_manifest
-from .layout import CacheLayout, read_record, unlink, weights_of, write_record
+from .layout import CacheLayout, read_record, remove_file, weights_of, write_record
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
 from .store import layout_of, record_for, remove_entry_files
@@ -166,10 +166,10 @@ def remove(entry_or_name: Entry | str | None = None, *, options: DownloadOptions
             owner = files.owner_of_temp(path.name)
             if owner is not None and _pid_alive(owner[1]):
                 continue
-            if unlink(path):
+            if remove_file(path):
                 removed.append(path)
         if forget_trust:
-            removed += [p for p in sorted(layout.folder("trusted").glob("*.sha256")) if unlink(p)]
+            removed += [p for p in sorted(layout.folder("trusted").glob("*.sha256")) if remove_file(p)]
         return removed
     assert entry_or_name is not None
     name, file_names = _files_for(entry_or_name, opts)
@@ -177,7 +177,7 @@ def remove(entry_or_name: Entry | str | None = None, *, options: DownloadOptions
         removed += _remove_locked(layout, file, opts)
     if forget_trust:
         trust = layout.trust(name)
-        if unlink(trust):
+        if remove_file(trust):
             removed.append(trust)
     return removed
 
@@ -239,7 +239,10 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool)
         if not exp.tofu:
             problem = exp.problem(sha)
     if problem is not None:
-        removed = tuple(remove_entry_files(layout, file))
+        try:
+            removed = tuple(remove_entry_files(layout, file))
+        except CacheError as exc:
+            return VerifyResult(name, file, ckpt, "corrupt", f"{problem}; not deleted: {exc}", sha)
         log.info("removed %s from the cache: %s", file, problem)
         return VerifyResult(name, file, ckpt, "corrupt", problem, sha, removed)
     assert sha is not None
@@ -268,7 +271,10 @@ def _verify_converted(layout: CacheLayout, file: str, full: bool) -> tuple[str |
             problem = f"SHA-256 {sha} differs from the recorded {rec.converted.sha256}"
     if problem is None:
         return "ok", None, ()
-    unlink(conv)
+    try:
+        remove_file(conv)
+    except CacheError as exc:
+        return "corrupt", f"{problem}; not deleted: {exc}", ()
     if rec is not None and rec.converted is not None:
         write_record(layout, dataclasses.replace(rec, converted=None))
     log.info("removed converted weights %s: %s", conv, problem)

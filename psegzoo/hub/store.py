@@ -23,7 +23,17 @@ from .. import files
 from ..errors import CacheError, DownloadError, OfflineError, UnknownModelError, VerificationError, option
 from ..manifest import Entry, load_manifest
 from . import failures, transfer
-from .layout import CacheLayout, CacheRecord, ConvertedRecord, now_iso, read_record, unlink, weights_of, write_record
+from .layout import (
+    CacheLayout,
+    CacheRecord,
+    ConvertedRecord,
+    now_iso,
+    read_record,
+    remove_file,
+    unlink,
+    weights_of,
+    write_record,
+)
 from .locking import entry_lock
 from .progress import Bar
 from .settings import MIRROR_ENV, OFFLINE_ENV, SEARCH_ENV, DownloadOptions, cache_root, options_or_default, redact
@@ -100,7 +110,7 @@ def _stat(path: Path) -> os.stat_result | None:
 
 def remove_entry_files(layout: CacheLayout, file: str) -> list[Path]:
     """Delete a checkpoint and everything derived from it (call with its lock held)."""
-    return [p for p in layout.owned_files(file) if unlink(p)]
+    return [p for p in layout.owned_files(file) if remove_file(p)]
 
 
 def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: bool) -> tuple[Fetched | None, str | None]:
