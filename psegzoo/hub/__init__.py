@@ -7,6 +7,7 @@ built at the edge and passed to every call.
 
 ==============  ==================================================================
 ``settings``    DownloadOptions: arguments, then environment, then defaults
+``redact``      URLs as shown and stored: no user:password, no query values
 ``layout``      where each cached file lives; the cache record
 ``trust``       hash policy: published, pinned, trusted on first use
 ``locking``     one process per checkpoint (filelock), waits that reset on progress

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import files
 from ..errors import CacheError, PsegzooError
 from ..manifest import Entry, load_manifest
-from .layout import CacheLayout, read_record, remove_file, weights_of, write_record
+from .layout import CacheLayout, CacheRecord, read_record, remove_file, weights_of, write_record
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
 from .store import layout_of, record_for, remove_entry_files
@@ -219,25 +219,31 @@ def verify(entry: Entry | str | None = None, *, options: DownloadOptions | None 
     return results
 
 
+def _checkpoint_problem(layout: CacheLayout, entry: Entry | None, ckpt: Path, rec: CacheRecord | None,
+                        full: bool) -> tuple[str | None, str | None]:
+    """(what is wrong with the cached checkpoint or None, its SHA-256 as hashed or recorded)."""
+    size = ckpt.stat().st_size
+    sha = rec.sha256 if rec else None
+    if rec is not None and size != rec.size:
+        return f"size is {size} bytes, the record says {rec.size}", sha
+    if full or rec is None:
+        sha = file_sha256(ckpt)
+        if rec is not None and sha != rec.sha256:
+            return f"SHA-256 {sha} differs from the recorded {rec.sha256}", sha
+    if entry is not None and entry.weights is not None and sha is not None:
+        exp = expected(layout, entry, None, allow_unverified=True)
+        if not exp.tofu:
+            return exp.problem(sha), sha
+    return None, sha
+
+
 def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool) -> VerifyResult:
     ckpt = layout.checkpoint(file)
     rec = read_record(layout, file)
     name = rec.name if rec else entry.name if entry else file
     if not ckpt.is_file():
         return VerifyResult(name, file, ckpt, "missing", "not in the cache", None)
-    size = ckpt.stat().st_size
-    problem = None
-    sha = rec.sha256 if rec else None
-    if rec is not None and size != rec.size:
-        problem = f"size is {size} bytes, the record says {rec.size}"
-    elif full or rec is None:
-        sha = file_sha256(ckpt)
-        if rec is not None and sha != rec.sha256:
-            problem = f"SHA-256 {sha} differs from the recorded {rec.sha256}"
-    if problem is None and entry is not None and entry.weights is not None and sha is not None:
-        exp = expected(layout, entry, None, allow_unverified=True)
-        if not exp.tofu:
-            problem = exp.problem(sha)
+    problem, sha = _checkpoint_problem(layout, entry, ckpt, rec, full)
     if problem is not None:
         try:
             removed = tuple(remove_entry_files(layout, file))

@@ -232,7 +232,6 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
 
     Raises UrlFailed when this URL cannot give the file, DeadlineExceeded, or CacheError (disk).
     """
-    requests, urllib3 = load_http()
     meta = _read_meta(meta_path)
     if not (resume and meta.get("url_sha256") == url_key(url) and meta.get("validator")):
         discard_part(part, meta_path)  # never splice bytes from another source, version or trust mode
@@ -248,28 +247,10 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         if offset > 0:
             request_headers["Range"] = f"bytes={offset}-"
             request_headers["If-Range"] = meta["validator"]
-        problem: Problem | None = None
-        restart = False
-        try:
-            resp = session.get(url, headers=request_headers, stream=True,
-                               timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            problem = classify(exc, options)
-            resp = None
-        if resp is not None:
-            with contextlib.closing(resp):
-                status = resp.status_code
-                if status in (200, 206):
-                    try:
-                        return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock)
-                    except _Restart as exc:
-                        problem, restart = Problem("restart", str(exc), True), True
-                    except UrlFailed as exc:
-                        problem = exc.problem
-                elif status == 416 and offset > 0:
-                    problem, restart = Problem("http", f"HTTP 416 for Range bytes={offset}-", True), True
-                else:
-                    problem = http_problem(status, resp.reason, resp.headers)
+        got, problem, restart = _one_try(session, url, request_headers, part, meta_path, offset, limits, options, bar,
+                                         clock)
+        if got is not None:
+            return got
         assert problem is not None
         meta = _read_meta(meta_path)
         if restart or not meta.get("validator"):
@@ -291,11 +272,32 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         time.sleep(delay)
 
 
-def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
-            options: DownloadOptions, bar: Bar, clock: Clock) -> Got:
-    import http.client
-
+def _one_try(session: requests.Session, url: str, request_headers: dict[str, str], part: Path, meta_path: Path,
+             offset: int, limits: Limits, options: DownloadOptions, bar: Bar,
+             clock: Clock) -> tuple[Got | None, Problem | None, bool]:
+    """One GET: (the file, None, False), or (None, why it failed, whether the partial file must go)."""
     requests, urllib3 = load_http()
+    try:
+        resp = session.get(url, headers=request_headers, stream=True,
+                           timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        return None, classify(exc, options), False
+    with contextlib.closing(resp):
+        status = resp.status_code
+        if status in (200, 206):
+            try:
+                return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock), None, False
+            except _Restart as exc:
+                return None, Problem("restart", str(exc), True), True
+            except UrlFailed as exc:
+                return None, exc.problem, False
+        if status == 416 and offset > 0:
+            return None, Problem("http", f"HTTP 416 for Range bytes={offset}-", True), True
+        return None, http_problem(status, resp.reason, resp.headers), False
+
+
+def _announced(resp: requests.Response, url: str, offset: int, limits: Limits) -> tuple[int | None, int]:
+    """(the file's whole size as the answer gives it, or as published; the offset the body starts at)."""
     total: int | None
     if resp.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
@@ -316,6 +318,15 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
             raise UrlFailed(refused)
     elif limits.exact is not None:
         total = limits.exact  # no length announced: the published size says when the file is whole
+    return total, offset
+
+
+def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
+            options: DownloadOptions, bar: Bar, clock: Clock) -> Got:
+    import http.client
+
+    requests, urllib3 = load_http()
+    total, offset = _announced(resp, url, offset, limits)
     try:
         check_space(part.parent, None if total is None else total - offset, part.name[: -len(".part")])
     except CacheError:
