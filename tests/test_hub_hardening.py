@@ -415,3 +415,27 @@ def test_cache_rm_all_behind_a_stopped_lock_holder_says_who_and_gives_up(zoo, ck
     assert waiting and f"process {holder.pid} on " in waiting[0] and "PSEGZOO_LOCK_TIMEOUT" in waiting[0]
     assert f"gave up after 3 s waiting for process {holder.pid}" in proc.stderr
     assert hub.checkpoint_path(entry, opts()).is_file()
+
+
+def test_cache_rm_on_an_immutable_file_is_one_clean_line(zoo, ckpt_bytes, shared, monkeypatch):
+    """Even root cannot delete an immutable file (chattr +i): no process can."""
+    entry = zoo.add("m_immutable", ckpt_bytes)
+    env = _shared_cache(zoo, shared, monkeypatch, entry)
+    ckpt = hub.checkpoint_path(entry, opts())
+    made = subprocess.run(["chattr", "+i", str(ckpt)], capture_output=True, text=True)
+    assert made.returncode == 0, f"chattr +i is needed for this test: {made.stderr}"
+    proc = _run_cli("cache", "rm", "m_immutable", **env)
+    assert proc.returncode == 1
+    line = _one_clean_line(proc)
+    assert "cannot delete" in line and ckpt.name in line and "not permitted" in line
+    assert ckpt.read_bytes() == ckpt_bytes
+
+
+def test_mirror_into_a_folder_whose_sums_file_is_a_fifo_fails_at_once(zoo, ckpt_bytes, tmp_path):
+    entry = zoo.add("m_sums_fifo", ckpt_bytes)
+    _import(tmp_path, entry, ckpt_bytes)
+    share = tmp_path / "share"
+    share.mkdir()
+    os.mkfifo(share / "SHA256SUMS")
+    proc = _run_cli("mirror", share, timeout=60)
+    assert proc.returncode == 1 and "FIFO" in _one_clean_line(proc)

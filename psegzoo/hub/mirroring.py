@@ -28,6 +28,7 @@ from .trust import CHUNK, expected, file_sha256
 log = logging.getLogger(__name__)
 
 SUMS = "SHA256SUMS"
+_MAX_SUMS = 64 << 20  # bytes of an existing SHA256SUMS read: far more than any zoo needs
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def _copy_hashing(src: Path, dst: Path) -> str:
 def _read_sums(path: Path) -> dict[str, str]:
     sums: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        with files.open_regular(path) as f:  # a FIFO put there must not hang the command
+            text = f.read(_MAX_SUMS).decode("utf-8")
     except (FileNotFoundError, UnicodeDecodeError):
         return sums
     for line in text.splitlines():
