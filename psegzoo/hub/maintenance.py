@@ -243,6 +243,7 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool)
     name = rec.name if rec else entry.name if entry else file
     if not ckpt.is_file():
         return VerifyResult(name, file, ckpt, "missing", "not in the cache", None)
+    before = ckpt.stat()  # recorded below: a change while hashing leaves a record that no longer matches
     problem, sha = _checkpoint_problem(layout, entry, ckpt, rec, full)
     if problem is not None:
         try:
@@ -252,9 +253,10 @@ def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool)
         log.info("removed %s from the cache: %s", file, problem)
         return VerifyResult(name, file, ckpt, "corrupt", problem, sha, removed)
     assert sha is not None
-    if (rec is None or not rec.describes(ckpt.stat())) and entry is not None:
+    hashed = full or rec is None  # only a file hashed now may get a new record (never re-stamp unread bytes)
+    if hashed and (rec is None or not rec.describes(before)) and entry is not None:
         rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None,
-                                               rec.source if rec else "cache", rec.converted if rec else None))
+                                              rec.source if rec else "cache", rec.converted if rec else None, before))
     conv_status, conv_problem, removed_conv = _verify_converted(layout, file, full)
     return VerifyResult(name, file, ckpt, "ok", None, sha, removed_conv, conv_status, conv_problem)
 

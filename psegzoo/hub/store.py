@@ -141,8 +141,9 @@ def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: boo
             log.warning("removed unverified %s from the cache: its %s", ckpt, exp.problem(sha))
             remove_entry_files(layout, file)
             return None, None
+        # the stat taken before hashing: a change while hashing leaves a record that no longer matches
         rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None, rec.source if rec else "cache",
-                                               rec.converted if rec else None))
+                                              rec.converted if rec else None, st))
     problem = None if exp.tofu else exp.problem(sha)
     if problem is not None:
         return None, f"the cached copy was kept: its {problem}"
