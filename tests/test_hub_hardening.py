@@ -439,3 +439,13 @@ def test_mirror_into_a_folder_whose_sums_file_is_a_fifo_fails_at_once(zoo, ckpt_
     os.mkfifo(share / "SHA256SUMS")
     proc = _run_cli("mirror", share, timeout=60)
     assert proc.returncode == 1 and "FIFO" in _one_clean_line(proc)
+
+
+def test_verify_without_hashing_never_blesses_a_file_changed_in_place(zoo, http_server, ckpt_bytes):
+    entry = zoo.add("m_quick_verify", ckpt_bytes)
+    path = hub.download(entry, opts())
+    _flip_in_place(path)
+    (report,) = hub.verify(entry, options=opts(), full=False)  # sizes only: it cannot tell, and must not vouch
+    assert report.status == "ok"  # the size matches; only hashing could tell
+    got = hub.fetch(entry, opts())
+    assert got.path.read_bytes() == ckpt_bytes and got.downloaded
