@@ -8,20 +8,20 @@
 * ``static/``: the page (plain HTML, CSS and JavaScript; no external URL).
 
 FastAPI, uvicorn and python-multipart come with ``pip install 'psegzoo[serve]'``; this package
-imports them (and torch) only when a server is made, so ``import psegzoo.serve`` is quick and
-works without them.
+imports them (and torch) only when a server is made, so ``import psegzoo.serve`` (which the
+command line does for its defaults) is quick and works without them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..hub import DownloadOptions
 from . import deps
 from .settings import TOKEN_ENV, ServeSettings
 
 if TYPE_CHECKING:
     from ..api import Segmenter
+    from ..hub import DownloadOptions
 
 __all__ = ["TOKEN_ENV", "ServeSettings", "make_server", "serve"]
 
@@ -42,6 +42,7 @@ def serve(settings: ServeSettings, *, download: DownloadOptions | None = None,
     connections. The socket is bound before the models load, so a taken port fails at once.
     """
     deps.require()
+    from ..hub import DownloadOptions
     from .models import load_models
     from .server import bind
 

@@ -89,16 +89,22 @@ function render() {
   $("image-size").textContent = doc.width + " x " + doc.height;
   $("overlay").src = "data:image/png;base64," + doc.overlay_png;
   const seconds = doc.timings && doc.timings.total;
-  $("timing").textContent = seconds ? (1000 * seconds).toFixed(0) + " ms on " + doc.settings.device : "";
-  const tabs = Object.keys(state.results).map((name) => {
+  $("timing").textContent = seconds ? (1000 * seconds).toFixed(0) + " ms, " + doc.settings.device : "";
+  const tabs = Object.keys(state.results).map((name, i) => {
     const tab = document.createElement("button");
     tab.type = "button";
     tab.className = "tab" + (name === state.shown ? " active" : "");
-    tab.textContent = name;
+    tab.textContent = "ABCD"[i];
+    tab.title = name;
     tab.addEventListener("click", () => { state.shown = name; render(); });
     return tab;
   });
-  $("tabs").replaceChildren(...tabs);
+  const label = document.createElement("span");
+  label.className = "shown-model";
+  label.textContent = state.shown;
+  label.title = state.shown;
+  $("tabs").replaceChildren(...(tabs.length > 1 ? tabs : []), label);
+  $("legend-model").textContent = state.shown;
   $("legend").replaceChildren(...doc.classes.map((c) => {
     const li = document.createElement("li");
     const swatch = document.createElement("span");
