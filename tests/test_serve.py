@@ -6,6 +6,7 @@ model from a loopback zoo; the token, queue and ``--any-model`` cases run
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -283,6 +284,36 @@ def test_any_model_loads_on_first_use_and_only_then(zoo, segmenter):
         assert [a.status_code for a in answers] == [200, 200]
         assert EXTRA in requests.get(f"{url}/v1/models", timeout=10).json()["available"]
     assert zoo.gets(EXTRA) == 1
+
+
+def test_groups_gathered_while_the_device_is_busy_go_together():
+    """Requests that arrive while a forward runs, each alone past its wait, share the next forward."""
+    from psegzoo.serve.batching import Batcher
+
+    calls: list[list[int]] = []
+    device_busy = threading.Event()
+
+    def run(key: str, items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            device_busy.wait(10)
+        return [10 * i for i in items]
+
+    async def scenario() -> list[int]:
+        batcher = Batcher(run, max_batch=8, max_wait=0.001, capacity=64)
+        first = asyncio.ensure_future(batcher.submit("k", 0))
+        waiting = []
+        for i in range(1, 4):
+            await asyncio.sleep(0.05)  # each later request waits past max_wait: a group of its own
+            waiting.append(asyncio.ensure_future(batcher.submit("k", i)))
+        await asyncio.sleep(0.05)
+        device_busy.set()
+        results = await asyncio.gather(first, *waiting)
+        await batcher.close()
+        return list(results)
+
+    assert asyncio.run(scenario()) == [0, 10, 20, 30]
+    assert calls == [[0], [1, 2, 3]]
 
 
 def test_exposed_without_token_warns(segmenter, caplog):

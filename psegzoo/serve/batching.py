@@ -1,11 +1,12 @@
 """Concurrent requests with the same key (model, settings, image shape) share one forward.
 
-A request joins the open group of its key; the group goes to the device when it holds
-``max_batch`` items or ``max_wait`` after its first item came, whichever is first. One worker
-thread runs the groups in turn, off the event loop, so the server keeps answering (health
-checks, metrics, 503s) while the model runs; while it is busy, new requests gather into the next
-groups. At most ``capacity`` items wait: beyond that :meth:`Batcher.submit` raises
-:class:`QueueFull` at once rather than letting latency grow without bound.
+A request joins the open group of its key; the group is ready when it holds ``max_batch`` items
+or ``max_wait`` after its first item came, whichever is first. One worker thread runs the ready
+groups in turn, off the event loop, so the server keeps answering (health checks, metrics, 503s)
+while the model runs. The groups of a key that gathered while the device was busy go to it
+together (up to ``max_batch`` items), so under load batches fill up by themselves. At most
+``capacity`` items wait: beyond that :meth:`Batcher.submit` raises :class:`QueueFull` at once
+rather than letting latency grow without bound.
 """
 from __future__ import annotations
 
@@ -87,6 +88,23 @@ class Batcher:
         assert self._wake is not None
         self._wake.set()
 
+    def _take(self) -> _Group:
+        """The next ready group, joined by the groups of its key that gathered while the device was
+        busy (ready or still open), up to ``max_batch`` items: under load, batches fill up by themselves."""
+        group = self._ready.popleft()
+        for other in [g for g in self._ready if g.key == group.key]:
+            if len(group.items) + len(other.items) <= self.max_batch:
+                self._ready.remove(other)
+                group.items += other.items
+                group.futures += other.futures
+        still_open = self._open.get(group.key)
+        if still_open is not None and len(group.items) + len(still_open.items) <= self.max_batch:
+            self._close(still_open)
+            self._ready.remove(still_open)
+            group.items += still_open.items
+            group.futures += still_open.futures
+        return group
+
     async def _work(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
@@ -94,7 +112,7 @@ class Batcher:
             while not self._ready:
                 self._wake.clear()
                 await self._wake.wait()
-            group = self._ready.popleft()
+            group = self._take()
             self._set_depth(self.depth - len(group.items))
             live = [(item, fut) for item, fut in zip(group.items, group.futures) if not fut.done()]  # not cancelled
             if not live:
