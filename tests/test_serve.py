@@ -98,6 +98,8 @@ def test_labels_are_predicts(server, zoo, segmenter, tmp_path):
     # the server and the CLI run in other processes than the reference: near-ties may round differently
     assert_labels_agree(labels_of(response), ref.labels, ref.scores)
     assert_labels_agree(cli_labels, ref.labels, ref.scores)
+    if np.array_equal(labels_of(response), cli_labels):  # then the answer is predict's file, byte for byte
+        assert response.content == (tmp_path / "out" / "a.png").read_bytes()
     as_field = requests.post(f"{server}/v1/predict", files={"image": ("a.png", png_bytes(rgb), "image/png")}, timeout=60)
     assert np.array_equal(labels_of(as_field), labels_of(response))  # one process, one path: the same labels
 
@@ -139,19 +141,16 @@ def test_concurrent_requests_are_batched_with_serial_labels(server, segmenter):
     after = _batches(server)
     assert after["count"] - before["count"] < 8  # fewer forwards than requests
     assert after["sum"] - before["sum"] == 8
-    assert after["le1"] - before["le1"] < after["count"] - before["count"] or after["count"] - before["count"] == 1
 
 
 def _batches(url: str) -> dict[str, float]:
     text = requests.get(f"{url}/metrics", timeout=10).text
-    found = {"count": 0.0, "sum": 0.0, "le1": 0.0}
+    found = {"count": 0.0, "sum": 0.0}
     for line in text.splitlines():
         if line.startswith("psegzoo_batch_size_count"):
             found["count"] = float(line.split()[-1])
         elif line.startswith("psegzoo_batch_size_sum"):
             found["sum"] = float(line.split()[-1])
-        elif line.startswith("psegzoo_batch_size_bucket") and 'le="1"' in line:
-            found["le1"] = float(line.split()[-1])
     assert "# TYPE psegzoo_queue_depth gauge" in text and 'psegzoo_requests_total{endpoint="/v1/predict",status="200"}' in text
     return found
 

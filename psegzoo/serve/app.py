@@ -149,6 +149,9 @@ class Service:
                                   {"Retry-After": str(RETRY_AFTER_S)})
         except PsegzooError as exc:
             return error_response(_status_of(exc), _message(exc))
+        except Exception as exc:  # a failure of the server's own: logged in full, answered in one line
+            log.exception("prediction failed")
+            return error_response(500, f"prediction failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
     async def _predict(self, request: Request) -> Response:
         query = parse_query(request.query_params, list(request.query_params.keys()))
