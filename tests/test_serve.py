@@ -315,6 +315,27 @@ def test_groups_gathered_while_the_device_is_busy_go_together():
     assert calls == [[0], [1, 2, 3]]
 
 
+def test_an_error_fails_only_its_own_request():
+    """One item's error reaches its request only; a group that fails as a whole fails each of its requests."""
+    from psegzoo.serve.batching import Batcher
+
+    def run(key: str, items: list[int]) -> list[object]:
+        if key == "broken":
+            raise RuntimeError("the device fell over")
+        return [psegzoo.PredictionError(f"input {i}: prediction failed") if i == 2 else i for i in items]
+
+    async def scenario() -> list[object]:
+        batcher = Batcher(run, max_batch=4, max_wait=0.05, capacity=64)
+        calls = [batcher.submit("k", i) for i in range(4)] + [batcher.submit("broken", 9)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[:2] == [0, 1] and results[3] == 3
+    assert isinstance(results[2], psegzoo.PredictionError) and isinstance(results[4], RuntimeError)
+
+
 def test_exposed_without_token_warns(segmenter, caplog):
     settings = psegzoo.serve.ServeSettings.from_args(models=(MODEL,), host="0.0.0.0", environ={})
     psegzoo.serve.make_server(settings, {MODEL: segmenter})
