@@ -14,12 +14,14 @@ from .errors import (
     DownloadError,
     ExportError,
     ImageError,
+    ImageTooLargeError,
     ManifestError,
     NoWeightsError,
     OfflineError,
     OutputError,
     PredictionError,
     PsegzooError,
+    ServeError,
     UnknownModelError,
     UnverifiedWeightsError,
     VerificationError,
@@ -80,8 +82,9 @@ _LAZY = {
     "export_onnx": "export",
     "load_onnx": "export",
 }
-# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.evaluation``, ``psegzoo.video``.
-_SUBMODULES = ("distributed", "evaluation", "video")
+# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.evaluation``,
+# ``psegzoo.serve``, ``psegzoo.video``.
+_SUBMODULES = ("distributed", "evaluation", "serve", "video")
 
 __all__ = [
     "__version__",
@@ -91,12 +94,14 @@ __all__ = [
     "DownloadError",
     "ExportError",
     "ImageError",
+    "ImageTooLargeError",
     "ManifestError",
     "NoWeightsError",
     "OfflineError",
     "OutputError",
     "PredictionError",
     "PsegzooError",
+    "ServeError",
     "UnknownModelError",
     "UnverifiedWeightsError",
     "VerificationError",

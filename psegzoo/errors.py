@@ -82,6 +82,10 @@ class ImageError(PsegzooError):
     """An input image is missing, unreadable, truncated, too large or empty."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image's header declares more pixels than the limit allows (a possible decompression bomb)."""
+
+
 class VideoError(ImageError):
     """A video input cannot be read (PyAV missing, unknown container, damaged stream)."""
 
@@ -105,3 +109,7 @@ class DatasetError(PsegzooError):
 
 class ExportError(PsegzooError):
     """A model cannot be exported to ONNX, or an exported file cannot be read or run (or its packages are missing)."""
+
+
+class ServeError(PsegzooError):
+    """The HTTP service cannot start: its packages are missing, a setting is invalid, or the address is taken."""

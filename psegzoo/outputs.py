@@ -18,6 +18,7 @@ renamed into place, so an interrupted run leaves no half-written file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -193,8 +194,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
-def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike) -> Path:
-    """The label map as a palette PNG: mode P, pixel value = class index, colours = ``palette``.
+def label_png_image(labels: np.ndarray, palette: Palette, name: str = "labels") -> Image.Image:
+    """The label map as a palette image: mode P, pixel value = class index, colours = ``palette``.
 
     PNG palettes hold at most 256 entries; more classes raise :class:`OutputError` (save the
     labels with ``numpy.save`` instead).
@@ -202,21 +203,47 @@ def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike
     lut = palette_array(palette)
     if len(lut) > 256:
         raise OutputError(
-            f"{Path(path).name}: a palette PNG holds at most 256 classes, this model has {len(lut)}; "
+            f"{name}: a palette PNG holds at most 256 classes, this model has {len(lut)}; "
             "save the labels as .npy instead"
         )
     _check_labels(labels, len(lut))
     im = Image.fromarray(labels.astype(np.uint8, copy=False))
     im.putpalette(lut.reshape(-1).tolist())
+    return im
+
+
+def _rgb_image(rgb: np.ndarray) -> Image.Image:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise PredictionError(f"expected an H x W x 3 uint8 image, got {rgb.dtype} {rgb.shape}")
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike) -> Path:
+    """The label map as a palette PNG file (see :func:`label_png_image`)."""
+    im = label_png_image(labels, palette, Path(path).name)
     return _atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+def label_png_bytes(labels: np.ndarray, palette: Palette) -> bytes:
+    """The bytes :func:`save_label_png` writes, in memory (what a web service answers)."""
+    return _png_bytes(label_png_image(labels, palette))
 
 
 def save_rgb_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     """An H x W x 3 uint8 image (colour map or overlay) as an RGB PNG."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise PredictionError(f"expected an H x W x 3 uint8 image, got {rgb.dtype} {rgb.shape}")
-    im = Image.fromarray(np.ascontiguousarray(rgb))
+    im = _rgb_image(rgb)
     return _atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+def rgb_png_bytes(rgb: np.ndarray) -> bytes:
+    """The bytes :func:`save_rgb_png` writes, in memory."""
+    return _png_bytes(_rgb_image(rgb))
 
 
 def save_confidence(confidence: np.ndarray, path: str | os.PathLike) -> Path:

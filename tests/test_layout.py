@@ -32,6 +32,7 @@ ALLOWED = {
                "__init__"},
     "distributed": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor",
                     "video", "api"},
+    "serve": {"units", "errors", "files", "manifest", "hub", "images", "outputs", "predictor", "api", "__init__"},
     "cli": {"__init__"},
 }
 NO_TORCH = {"units", "errors", "files", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}

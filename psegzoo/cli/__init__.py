@@ -14,7 +14,7 @@ import click
 
 import psegzoo
 
-from . import bench, evaluate, export, listing, predict, weights
+from . import bench, evaluate, export, listing, predict, serve, weights
 from .common import QUIET_KEY
 
 
@@ -80,5 +80,6 @@ for _command in (
     bench.bench_command,
     evaluate.eval_command,
     export.export_command,
+    serve.serve_command,
 ):
     main.add_command(_command)
