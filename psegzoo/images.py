@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import io
 import logging
 import os
 import struct
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -121,7 +123,28 @@ def _from_file(path: Path, limit: int) -> np.ndarray:
     if size == 0:
         raise ImageError(f"{name}: file is empty (0 bytes)")
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
+        with open(path, "rb") as f:
+            return _decode(f, name, limit)
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{name}: {_decode_reason(exc)}") from None
+
+
+def load_image_bytes(data: bytes, name: str, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode the bytes of an image file (read by the caller, e.g. to hash what it decodes) as
+    :func:`load_image` decodes a path, pixel limit included; ``name`` names the file in errors."""
+    limit = max_pixels_limit(max_pixels)
+    if not data:
+        raise ImageError(f"{name}: file is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, limit)
+
+
+def _decode(f: BinaryIO, name: str, limit: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
             # Our own limit is checked below; Pillow's soft-limit warning would be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
@@ -331,6 +354,9 @@ class _Search:
         self.images: list[FoundImage] = []
         self.errors: list[ImageError] = []
 
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.images]
+
     def add(self, path: Path, relative: str) -> None:
         key = _resolved(path)
         if key in self.seen:
@@ -461,6 +487,16 @@ def _match_parts(names: tuple[str, ...], pats: tuple[str, ...], prefix: bool) ->
         return component(names[i], pats[j]) and match(i + 1, j + 1)
 
     return match(0, 0)
+
+
+def walk_images(root: str | os.PathLike) -> tuple[list[Path], tuple[ImageError, ...]]:
+    """The image files below the folder ``root``, walked as :func:`find_images` walks a folder
+    (sorted, hidden names skipped, symlinked folders not entered, each file once by real path),
+    and an error for each folder that could not be read."""
+    search = _Search(set(), IMAGE_EXTENSIONS)
+    for path, parts in search.walk(Path(root)):
+        search.add(path, _stem_name(parts))
+    return search.paths(), tuple(search.errors)
 
 
 def find_images(
