@@ -137,12 +137,8 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     segmenter = job.main_first(lambda first: psegzoo.load(plan.entry.name, weights=weights, device=job.device(device),
                                                           download=download if first else download.with_(offline=True)))
     t2 = time.perf_counter()
-    identity = evaluation.weights_identity(plan.entry, weights, download)
-    # Opening without --resume clears saved counts: rank 0 does it before the others open the folder.
-    state = evaluation.open_state(plan, identity, work_dir, resume=resume, cache_root=download.home) if job.is_main else None
-    job.barrier("work folder")
-    if state is None:
-        state = evaluation.open_state(plan, identity, work_dir, resume=True, cache_root=download.home)
+    state = _open_state(job, plan, evaluation.weights_identity(plan.entry, weights, download), work_dir, resume,
+                        download.home)
     # Shards balanced by the pixels left to do (images whose files were counted before weigh nothing).
     mine = job.plan(plan.samples, weigh=lambda s: 0 if resume and state.probably_saved(_hint(s)) else _pixels(s.image)).tasks
     view = _ProgressView(enabled=job.is_main and not quiet and console(stderr=True).is_terminal)
@@ -178,6 +174,15 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
         click.echo(json.dumps(result.to_json(), indent=1))
         return
     print_report(result)
+
+
+def _open_state(job: Any, plan: Any, identity: Any, work_dir: str | None, resume: bool, home: Any) -> Any:
+    """The run's work folder (default: under the cache root). Opening without --resume clears saved
+    counts: rank 0 does it before the others open the folder."""
+    open_state = psegzoo.evaluation.open_state
+    state = open_state(plan, identity, work_dir, resume=resume, cache_root=home) if job.is_main else None
+    job.barrier("work folder")
+    return state if state is not None else open_state(plan, identity, work_dir, resume=True, cache_root=home)
 
 
 def _hint(sample: Any) -> str | None:
