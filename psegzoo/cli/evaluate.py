@@ -83,7 +83,7 @@ class _ProgressView:
               help="Also write each prediction as a palette PNG DIR/<name>.png (pixel value = class index).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from the counts saved in the work folder.")
 @click.option("--work-dir", type=click.Path(file_okay=False),
-              help="Where per-image counts are saved as the run goes (default: CACHE/eval under the cache root; "
+              help="Where per-image counts are saved as the run goes (default: eval/ in the cache root, PSEGZOO_HOME; "
                    "one subfolder per model, weights, data and settings).")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Override the checkpoint's test mode (non-standard).")
 @click.option("--crop-size", help="Slide window HxW (non-standard).")
@@ -137,8 +137,8 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     segmenter = job.main_first(lambda first: psegzoo.load(plan.entry.name, weights=weights, device=job.device(device),
                                                           download=download if first else download.with_(offline=True)))
     t2 = time.perf_counter()
-    state = _open_state(job, plan, evaluation.weights_identity(plan.entry, weights, download), work_dir, resume,
-                        download.home)
+    identity = evaluation.weights_identity(plan.entry, weights, download, dtype=segmenter.dtype)
+    state = _open_state(job, plan, identity, work_dir, resume, download.home)
     # Shards balanced by the pixels left to do (images whose files were counted before weigh nothing).
     mine = job.plan(plan.samples, weigh=lambda s: 0 if resume and state.probably_saved(_hint(s)) else _pixels(s.image)).tasks
     view = _ProgressView(enabled=job.is_main and not quiet and console(stderr=True).is_terminal)

@@ -295,14 +295,17 @@ def weights_digest(segmenter: Segmenter) -> str:
     return h.hexdigest()
 
 
-def weights_identity(entry: Entry, weights: str | os.PathLike | None = None,
-                     download: DownloadOptions | None = None) -> dict[str, str]:
+def weights_identity(entry: Entry, weights: str | os.PathLike | None = None, download: DownloadOptions | None = None,
+                     *, dtype: torch.dtype = torch.float32) -> dict[str, str]:
     """The SHA-256 of the checkpoint file a model is loaded from: the file given (hashed now), else
-    the verified checkpoint in the cache (its SHA-256 is in the cache record)."""
+    the verified checkpoint in the cache (its SHA-256 is in the cache record); and the dtype the
+    model runs in."""
     if weights is not None:
-        return {"sha256": hub.file_sha256(Path(weights))}
-    opts = download if download is not None else DownloadOptions()
-    return {"sha256": hub.fetch(entry, opts.with_(offline=True, progress=False)).sha256}
+        sha = hub.file_sha256(Path(weights))
+    else:
+        opts = download if download is not None else DownloadOptions()
+        sha = hub.fetch(entry, opts.with_(offline=True, progress=False)).sha256
+    return {"sha256": sha, "dtype": str(dtype).removeprefix("torch.")}
 
 
 def open_state(job: EvalPlan, weights: Mapping[str, str], work_dir: str | os.PathLike | None, *,
@@ -483,8 +486,9 @@ def evaluate(model: str | Segmenter, data_root: str | os.PathLike | None = None,
     t1 = time.perf_counter()
     segmenter = model if isinstance(model, Segmenter) else load(job.entry.name, weights=weights, device=device, **load_kwargs)
     t2 = time.perf_counter()
-    identity = ({"state_sha256": weights_digest(segmenter)} if isinstance(model, Segmenter)
-                else weights_identity(job.entry, weights, _download_of(load_kwargs)))
+    identity = ({"state_sha256": weights_digest(segmenter), "dtype": str(segmenter.dtype).removeprefix("torch.")}
+                if isinstance(model, Segmenter)
+                else weights_identity(job.entry, weights, _download_of(load_kwargs), dtype=segmenter.dtype))
     state = open_state(job, identity, work_dir, resume=resume, cache_root=getattr(download, "home", None))
     run = accumulate(segmenter, job, state=state, save_predictions=save_predictions, batch_windows=batch_windows,
                      max_pixels=max_pixels, workers=workers, on_progress=on_progress)
