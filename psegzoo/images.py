@@ -125,13 +125,18 @@ def _from_file(path: Path, limit: int) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             return _from_stream(f, name, limit)
+    except ImageError:
+        raise
     except PermissionError:
         raise ImageError(f"{name}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{name}: {_decode_reason(exc)}") from None
 
 
 def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
-    """Decode an encoded image held in memory (an upload, a request body) exactly as :func:`load_image`
-    reads a file, with the same pixel limit; errors name the image as ``name``."""
+    """Decode an encoded image held in memory (an upload, a request body, a file read by the caller to
+    hash what it decodes) exactly as :func:`load_image` reads a file, with the same pixel limit; errors
+    name the image as ``name``."""
     if not data:
         raise ImageError(f"{name}: empty (0 bytes)")
     return _from_stream(io.BytesIO(data), name, max_pixels_limit(max_pixels))
@@ -350,6 +355,9 @@ class _Search:
         self.images: list[FoundImage] = []
         self.errors: list[ImageError] = []
 
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.images]
+
     def add(self, path: Path, relative: str) -> None:
         key = _resolved(path)
         if key in self.seen:
@@ -480,6 +488,16 @@ def _match_parts(names: tuple[str, ...], pats: tuple[str, ...], prefix: bool) ->
         return component(names[i], pats[j]) and match(i + 1, j + 1)
 
     return match(0, 0)
+
+
+def walk_images(root: str | os.PathLike) -> tuple[list[Path], tuple[ImageError, ...]]:
+    """The image files below the folder ``root``, walked as :func:`find_images` walks a folder
+    (sorted, hidden names skipped, symlinked folders not entered, each file once by real path),
+    and an error for each folder that could not be read."""
+    search = _Search(set(), IMAGE_EXTENSIONS)
+    for path, parts in search.walk(Path(root)):
+        search.add(path, _stem_name(parts))
+    return search.paths(), tuple(search.errors)
 
 
 def find_images(

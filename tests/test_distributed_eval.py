@@ -9,12 +9,13 @@ after some counts were lost.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from tests.support.cli import cli
 from tests.support.torchrun import OUR_TRACEBACK, run_job
@@ -34,7 +35,11 @@ def split(eval_data, tmp_path_factory):
     for copy in range(COPIES):
         for name, image in built.images.items():
             stem = f"{copy:02d}_{Path(name).name}"
-            shutil.copy(image, images / f"{stem}.png")
+            # The same pixels in other bytes (a PNG text chunk): 15 different files, each counted once.
+            info = PngImagePlugin.PngInfo()
+            info.add_text("copy", str(copy))
+            with Image.open(image) as im:
+                im.save(images / f"{stem}.png", pnginfo=info)
             shutil.copy(built.data_root / built.layout.label(name), labels / f"{stem}.png")
     env = {"PSEGZOO_INDEX": str(eval_data.index), "PSEGZOO_HOME": str(tmp / "home")}
     args = ["eval", "-m", eval_data.model("cityscapes"), "--weights", eval_data.checkpoint("cityscapes"),
@@ -68,8 +73,9 @@ def test_two_processes_give_the_figures_of_one(split):
     assert two["resumed"] == 0
     for key in FIGURES:
         assert two[key] == one[key], key
-    # Every image counted once, by one process, into its own file; nothing temporary left.
-    assert [p.name for p in counts_files(work)] == [f"{i:06d}.npy" for i in range(15)]
+    # Every image counted once, by one process, into the file its contents name; nothing temporary left.
+    assert [p.name for p in counts_files(work)] == [p.name for p in counts_files(tmp / "work-one")]
+    assert len(counts_files(work)) == 15 and all(re.fullmatch(r"[0-9a-f]{64}\.npy", p.name) for p in counts_files(work))
     for mine, theirs in zip(counts_files(work), counts_files(tmp / "work-one")):
         np.testing.assert_array_equal(np.load(mine), np.load(theirs))
     assert sorted(p.name for p in (tmp / "pred-two").iterdir()) == sorted(p.name for p in (tmp / "pred-one").iterdir())

@@ -26,7 +26,7 @@ ALLOWED = {
     "api": {"units", "errors", "files", "prefetch", "manifest", "hub", "convert", "models", "images", "outputs",
             "predictor", "__init__"},
     "bench": {"units", "errors", "files", "manifest", "hub", "models", "predictor", "api"},
-    "evaluation": {"units", "errors", "files", "prefetch", "manifest", "images", "outputs", "predictor", "api",
+    "evaluation": {"units", "errors", "files", "prefetch", "manifest", "hub", "images", "outputs", "predictor", "api",
                    "evaluation"},
     "export": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api",
                "__init__"},
