@@ -66,6 +66,8 @@ _LAZY = {
     "format_size": "units",
     "read_record": "hub",
     "unique_output_names": "api",
+    "tune": "api",
+    "cpu_fast_paths": "api",
     "DownloadOptions": "hub",
     "Fetched": "hub",
     "ImportResult": "hub",

@@ -4,5 +4,7 @@ from __future__ import annotations
 from .loading import convert_checkpoint, inference_settings, load, unique_output_names
 from .prediction import Prediction
 from .segmenter import Segmenter
+from .tuning import cpu_fast_paths, tune
 
-__all__ = ["Prediction", "Segmenter", "convert_checkpoint", "inference_settings", "load", "unique_output_names"]
+__all__ = ["Prediction", "Segmenter", "convert_checkpoint", "cpu_fast_paths", "inference_settings", "load", "tune",
+           "unique_output_names"]

@@ -20,6 +20,7 @@ from ..errors import CacheError, CheckpointError, PsegzooError, VerificationErro
 from ..hub import DownloadOptions
 from ..manifest import Entry, get_dataset, get_entry
 from ..models import Segmentor, build_segmentor, state_shapes
+from ..models.fast import tuning
 from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,12 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
     t2 = time.perf_counter()
     timings = {"weights_s": t1 - t0, "build_s": t2 - t1, "total_s": t2 - t0}
     return Segmenter(cast(Segmentor, prepared), entry, dev, dt, get_dataset(entry.dataset, index=opts.index), timings,
-                     channels_last=channels_last)
+                     channels_last=channels_last, tuning_record=tuning_record(opts))
+
+
+def tuning_record(options: DownloadOptions | None = None) -> Path:
+    """Where ``psegzoo tune`` records the CPU's fast paths: ``fast_paths.json`` in the cache root."""
+    return (options if options is not None else DownloadOptions()).home / tuning.RECORD_NAME
 
 
 def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | None = None, *,

@@ -14,7 +14,7 @@ import click
 
 import psegzoo
 
-from . import bench, evaluate, export, listing, predict, weights
+from . import bench, evaluate, export, listing, predict, tune, weights
 from .common import QUIET_KEY
 
 
@@ -78,6 +78,7 @@ for _command in (
     weights.convert_command,
     predict.predict_command,
     bench.bench_command,
+    tune.tune_command,
     evaluate.eval_command,
     export.export_command,
 ):
