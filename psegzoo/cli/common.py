@@ -214,3 +214,37 @@ def ratios_option(value: str | None) -> list[float] | None:
         raise click.BadParameter(f"{value!r} is not a list of positive ratios, e.g. 0.5,0.75,1.0,1.25,1.5,1.75",
                                  param_hint="--scales")
     return ratios
+
+
+class StatusLine:
+    """One transient line on a terminal's stderr saying what a silent step is doing ("importing
+    PyTorch ...", "converting ..."), replaced by the next step and erased at the end. Nothing is
+    written when stderr is not a terminal or with -q: a log or a pipe gets no control characters."""
+
+    def __init__(self, quiet_: bool = False):
+        self.enabled = not quiet_ and not quiet() and sys.stderr.isatty()
+        self._shown = False
+
+    def __call__(self, text: str | None) -> None:
+        """Show ``text`` (None: erase the line, e.g. before a progress bar draws)."""
+        if not self.enabled:
+            return
+        if text is None:
+            if self._shown:
+                sys.stderr.write("\r\x1b[2K")
+                sys.stderr.flush()
+                self._shown = False
+            return
+        import shutil
+
+        width = shutil.get_terminal_size().columns - 5  # one row: a wrapped line could not be erased
+        line = printable(text) if len(text) <= width else printable(text)[: max(width - 1, 1)] + "…"
+        sys.stderr.write(f"\r\x1b[2K{line} ...")
+        sys.stderr.flush()
+        self._shown = True
+
+    def __enter__(self) -> StatusLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self(None)
