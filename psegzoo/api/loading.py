@@ -157,7 +157,7 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
     opts = _download_options(download, offline=offline, mirrors=mirrors, allow_unverified=allow_unverified,
                              sha256=sha256, progress=progress)
     if name is None and weights is None:
-        raise PsegzooError("give a model name (see 'psegzoo list') or weights=PATH")
+        raise PsegzooError(f"give a model name (see 'psegzoo list') or {option('weights=PATH', '--weights FILE')}")
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise CheckpointError(f"weights file {str(weights_path)!r} does not exist")
