@@ -172,7 +172,8 @@ def _segmenter(request: Request, job: Any) -> Any:
                 raise click.UsageError(f"--model {o.name} is not the model in {o.onnx} ({model.entry.name})")
             return model
         # A bad stride, crop, scale, missing device or precision fails here, before any download.
-        psegzoo.inference_settings(request.named, **request.overrides, flip=o.flip, scales=request.ratios)
+        entry = psegzoo.get_entry(str(request.named), index=request.download.index)  # set without --onnx
+        psegzoo.inference_settings(entry, **request.overrides, flip=o.flip, scales=request.ratios)
         psegzoo.autocast_dtype(request.amp, psegzoo.select_device(o.device))
 
         def load(first: bool) -> Any:
