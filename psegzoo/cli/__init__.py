@@ -1,7 +1,7 @@
 """The ``psegzoo`` command line.
 
 Uses only the public API of the ``psegzoo`` package. Torch is imported only by the commands that
-run models (``convert``, ``predict``, ``bench``), so ``list`` and ``info`` stay instant. One module
+run models (``convert``, ``predict``, ``eval``, ``export``, ``bench``, ``tune``), so ``list`` and ``info`` stay instant. One module
 per command family; the group below adds each command explicitly. Log records of the library
 (retries as they happen, files found, ...) are printed by one ``rich.logging.RichHandler``.
 """

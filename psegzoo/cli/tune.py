@@ -10,7 +10,7 @@ import click
 
 import psegzoo
 
-from .common import console, escape, handle_errors
+from .common import StatusLine, console, escape, handle_errors
 
 
 def _table(measured: dict[str, dict[str, float]], chosen: Any) -> Any:
@@ -64,9 +64,11 @@ def tune_command(force: bool, repeat: int, show: bool, as_json: bool) -> None:
     if show:
         _show()
         return
-    if not as_json:
-        console(stderr=True).print("measuring the CPU fast paths (a few seconds) ...")
-    result = psegzoo.tune(force=force, repeats=repeat)
+    with StatusLine() as status:
+        status("importing PyTorch")
+        tune = psegzoo.tune
+        status("measuring the CPU fast paths (a few seconds)")
+        result = tune(force=force, repeats=repeat)
     message, code = _verdict(result)
     if as_json:
         click.echo(json.dumps({"key": result.key, "measured": result.measured, "chosen": asdict(result.chosen),
