@@ -20,7 +20,12 @@ from tests.support.media import image as scene
 from tests.support.terminal import run_in_terminal
 from tests.test_predictor_api import TINY, tiny  # noqa: F401  (the tiny model's fixture)
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+STYLE = re.compile(r"\x1b\[[0-9;]*m")  # colours: dropped
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")  # cursor movement and erasing: a line break in the text read
+
+
+def screen(text: str) -> str:
+    return ANSI.sub("\n", STYLE.sub("", text))
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +94,15 @@ def test_paths_are_on_stdout_while_the_bar_draws_and_status_lines_on_stderr(tiny
         images.append(tmp_path / f"img{i}.png")
         Image.fromarray(scene(i, 40, 60)).save(images[-1])
     out = tmp_path / "out"
-    run = run_in_terminal("predict", "-m", TINY, "--weights", tiny, *images, "-o", out, "--device", "cpu")
+    run = run_in_terminal("-v", "predict", "-m", TINY, "--weights", tiny, *images, "-o", out, "--device", "cpu")
     assert run.returncode == 0, run.stderr
-    listed = [line.strip() for line in ANSI.sub("\n", run.stdout).splitlines() if line.strip()]
+    listed = [line.strip() for line in screen(run.stdout).splitlines() if line.strip()]
     assert listed == [str(out / f"img{i}.png") for i in range(3)]  # stdout is data, in a terminal too
-    shown = ANSI.sub("\n", run.stderr)
+    shown = screen(run.stderr)
     assert "importing PyTorch ..." in shown and f"building {TINY} on cpu ..." in shown
     assert "3 image(s) written to" in shown
+    # a log record printed while a status line shows starts a line of its own
+    assert any(line.startswith("info: fast paths on this CPU: ") for line in shown.splitlines()), shown
     assert "\x1b[2K" in run.stderr  # the status line is erased, not left behind
 
     quiet = run_in_terminal("predict", "-m", TINY, "--weights", tiny, *images, "-o", tmp_path / "q", "--device", "cpu",
@@ -109,7 +116,7 @@ def test_no_status_lines_when_stderr_is_not_a_terminal(tiny, photo, tmp_path):  
                           stderr_tty=False)
     assert run.returncode == 0, run.stderr
     assert "..." not in run.stderr and "\x1b" not in run.stderr
-    assert ANSI.sub("", run.stdout).strip() == str(tmp_path / "out" / "street.png")
+    assert screen(run.stdout).strip() == str(tmp_path / "out" / "street.png")
 
 
 def test_errors_name_flags_on_the_command_line(tiny, photo, tmp_path):  # noqa: F811

@@ -15,7 +15,7 @@ import click
 import psegzoo
 
 from . import bench, evaluate, export, listing, predict, tune, weights
-from .common import QUIET_KEY
+from .common import QUIET_KEY, StatusLine
 
 
 def _log_handler() -> logging.Handler:
@@ -25,6 +25,9 @@ def _log_handler() -> logging.Handler:
     from rich.text import Text
 
     class OneLine(RichHandler):
+        def emit(self, record: logging.LogRecord) -> None:  # below a status line, never in its middle
+            StatusLine.around(lambda: super(OneLine, self).emit(record))
+
         def render(self, *, record: logging.LogRecord, traceback: Any, message_renderable: Any) -> Any:
             style = {"WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}.get(record.levelname, "dim")
             return Text.assemble((f"{record.levelname.lower()}: ", style), message_renderable)
