@@ -102,8 +102,7 @@ class Segmenter:
         use_fast_paths(self.model, paths)
 
     def decide_fast_paths(self) -> FastPaths:
-        """The fast paths installed (kept for callers of the time when the CPU was measured here;
-        ``psegzoo tune`` measures now)."""
+        """The fast paths installed; nothing is measured here (``psegzoo tune`` measures the CPU)."""
         return self.fast_paths
 
     def compile(self, **kwargs: Any) -> Segmenter:
