@@ -378,3 +378,10 @@ def _replaces_input(out_dir: str | os.PathLike | None, name: str, protected: set
 
 def _family(name: str) -> list[str]:
     return [(name + s).lower() for s in OUTPUT_SUFFIXES.values()]
+
+
+def unique_output_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = None,
+                        inputs: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """Output names with ``_2``, ``_3``, ... added where two images would write the same files,
+    or (given ``out_dir`` and ``inputs``) where an output would replace an input (public: ``psegzoo.unique_output_names``)."""
+    return unique_names(names, out_dir=out_dir, inputs=inputs)

@@ -286,7 +286,7 @@ def test_stride_larger_than_crop_fails_before_any_download(zoo, fresh_home, tmp_
     result = cli("predict", "-m", MM_NAME, image, "--mode", "slide", "--crop-size", "32x32", "--stride", "64x64",
                  "-o", tmp_path / "out", code=1)
     line = only_error_line(result.stderr)
-    assert "stride 64x64" in line and "crop_size 32x32" in line
+    assert "--stride 64x64" in line and "--crop-size 32x32" in line and "crop_size" not in line  # flags, not keywords
     assert len(zoo.server.requests) == requests and not fresh_home.exists() and not (tmp_path / "out").exists()
 
 

@@ -18,6 +18,7 @@ from .common import (
     fmt,
     handle_errors,
     index_option,
+    manifest_index,
     pair_option,
 )
 from .jobs import as_job
@@ -61,6 +62,18 @@ class _ProgressView:
             self.progress = None
 
 
+def check_request(*, half: bool, bf16: bool, data_root: Any, images_dir: Any, labels_dir: Any, name: str,
+                  device: str, **_options: Any) -> None:
+    """Refuse, before torch is imported, what needs no torch to refuse: option clashes, a missing
+    dataset, an unknown model, a malformed device name."""
+    if half and bf16:
+        raise click.UsageError("choose one of --half and --bf16")
+    if data_root is None and images_dir is None and labels_dir is None:
+        raise click.UsageError("give the dataset root with --data ROOT (or --images DIR --labels DIR)")
+    psegzoo.parse_device(device)
+    psegzoo.get_entry(name, index=manifest_index())
+
+
 @click.command("eval")
 @click.option("-m", "--model", "name", required=True, help="Model name or alias, e.g. pspnet_r50-d8_512x1024_40k_cityscapes.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False),
@@ -100,7 +113,7 @@ class _ProgressView:
 @download_options
 @index_option
 @handle_errors
-@as_job
+@as_job(check=check_request)
 def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_suffix, reduce_zero_label, ignore_index,
                  weights, ms_flip, limit, as_json, save_predictions, resume, work_dir, mode, crop_size, stride, scale,
                  device, half, bf16, batch_windows, workers, max_pixels, quiet, job) -> None:
@@ -117,10 +130,6 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     process. Interrupted? Run the same command with --resume.
     """
     t0 = time.perf_counter()
-    if half and bf16:
-        raise click.UsageError("choose one of --half and --bf16")
-    if data_root is None and images_dir is None and labels_dir is None:
-        raise click.UsageError("give the dataset root with --data ROOT (or --images DIR --labels DIR)")
     evaluation = psegzoo.evaluation
     download = download_settings(progress=False if quiet else None)
     # Every process lists and checks the split the same way (sizes, labels) before any download.
