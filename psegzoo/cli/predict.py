@@ -60,7 +60,16 @@ def check_combinations(ctx: click.Context, *, inputs: Sequence[str], sample: boo
 
 def check_output_folder(out_dir: str) -> None:
     """The output folder exists as a writable folder, or can be created: checked without creating it."""
-    path = Path(out_dir)
+    try:
+        _check_output_folder(Path(out_dir))
+    except OSError as exc:  # a folder on the way that this user may not enter
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        raise psegzoo.OutputError(f"output folder {out_dir} cannot be reached: {exc.strerror or exc}{where}; "
+                                  "choose another with -o/--output") from None
+
+
+def _check_output_folder(path: Path) -> None:
+    out_dir = str(path)
     probe = path
     while not probe.exists():
         if probe.is_symlink():
@@ -150,6 +159,7 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
     overrides = dict(mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
                      scale=pair_option(scale, "--scale"))
     ratios = ratios_option(scales)
+    max_pixels = psegzoo.max_pixels_limit(max_pixels)  # --max-pixels, else PSEGZOO_MAX_PIXELS: read once, checked now
     download = download_settings(progress=False if quiet else None)
     amp = "float16" if half else "bfloat16" if bf16 else None
     onnx_model = None
@@ -246,7 +256,7 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
             if task.is_video:
                 result = psegzoo.video.predict_video(
                     segmenter, task.path, out_dir, task.name, every=every, overlay=overlay, opacity=opacity,
-                    color=color, summary=save_json, batch_size=batch, workers=workers, **options)
+                    color=color, summary=save_json, batch_size=batch, workers=workers, max_pixels=max_pixels, **options)
                 return {"input": str(task.path), "output": str(result.paths[0]),
                         "files": [str(p) for p in result.paths], **result.summary()}
             prediction = next(predictions)
