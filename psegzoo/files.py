@@ -187,17 +187,21 @@ class InputGuard:
                 self._folders.append((os.path.realpath(path), path))
 
     def overwritten_by(self, target: str | os.PathLike) -> Path | None:
-        """The input that writing ``target`` would replace or write into, else None."""
-        try:
-            st = os.stat(target)
-        except (OSError, ValueError):
-            pass
-        else:
+        """The input that writing ``target`` would replace or write into, else None.
+
+        ``target`` is looked at as given and as its real path (``missing/../x`` is ``x`` once the
+        writer creates ``missing``).
+        """
+        real = os.path.realpath(target)
+        for candidate in (target, real):
+            try:
+                st = os.stat(candidate)
+            except (OSError, ValueError):
+                continue
             hit = self._files.get((st.st_dev, st.st_ino))
             if hit is not None:
                 return hit
         if self._folders:
-            real = os.path.realpath(target)
             for root, path in self._folders:
                 if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
                     return path
