@@ -356,7 +356,9 @@ def _png_intact(path: Path, kind: str, size: tuple[int, int]) -> bool:
     with Image.open(path) as im:
         if im.format != "PNG" or im.mode not in _PNG_MODES[kind] or im.size != size:
             return False
-        im.load()  # decodes every row: a truncated file fails here
+        im.verify()  # every chunk's CRC, up to the end marker
+    with Image.open(path) as im:
+        im.load()  # every row decodes
     return True
 
 
