@@ -406,7 +406,9 @@ def test_an_unreachable_or_unwritable_output_is_one_clean_line(served, checkpoin
     sticky.mkdir()
     (sticky / "a.png").write_bytes(b"not yours")
     if os.geteuid() == 0:
-        owner = 65534 if unprivileged()[1] != "--reuid=nobody" else 0
+        import pwd
+
+        owner = pwd.getpwnam("nobody").pw_uid if unprivileged()[1] != "--reuid=nobody" else 0
         os.chown(sticky, owner, -1)
         os.chown(sticky / "a.png", owner, -1)
         sticky.chmod(0o1777)
