@@ -64,6 +64,7 @@ _LAZY = {
     "autocast_dtype": "predictor",
     "find_images": "images",
     "load_image": "images",
+    "max_pixels_limit": "images",
     "sample_image": "images",
     "format_size": "units",
     "read_record": "hub",

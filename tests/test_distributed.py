@@ -24,6 +24,7 @@ import psegzoo
 from psegzoo.distributed import Job, Launch, PredictTask, Wanted, all_reduce_sum, predict_tasks, split
 from psegzoo.distributed.launch import rank_device, usable_cores
 from psegzoo.distributed.sharding import digest
+from psegzoo.video import FRAMES_RECORD
 from tests.support.cli import cli, run_script
 from tests.support.media import (  # noqa: F401
     MISSING_NAME,
@@ -171,7 +172,7 @@ def complete_outputs(out: Path) -> set[str]:
         if any(part.startswith(".") for part in rel.parts) or (rel.parts[0].startswith("vid") and len(rel.parts) > 1):
             continue
         if p.is_dir() and p.name.startswith("vid"):  # put in place last: it must be whole, with its video
-            assert [f.name for f in sorted(p.iterdir())] == [f"{i:06d}.png" for i in range(40)]
+            assert [f.name for f in sorted(p.iterdir())] == [FRAMES_RECORD, *(f"{i:06d}.png" for i in range(40))]
             assert len(read_video(out / f"{p.name}_overlay.mp4")[0]) == 40
             done.add(rel.as_posix())
         elif p.suffix == ".png" and not p.name.endswith("_overlay.png"):
@@ -408,16 +409,30 @@ def test_task_pixels_and_completeness(served, tmp_path):  # noqa: F811
     out.mkdir()
     Image.fromarray(np.zeros((30, 70), np.uint8), mode="L").convert("P").save(out / "x.png")
     (out / "x_overlay.png").write_bytes(b"")
-    assert not image_task.complete(out, wanted)  # the JSON is missing
+    (out / "x.json").write_text(json.dumps({"width": 70, "height": 30}))
+    assert not image_task.complete(out, wanted)  # an empty overlay
+    Image.new("RGB", (70, 30)).save(out / "x_overlay.png")
     (out / "x.json").write_text("{}")
+    assert not image_task.complete(out, wanted)  # a JSON without the image's size
+    (out / "x.json").write_text(json.dumps({"width": 70, "height": 30}))
     assert image_task.complete(out, wanted) and not image_task.complete(out, Wanted(probs="npy"))
-    (out / "x.png").write_bytes((out / "x.png").read_bytes()[:-20])
+    good = (out / "x.png").read_bytes()
+    (out / "x.png").write_bytes(good[:-20])
     assert not image_task.complete(out, wanted)  # a truncated label map
+    Image.new("P", (1, 1)).save(out / "x.png")
+    assert not image_task.complete(out, wanted)  # a label map of another size
+    (out / "x.png").write_bytes(good)
+    assert image_task.complete(out, wanted)
 
     (out / "clip").mkdir()
     assert not video_task.complete(out, Wanted())
-    (out / "clip" / "000000.png").write_bytes((out / "x_overlay.png").read_bytes())
-    assert not video_task.complete(out, Wanted())  # an empty, unreadable frame
-    Image.new("P", (20, 10)).save(out / "clip" / "000000.png")
+    frame = out / "clip" / "000000.png"
+    Image.new("P", (20, 10)).save(frame)
+    assert not video_task.complete(out, Wanted())  # a frame psegzoo did not record as its own
+    import hashlib
+
+    (out / "clip" / FRAMES_RECORD).write_text(json.dumps({"files": {frame.name: hashlib.sha256(frame.read_bytes()).hexdigest()}}))
     assert video_task.complete(out, Wanted()) and not video_task.complete(out, Wanted(overlay=True))
+    Image.new("P", (21, 10)).save(frame)
+    assert not video_task.complete(out, Wanted())  # changed since it was written
     assert str(PredictTask(img, "x")) == str(img)

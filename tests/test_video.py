@@ -39,7 +39,10 @@ def predict(*args, code=0):
 
 
 def frame_files(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """The frames in a video's folder (besides them: the record of the files psegzoo wrote there)."""
+    names = sorted(p.name for p in folder.iterdir())
+    assert video.FRAMES_RECORD in names
+    return [n for n in names if n != video.FRAMES_RECORD]
 
 
 def test_video_gives_label_frames_videos_and_json(served, seg, lossless, tmp_path):  # noqa: F811

@@ -15,8 +15,8 @@ from typing import Any, cast
 
 import torch
 
-from .. import __version__, convert, hub, predictor
-from ..errors import CacheError, CheckpointError, PsegzooError, VerificationError, option
+from .. import __version__, convert, files, hub, predictor
+from ..errors import CacheError, CheckpointError, OutputError, PsegzooError, VerificationError, option
 from ..hub import DownloadOptions
 from ..manifest import Entry, get_dataset, get_entry
 from ..models import Segmentor, build_segmentor, state_shapes
@@ -214,9 +214,10 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | No
                              sha256=sha256, progress=progress)
     src = Path(source)
     if src.is_file():
+        out = Path(output) if output else src.with_suffix(".safetensors")
+        refuse_writing_over(out, [src])
         entry = _entry_for_weights(name, src, opts.index)
         state_dict, fmt = _convert_file(src, entry, _build(entry))
-        out = Path(output) if output else src.with_suffix(".safetensors")
         convert.save_converted(state_dict, out, _metadata(entry, src.name, hub.file_sha256(src), fmt))
         return out
     if name is not None:
@@ -226,12 +227,30 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | No
         ready = hub.converted_file(entry, opts)
         if ready is not None:
             return ready
+    if output is not None and entry.weights is not None:
+        refuse_writing_over(output, [hub.checkpoint_path(entry, opts), hub.converted_path(entry, opts)])
     state_dict, _, metadata = _cached_weights(entry, _build(entry), opts, must_cache=output is None)
     if output is None:
         return hub.converted_path(entry, opts)
     out = Path(output)
     convert.save_converted(state_dict, out, metadata)
     return out
+
+
+def refuse_writing_over(output: str | os.PathLike, sources: Sequence[str | os.PathLike]) -> None:
+    """Raise OutputError when writing ``output`` would replace one of ``sources`` (the same file, a
+    hard link of it or a symlink to it: :func:`psegzoo.files.overwrites_input`)."""
+    source = files.overwrites_input(output, sources)
+    if source is None:
+        return
+    if os.path.islink(output):
+        how = "is a symbolic link to"
+    elif os.path.normcase(os.path.abspath(output)) == os.path.normcase(os.path.abspath(source)):
+        how = "is"
+    else:
+        how = "is the same file (a hard link) as"
+    raise OutputError(f"output {str(output)!r} {how} the source {str(source)!r}, which would be replaced; "
+                      "write the output under another name")
 
 
 def inference_settings(entry: Entry | str, *, mode: str | None = None, crop_size: Any = None, stride: Any = None,

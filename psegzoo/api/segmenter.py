@@ -210,7 +210,7 @@ class Segmenter:
         batched = self._batchable(settings, kwargs) and (self.device.type == "cuda" if batch_size is None else batch_size > 1)
         threads = predictor.default_workers(self.device) if workers is None else workers
         gather = batch_size or predictor.MAX_BATCH_IMAGES
-        max_pixels = kwargs.get("max_pixels")
+        max_pixels = images.max_pixels_limit(kwargs.get("max_pixels"))  # once, not once per image
 
         def read(item: tuple[ImageInput, str] | PsegzooError) -> _Read | PsegzooError:
             if isinstance(item, PsegzooError):

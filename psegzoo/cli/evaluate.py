@@ -131,6 +131,7 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     """
     t0 = time.perf_counter()
     evaluation = psegzoo.evaluation
+    max_pixels = psegzoo.max_pixels_limit(max_pixels)  # --max-pixels, else PSEGZOO_MAX_PIXELS: read once, checked now
     download = download_settings(progress=False if quiet else None)
     # Every process lists and checks the split the same way (sizes, labels) before any download.
     plan = evaluation.plan(

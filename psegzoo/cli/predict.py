@@ -65,7 +65,16 @@ def check_combinations(ctx: click.Context, *, inputs: Sequence[str], sample: boo
 
 def check_output_folder(out_dir: str) -> None:
     """The output folder exists as a writable folder, or can be created: checked without creating it."""
-    path = Path(out_dir)
+    try:
+        _check_output_folder(Path(out_dir))
+    except OSError as exc:  # a folder on the way that this user may not enter
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        raise psegzoo.OutputError(f"output folder {out_dir} cannot be reached: {exc.strerror or exc}{where}; "
+                                  "choose another with -o/--output") from None
+
+
+def _check_output_folder(path: Path) -> None:
+    out_dir = str(path)
     probe = path
     while not probe.exists():
         if probe.is_symlink():
@@ -140,6 +149,7 @@ def prepare(**options: Any) -> Request:
     overrides = dict(mode=o.mode, crop_size=pair_option(o.crop_size, "--crop-size"),
                      stride=pair_option(o.stride, "--stride"), scale=pair_option(o.scale, "--scale"))
     ratios = ratios_option(o.scales)
+    o.max_pixels = psegzoo.max_pixels_limit(o.max_pixels)  # --max-pixels, else PSEGZOO_MAX_PIXELS: read once, checked now
     download = download_settings(progress=False if o.quiet else None)
     named = _model_name(o, download)
     sources = [*o.inputs, *([str(psegzoo.sample_image())] if o.sample else [])]
@@ -214,7 +224,8 @@ def _predict_one(request: Request, segmenter: Any, predictions: Any, options: di
         if task.is_video:
             result = psegzoo.video.predict_video(
                 segmenter, task.path, o.out_dir, task.name, every=o.every, overlay=o.overlay, opacity=o.opacity,
-                color=o.color, summary=o.save_json, batch_size=batch, workers=o.workers, **options)
+                color=o.color, summary=o.save_json, batch_size=batch, workers=o.workers, max_pixels=o.max_pixels,
+                **options)
             return {"input": str(task.path), "output": str(result.paths[0]),
                     "files": [str(p) for p in result.paths], **result.summary()}
         prediction = next(predictions)
