@@ -287,6 +287,18 @@ def test_nothing_to_do_loads_nothing(served, folder, reference, tmp_path):  # no
 # --------------------------------------------------------------------------------------------
 
 
+def test_a_traceback_is_ours_by_the_package_s_location_not_by_a_name_in_its_path(tmp_path):
+    """A clone folder named ``psegzoo`` with its venv inside: torchrun's frames there are not psegzoo's."""
+    clone = tmp_path / "psegzoo"
+    torch_frame = clone / ".venv" / "lib" / "python3.12" / "site-packages" / "torch" / "distributed" / "run.py"
+    theirs = f'Traceback (most recent call last):\n  File "{torch_frame}", line 905, in main\n    run(args)\n'
+    assert not OUR_TRACEBACK.search(theirs)
+    assert not OUR_TRACEBACK.search(f'  File "{clone}/tools/psegzoo_helper.py", line 3, in <module>\n')
+    package = Path(psegzoo.__file__).parent
+    assert OUR_TRACEBACK.search(f'  File "{package / "cli" / "predict.py"}", line 12, in main\n')
+    assert OUR_TRACEBACK.search(f'  File "{WORKER}", line 40, in <module>\n')
+
+
 @pytest.mark.parametrize("parts", [1, 2, 3, 5])
 def test_split_is_disjoint_complete_balanced_and_deterministic(parts):
     rng = np.random.default_rng(parts)
