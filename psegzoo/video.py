@@ -429,7 +429,7 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
                 progress(len(kept), max(expected, len(kept)))
         written = [writer.commit() for writer in writers.values()]
         if summary:
-            document = {"video": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
+            document = {"input": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
                         "fps": float(info.fps), "every": every, "frames": records}
             written.append(outputs.save_json(document, paths.json))
         _install_frames(staging, paths.frames, kept)

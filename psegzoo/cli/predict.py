@@ -258,7 +258,7 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
             if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)) or str(task.path) in str(exc):
                 raise
             raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
-        doc = {k: v for k, v in prediction.summary().items() if k != "image"}
+        doc = {k: v for k, v in prediction.summary().items() if k != "input"}
         return {"input": str(task.path), "output": str(paths[0]), "files": [str(p) for p in paths], **doc}
 
     def show(event: Any) -> None:  # every input of the job, on rank 0
