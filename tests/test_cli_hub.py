@@ -576,7 +576,7 @@ def test_when_every_source_is_down_what_to_do_comes_before_the_sources(zoo, http
     proc = run_script("download", "m_all_down", code=1, timeout=60)
     line = error_line(proc.stderr)
     advice, tried = line.split(" Tried, in order: ")
-    for way in ("--mirror URL", "--weights FILE (predict)", "psegzoo import FILE|DIR", "--search DIR", "try again later"):
+    for way in ("--mirror URL", "--weights FILE (predict, eval, export)", "psegzoo import FILE|DIR", "--search DIR", "try again later"):
         assert way in advice
     assert original in tried and f"{dead}/fallback/m_all_down.pth" in tried and original not in advice
     rows = [line[i:i + 80] for i in range(0, len(line), 80)]  # as an 80-column terminal shows the line

@@ -406,7 +406,7 @@ def ways_in() -> str:
     return (
         f"What to do: use a mirror, with {option('mirrors=[URL]', '--mirror URL')} or {MIRROR_ENV} (a URL template, "
         f"hf://ORG/REPO, or a colleague's 'psegzoo mirror' folder served over HTTP); or use a copy you have, with "
-        f"{option('psegzoo.load(weights=FILE)', '--weights FILE (predict)')}, 'psegzoo import FILE|DIR', or a folder "
+        f"{option('psegzoo.load(weights=FILE)', '--weights FILE (predict, eval, export)')}, 'psegzoo import FILE|DIR', or a folder "
         f"to search ({option('search=[DIR]', '--search DIR')} or {SEARCH_ENV}); or try again later (a host that "
         f"fails, as download.openmmlab.com has, may come back)"
     )
