@@ -64,6 +64,7 @@ def test_video_gives_label_frames_videos_and_json(served, seg, lossless, tmp_pat
         assert np.abs(decoded[0].astype(int) - render(expected[3]).astype(int)).mean() > max(errors)
 
     doc = json.loads((out / "clip.json").read_text())
+    assert doc["input"] == str(path)  # named as the JSON lines on stdout name it
     assert doc["model"] == NAME and doc["fps"] == 10 and doc["every"] == 1
     assert (doc["width"], doc["height"]) == (64, 48)
     assert [f["index"] for f in doc["frames"]] == list(range(6))
