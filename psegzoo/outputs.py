@@ -163,10 +163,11 @@ def summary(
     timings: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The per-image JSON document: image, size, model, class areas, timings (seconds)."""
+    """The per-image JSON document: input (the image, as the JSON lines on stdout name it), size, model, class
+    areas, timings (seconds)."""
     h, w = labels.shape
     doc: dict[str, Any] = {
-        "image": printable(image) if image is not None else None,
+        "input": printable(image) if image is not None else None,
         "width": int(w),
         "height": int(h),
         "model": model,

@@ -467,7 +467,7 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
         check_frame_folder(paths.frames)  # again: nothing is committed next to a folder that will be refused
         done = [writer.commit() for writer in writers.values()]
         if summary:
-            document = {"video": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
+            document = {"input": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
                         "fps": float(info.fps), "every": every, "frames": records}
             done.append(outputs.save_json(document, paths.json))
         _install_frames(staging, paths.frames, written)

@@ -237,7 +237,7 @@ def _predict_one(request: Request, segmenter: Any, predictions: Any, options: di
         if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)) or str(task.path) in str(exc):
             raise
         raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
-    doc = {k: v for k, v in prediction.summary().items() if k != "image"}
+    doc = {k: v for k, v in prediction.summary().items() if k != "input"}
     return {"input": str(task.path), "output": str(paths[0]), "files": [str(p) for p in paths], **doc}
 
 

@@ -23,21 +23,17 @@ from .common import (
     fmt_size,
     handle_errors,
     index_option,
+    printable,
     quiet,
 )
+from .listing import terminal_width
+from .tables import Col, Fitted, fit
 
 
 def _trusted_notice(name: str, sha256: str, origin: str | None) -> str:
     where = f" from {escape(origin)}" if origin else ""
     return (f"[yellow]{escape(name)} publishes no hash; trusted on first use with SHA-256 {sha256}{where}[/] "
             "(every later use must match it)")
-
-
-def _wide(out):
-    """Tables in a pipe are not cut to 80 columns: paths and hashes stay whole and greppable."""
-    if not out.is_terminal:
-        out.width = max(out.width, 200)
-    return out
 
 
 @click.command("download")
@@ -95,19 +91,39 @@ def cache_group(ctx: click.Context, as_json: bool) -> None:
                  "source": i.source, "at": i.at, "trusted": i.trusted} for i in items]
         click.echo(json.dumps({"root": str(options.home), "total_bytes": total, "checkpoints": rows}, indent=1))
         return
-    from rich.table import Table
+    width = terminal_width()
+    _print_table(f"cache: {printable(str(options.home))}", _cache_table(items, width), width, "--json")
+    click.echo(f"{sum(i.complete for i in items)} checkpoint(s), {fmt_size(total)} in total")
 
-    out = _wide(console())
-    table = Table(title=f"cache: {options.home}", title_justify="left", header_style="bold")
-    for column, justify in (("name", "left"), ("size", "right"), ("sha256", "left"), ("converted", "right")):
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for i in items:
-        size = fmt_size(i.size) if i.complete else f"partial {fmt_size(i.partial_size)}"
-        if i.complete and i.partial_size:
-            size += f" (+{fmt_size(i.partial_size)} unfinished)"
-        table.add_row(escape(i.name), size, (i.sha256 or "-")[:16], fmt_size(i.converted_size) if i.converted else "no")
-    out.print(table)
-    out.print(f"{sum(i.complete for i in items)} checkpoint(s), {fmt_size(total)} in total")
+
+def _cache_row(i: psegzoo.CachedCheckpoint) -> tuple[str, ...]:
+    return (printable(i.name), fmt_size(i.size) if i.complete else "-",
+            fmt_size(i.partial_size) if i.partial_size else "", (i.sha256 or "-")[:16],
+            fmt_size(i.converted_size) if i.converted else "no")
+
+
+def _cache_table(items: Sequence[psegzoo.CachedCheckpoint], width: int | None) -> Fitted:
+    """The cache listing fitted to ``width``; the unfinished column only when a download is unfinished."""
+    columns = [c for c in CACHE_COLUMNS if c.header != "unfinished" or any(i.partial_size for i in items)]
+    rows = [tuple(cell for c, cell in zip(CACHE_COLUMNS, _cache_row(i)) if c in columns) for i in items]
+    return fit(columns, rows, width)
+
+
+# name and size are never left out; the hash prefix, the converted size and an unfinished download's size are,
+# in that order (the unfinished column is there only when a download is unfinished)
+CACHE_COLUMNS = (Col("name", fold=True), Col("size", right=True), Col("unfinished", 1, right=True),
+                 Col("sha256", 3), Col("converted", 2, right=True))
+# the file folds at a path separator; the model's name (read from the file's name) is left out first
+IMPORT_COLUMNS = (Col("file", fold=True), Col("model", priority=1), Col("result"))
+
+
+def _print_table(title: str, table: Fitted, width: int | None, where: str) -> None:
+    """The title (naming the columns left out, and where they are), the bold header, the rows."""
+    if table.hidden:
+        hint = f" ({', '.join(c.header for c in table.hidden)} left out to fit; {where} shows them)"
+        title += hint if width is None or len(title + hint) <= width else f"\n{hint.strip()}"
+    header, *rows = table.lines
+    click.echo("\n".join([title, click.style(header, bold=True), *rows]))
 
 
 @cache_group.command("rm")
@@ -143,26 +159,29 @@ def verify_command(names: Sequence[str]) -> None:
     """Re-hash cached checkpoints and converted weights against their records; bad files are deleted."""
     options = download_settings()
     targets: list[psegzoo.Entry | None] = [psegzoo.get_entry(n, index=options.index) for n in names]
-    bad = 0
+    reports = [report for target in targets or [None] for report in psegzoo.verify(target, options=options, full=True)]
     out = console()
-    for target in targets or [None]:
-        for report in psegzoo.verify(target, options=options, full=True):
-            bad += not report.ok
-            if report.status != "ok":
-                detail = report.problem or ""
-                if report.removed:
-                    detail += " (deleted; it will be got again on next use)"
-                out.print(f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}", soft_wrap=True)
-                continue
-            line = f"[green]ok[/]  {escape(report.name)}  sha256 {report.sha256}"
-            if report.converted_status == "ok":
-                line += "  (converted weights ok)"
-            elif report.converted_status is not None:
-                line += (f"  [bold red]converted weights {report.converted_status}[/]: {escape(report.converted_problem or '')}"
-                         " (deleted; converted again on next use)")
-            out.print(line, soft_wrap=True)
-    if bad:
+    if not reports:  # only with no NAMEs: a named checkpoint that is not cached gets a 'missing' line
+        out.print(f"nothing to verify: the cache ({escape(str(options.home))}) holds no checkpoint", soft_wrap=True)
+    for report in reports:
+        out.print(_verify_line(report), soft_wrap=True)
+    if any(not report.ok for report in reports):
         sys.exit(1)
+
+
+def _verify_line(report: psegzoo.VerifyResult) -> str:
+    if report.status != "ok":
+        detail = report.problem or ""
+        if report.removed:
+            detail += " (deleted; it will be got again on next use)"
+        return f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}"
+    line = f"[green]ok[/]  {escape(report.name)}  sha256 {report.sha256}"
+    if report.converted_status == "ok":
+        line += "  (converted weights ok)"
+    elif report.converted_status is not None:
+        line += (f"  [bold red]converted weights {report.converted_status}[/]: {escape(report.converted_problem or '')}"
+                 " (deleted; converted again on next use)")
+    return line
 
 
 @click.command("import")
@@ -192,17 +211,10 @@ def import_command(path: str, name: str | None, sha256: str | None, link: bool) 
     if name or sha256:
         raise click.UsageError("--name and --sha256 apply to one FILE, not to a folder")
     results = psegzoo.import_folder(source, options)
-    from rich.table import Table
-
-    out = _wide(console())
-    table = Table(title=f"import {source}", title_justify="left", header_style="bold")
-    for column in ("file", "model", "result"):
-        table.add_column(column, no_wrap=column != "result")
-    style = {"imported": "green", "already cached": "green", "not a zoo file": "dim"}
-    for r in results:
-        table.add_row(escape(str(r.source.relative_to(source))), escape(r.name or "-"),
-                      f"[{style.get(r.status, 'bold red')}]{escape(r.status)}[/]")
-    out.print(table)
+    rows = [(printable(str(r.source.relative_to(source))), r.name or "-", r.status) for r in results]
+    width = terminal_width()
+    _print_table(f"import {printable(str(source))}", fit(IMPORT_COLUMNS, rows, width), width,
+                 "'psegzoo cache' or a wider terminal")
     err = console(stderr=True)
     for r in results:
         if r.error is not None:  # why a checkpoint was refused, one whole line each
@@ -210,7 +222,7 @@ def import_command(path: str, name: str | None, sha256: str | None, link: bool) 
                       f"{escape(r.error.cli_message())}", soft_wrap=True)
     counts = {s: sum(r.status == s for r in results) for s in ("imported", "already cached", "hash mismatch",
                                                                   "not a zoo file", "unreadable")}
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")
     if counts["hash mismatch"] or counts["unreadable"]:
         sys.exit(1)
 

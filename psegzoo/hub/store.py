@@ -315,15 +315,31 @@ def fetch(entry: Entry | str, options: DownloadOptions | None = None) -> Fetched
     if not opts.force:
         hit, _ = cached_copy(layout, entry, exp, repair=False)
         if hit is not None:
-            return hit
+            return _from_cache(layout, w.file, hit)
     layout.ensure("checkpoints", "records", "partial", "locks")
     with entry_lock(layout, w.file, timeout=opts.lock_timeout, what=f"getting {w.file}"):
         note = None
         if not opts.force:
             hit, note = cached_copy(layout, entry, exp, repair=True)
             if hit is not None:
-                return hit
+                return _from_cache(layout, w.file, hit)
         return _get(layout, entry, exp, opts, note)
+
+
+_RECORDED_SOURCE = {"download": "downloaded from", "local": "copied from a file found on this machine,",
+                    "import": "imported from", "cache": "found in the cache folder and hashed there"}
+
+
+def _from_cache(layout: CacheLayout, file: str, hit: Fetched) -> Fetched:
+    """``hit``, after saying (at INFO, ``psegzoo -v``) that it was cached and where it came from then."""
+    rec = read_record(layout, file)
+    if rec is None:
+        log.info("%s is already in the cache: %s", hit.name, hit.path)
+        return hit
+    how = _RECORDED_SOURCE.get(rec.source, rec.source)
+    origin = f" {redact(rec.url)}" if rec.url and rec.source != "cache" else ""
+    log.info("%s is already in the cache: %s (%s%s on %s; SHA-256 %s)", hit.name, hit.path, how, origin, rec.at, hit.sha256)
+    return hit
 
 
 def download(entry: Entry | str, options: DownloadOptions | None = None) -> Path:
@@ -435,31 +451,36 @@ def _show_progress(opts: DownloadOptions) -> bool:
 
 
 def ways_in() -> str:
-    """What to do when no source gives the file (also shown by ``psegzoo download`` and ``predict``)."""
+    """What to do when no source gives the file (also shown by ``psegzoo download`` and ``predict``).
+
+    It comes first in the error, before the sources tried: in an 80-column terminal the advice is on
+    the first lines, not below a dozen lines of URLs."""
     return (
-        f"Ways in: a copy you have, with 'psegzoo import FILE|DIR' (or a folder to search: {SEARCH_ENV} or "
-        f"{option('search=[DIR]', '--search DIR')}); a mirror, with {option('mirrors=[URL]', '--mirror URL')} or "
-        f"{MIRROR_ENV} (a URL template, hf://ORG/REPO, or a colleague's 'psegzoo mirror' folder served over HTTP)"
+        f"What to do: use a mirror, with {option('mirrors=[URL]', '--mirror URL')} or {MIRROR_ENV} (a URL template, "
+        f"hf://ORG/REPO, or a colleague's 'psegzoo mirror' folder served over HTTP); or use a copy you have, with "
+        f"{option('psegzoo.load(weights=FILE)', '--weights FILE (predict, eval, export)')}, 'psegzoo import FILE|DIR', or a folder "
+        f"to search ({option('search=[DIR]', '--search DIR')} or {SEARCH_ENV}); or try again later (a host that "
+        f"fails, as download.openmmlab.com has, may come back)"
     )
 
 
 def _failure(entry: Entry, tried: list[Tried]) -> DownloadError:
     w = weights_of(entry)
     original = redact(w.url)
-    head = f"could not get {entry.name} ({w.file})"
+    head = f"could not get {entry.name} ({w.file}) from any source"
     if any(t.source == original and t.unreachable for t in tried):
         head += f": its original host {urlsplit(w.url).hostname} is unreachable"
     listing = "; ".join(map(str, tried)) or "no source"
-    return DownloadError(f"{head}. Tried: {listing}. {ways_in()}")
+    return DownloadError(f"{head}. {ways_in()}. Tried, in order: {listing}")
 
 
 def _offline_error(entry: Entry, layout: CacheLayout, tried: list[Tried]) -> OfflineError:
     w = weights_of(entry)
-    seen = f" Tried: {'; '.join(map(str, tried))}." if tried else ""
+    seen = f" Tried: {'; '.join(map(str, tried))}" if tried else ""
     return OfflineError(
         f"offline mode is on ({OFFLINE_ENV} or {option('offline=True', '--offline')}) and {entry.name} is not in the "
-        f"cache ({layout.checkpoint(w.file)}).{seen} On a machine with network access, get {redact(w.url)} and copy it here, "
-        f"then run 'psegzoo import {w.file}'; or turn offline mode off"
+        f"cache ({layout.checkpoint(w.file)}). On a machine with network access, get {redact(w.url)} and copy it here, "
+        f"then run 'psegzoo import {w.file}'; or turn offline mode off.{seen}"
     )
 
 

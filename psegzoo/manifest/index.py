@@ -14,7 +14,7 @@ from typing import Any
 from .. import files
 from ..errors import ManifestError, option
 from .entries import INDEX_ENV, MAX_MANIFEST_BYTES, Dataset, Entry, Resolution
-from .names import _filter, _Lookup, _resolve
+from .names import _filter, _Lookup, _resolve, close_names
 from .schema import check_weights_files, parse_manifest
 
 
@@ -50,6 +50,10 @@ class Manifest:
 
     def get(self, name: str) -> Entry:
         return _resolve(self, name).entry
+
+    def close_names(self, text: str, n: int = 5, *, aliases: bool = True) -> list[str]:
+        """Names (and short aliases) that look like ``text``: what to suggest when nothing matched it."""
+        return close_names(self, text, n, aliases=aliases)
 
     def filter(
         self,
