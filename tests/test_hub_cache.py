@@ -141,8 +141,8 @@ def test_file_modes_follow_the_umask_everywhere(zoo, ckpt_bytes, hub_env, tmp_pa
         made.append(outputs.save_json({"a": 1}, tmp_path / "out" / "x.json"))
         made.append(files.write_atomic(tmp_path / "plain.txt", "x"))
         state = evaluation.WorkState.open(tmp_path / "work", "m_perm", "val", {"k": 1}, 3, resume=False)
-        state.save(0, evaluation.Counts.from_array(np.ones((4, 3), np.int64)))
-        made.extend([state.counts_dir / "000000.npy", state.save_result({"a": 1})])
+        state.save("0" * 64, evaluation.Counts.from_array(np.ones((4, 3), np.int64)))
+        made.extend([state.counts_dir / ("0" * 64 + ".npy"), state.record, state.save_result({"a": 1})])
         assert not [p for p in state.folder.rglob("*") if p.name.endswith(".tmp")]
         assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {p.name: "0o644" for p in made}
         os.umask(0o027)

@@ -292,7 +292,7 @@ def test_mirror_round_trip_through_a_static_server(zoo, http_server, ckpt_bytes,
     hub.download(a, opts())
     hub.download(b, opts(allow_unverified=True))
     share = tmp_path / "share"
-    results = hub.mirror(share, options=opts())
+    results = hub.mirror(share, options=opts(), link=True)
     assert sorted((r.name, r.status) for r in results) == [("m_team_a", "linked"), ("m_team_b", "linked")]
     target_a = share / url_path(a).lstrip("/")
     assert target_a.read_bytes() == ckpt_bytes and target_a.stat().st_ino == hub.checkpoint_path(a).stat().st_ino

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build ``model_index.json`` from the zoo tables and mmsegmentation 1.2.2's own configs.
 
-The zoo tables (``shared/zoo/*.md``) are authoritative for what is published: URLs, hashes and
+The zoo tables (``shared/zoo/*.md``, copied to ``tests/data/zoo``) are authoritative for what is published: URLs, hashes and
 figures. Everything needed to rebuild each network and its evaluation (architecture, test
 resize, whole/slide inference, normalisation) is read from the checkpoint's own mmseg config,
 found through ``<method>/metafile.yaml`` and evaluated here with a small config evaluator
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ZOO = REPO_ROOT.parent / "shared" / "zoo"
+DEFAULT_ZOO = REPO_ROOT / "tests" / "data" / "zoo"  # a copy of the zoo tables, made by tools/make_test_data.py
 
 SCHEMA_VERSION = 1
 

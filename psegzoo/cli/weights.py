@@ -26,19 +26,14 @@ from .common import (
     printable,
     quiet,
 )
+from .listing import terminal_width
+from .tables import Col, Fitted, fit
 
 
 def _trusted_notice(name: str, sha256: str, origin: str | None) -> str:
     where = f" from {escape(origin)}" if origin else ""
     return (f"[yellow]{escape(name)} publishes no hash; trusted on first use with SHA-256 {sha256}{where}[/] "
             "(every later use must match it)")
-
-
-def _wide(out):
-    """Tables in a pipe are not cut to 80 columns: paths and hashes stay whole and greppable."""
-    if not out.is_terminal:
-        out.width = max(out.width, 200)
-    return out
 
 
 @click.command("download")
@@ -83,7 +78,7 @@ def download_command(names: Sequence[str], force: bool, link: bool, no_bar: bool
 @index_option
 @handle_errors
 def cache_group(ctx: click.Context, as_json: bool) -> None:
-    """List cached checkpoints (name, size, SHA-256, converted); 'cache rm' removes them."""
+    """List cached checkpoints (name, size, SHA-256, trust level, converted); 'cache rm' removes them."""
     if ctx.invoked_subcommand is not None:
         return
     options = download_settings()
@@ -96,21 +91,39 @@ def cache_group(ctx: click.Context, as_json: bool) -> None:
                  "source": i.source, "at": i.at, "trusted": i.trusted, "trust": i.trust} for i in items]
         click.echo(json.dumps({"root": str(options.home), "total_bytes": total, "checkpoints": rows}, indent=1))
         return
-    from rich.table import Table
+    width = terminal_width()
+    _print_table(f"cache: {printable(str(options.home))}", _cache_table(items, width), width, "--json")
+    click.echo(f"{sum(i.complete for i in items)} checkpoint(s), {fmt_size(total)} in total")
 
-    out = _wide(console())
-    table = Table(title=f"cache: {options.home}", title_justify="left", header_style="bold")
-    for column, justify in (("name", "left"), ("size", "right"), ("sha256", "left"), ("trust", "left"),
-                            ("converted", "right")):
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for i in items:
-        size = fmt_size(i.size) if i.complete else f"partial {fmt_size(i.partial_size)}"
-        if i.complete and i.partial_size:
-            size += f" (+{fmt_size(i.partial_size)} unfinished)"
-        table.add_row(escape(i.name), size, (i.sha256 or "-")[:16], _trust_cell(i.trust),
-                      fmt_size(i.converted_size) if i.converted else "no")
-    out.print(table)
-    out.print(f"{sum(i.complete for i in items)} checkpoint(s), {fmt_size(total)} in total")
+
+def _cache_row(i: psegzoo.CachedCheckpoint) -> tuple[str, ...]:
+    return (printable(i.name), fmt_size(i.size) if i.complete else "-",
+            fmt_size(i.partial_size) if i.partial_size else "", (i.sha256 or "-")[:16], i.trust or "-",
+            fmt_size(i.converted_size) if i.converted else "no")
+
+
+def _cache_table(items: Sequence[psegzoo.CachedCheckpoint], width: int | None) -> Fitted:
+    """The cache listing fitted to ``width``; the unfinished column only when a download is unfinished."""
+    columns = [c for c in CACHE_COLUMNS if c.header != "unfinished" or any(i.partial_size for i in items)]
+    rows = [tuple(cell for c, cell in zip(CACHE_COLUMNS, _cache_row(i)) if c in columns) for i in items]
+    return fit(columns, rows, width)
+
+
+# name and size are never left out; the hash prefix, the converted size, the trust level and an unfinished
+# download's size are, in that order (the unfinished column is there only when a download is unfinished)
+CACHE_COLUMNS = (Col("name", fold=True), Col("size", right=True), Col("unfinished", 1, right=True),
+                 Col("sha256", 4), Col("trust", 2), Col("converted", 3, right=True))
+# the file folds at a path separator; the model's name (read from the file's name) is left out first
+IMPORT_COLUMNS = (Col("file", fold=True), Col("model", priority=1), Col("result"))
+
+
+def _print_table(title: str, table: Fitted, width: int | None, where: str) -> None:
+    """The title (naming the columns left out, and where they are), the bold header, the rows."""
+    if table.hidden:
+        hint = f" ({', '.join(c.header for c in table.hidden)} left out to fit; {where} shows them)"
+        title += hint if width is None or len(title + hint) <= width else f"\n{hint.strip()}"
+    header, *rows = table.lines
+    click.echo("\n".join([title, click.style(header, bold=True), *rows]))
 
 
 def _trust_cell(trust: str | None) -> str:
@@ -159,6 +172,12 @@ def _hashes_lines(report: psegzoo.VerifyResult) -> list[str]:
 
 
 def _verify_line(report: psegzoo.VerifyResult) -> str:
+    """One line per cached checkpoint: ok with its hash, trust level and origin, or what is wrong."""
+    if report.status != "ok":
+        detail = report.problem or ""
+        if report.removed:
+            detail += " (deleted; it will be got again on next use)"
+        return f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}"
     line = f"[green]ok[/]  {escape(report.name)}  sha256 {report.sha256}  ({_trust_cell(report.trust)}"
     line += f" from {escape(report.url)})" if report.url else ")"
     if report.converted_status == "ok":
@@ -185,25 +204,21 @@ def verify_command(names: Sequence[str], as_hashes: bool) -> None:
     """
     options = download_settings()
     targets: list[psegzoo.Entry | None] = [psegzoo.get_entry(n, index=options.index) for n in names]
-    bad = 0
+    reports = [report for target in targets or [None] for report in psegzoo.verify(target, options=options, full=True)]
     out, err = console(), console(stderr=True)
     if as_hashes:
         click.echo(HASHES_HEADER)
-    for target in targets or [None]:
-        for report in psegzoo.verify(target, options=options, full=True):
-            bad += not report.ok
-            if report.status != "ok":
-                detail = report.problem or ""
-                if report.removed:
-                    detail += " (deleted; it will be got again on next use)"
-                (err if as_hashes else out).print(f"[bold red]{report.status}[/]  {escape(report.name)}  {escape(detail)}",
-                                                  soft_wrap=True)
-            elif as_hashes:
-                click.echo("\n".join(_hashes_lines(report)))
-            else:
-                out.print(_verify_line(report), soft_wrap=True)
-    if bad:
+    if not reports:  # only with no NAMEs: a named checkpoint that is not cached gets a 'missing' line
+        (err if as_hashes else out).print(f"nothing to verify: the cache ({escape(str(options.home))}) holds no "
+                                          "checkpoint", soft_wrap=True)
+    for report in reports:
+        if as_hashes and report.status == "ok":
+            click.echo("\n".join(_hashes_lines(report)))
+        else:  # with --hashes, problems go to stderr: stdout stays a sha256sum list
+            (err if as_hashes else out).print(_verify_line(report), soft_wrap=True)
+    if any(not report.ok for report in reports):
         sys.exit(1)
+
 
 
 @click.command("import")
@@ -244,17 +259,10 @@ def _import_file(source: Path, name: str | None, options: psegzoo.DownloadOption
 def _import_folder(source: Path, options: psegzoo.DownloadOptions) -> None:
     """Import every checkpoint under ``source``: a table of results, then why each refused one was."""
     results = psegzoo.import_folder(source, options)
-    from rich.table import Table
-
-    out = _wide(console())
-    table = Table(title=f"import {source}", title_justify="left", header_style="bold")
-    for column in ("file", "model", "result"):
-        table.add_column(column, no_wrap=column != "result")
-    style = {"imported": "green", "already cached": "green", "not a zoo file": "dim"}
-    for r in results:
-        table.add_row(escape(str(r.source.relative_to(source))), escape(r.name or "-"),
-                      f"[{style.get(r.status, 'bold red')}]{escape(r.status)}[/]")
-    out.print(table)
+    rows = [(printable(str(r.source.relative_to(source))), r.name or "-", r.status) for r in results]
+    width = terminal_width()
+    _print_table(f"import {printable(str(source))}", fit(IMPORT_COLUMNS, rows, width), width,
+                 "'psegzoo cache' or a wider terminal")
     err = console(stderr=True)
     for r in results:
         if r.error is not None:  # why a checkpoint was refused, one whole line each
@@ -262,7 +270,7 @@ def _import_folder(source: Path, options: psegzoo.DownloadOptions) -> None:
                       f"{escape(r.error.cli_message())}", soft_wrap=True)
     counts = {s: sum(r.status == s for r in results) for s in ("imported", "already cached", "hash mismatch",
                                                                   "refused", "not a zoo file", "unreadable")}
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files")
     if counts["hash mismatch"] or counts["refused"] or counts["unreadable"]:
         sys.exit(1)
 
@@ -270,14 +278,19 @@ def _import_folder(source: Path, options: psegzoo.DownloadOptions) -> None:
 @click.command("mirror")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("names", nargs=-1)
-@click.option("--copy", is_flag=True, help="Copy the files (default: hard-link where the file system allows).")
+@click.option("--link", is_flag=True,
+              help="Hard-link the cache's files instead of copying them (same file system); whoever can write DIR "
+                   "can then change the cached files.")
+@click.option("--copy", is_flag=True, hidden=True, help="Copy the files (the default).")
 @index_option
 @handle_errors
-def mirror_command(directory: str, names: Sequence[str], copy: bool) -> None:
+def mirror_command(directory: str, names: Sequence[str], link: bool, copy: bool) -> None:
     """Write verified cached checkpoints (NAMEs, or all) into DIR in their original URL layout, with
     DIR/SHA256SUMS. Serve DIR with any static HTTP server and pass its URL to --mirror."""
     options = download_settings()
-    results = psegzoo.mirror(directory, list(names) or None, options=options, link=not copy)
+    if link and copy:
+        raise click.UsageError("--link and --copy contradict each other; give one")
+    results = psegzoo.mirror(directory, list(names) or None, options=options, link=link)
     err = console(stderr=True)
     for r in results:
         if r.path is not None:

@@ -9,6 +9,7 @@ built at the edge and passed to every call.
 
 ==============  ==================================================================
 ``settings``    DownloadOptions: arguments, then environment, then defaults
+``redact``      URLs as shown and stored: no user:password, no query values
 ``layout``      where each cached file lives; the cache record
 ``trust``       hash policy and trust levels: published, pinned, recorded, prefix-only
 ``hashes``      PSEGZOO_HASHES: full hashes in sha256sum format

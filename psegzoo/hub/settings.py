@@ -41,9 +41,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import CacheError, DownloadError, option
+from .redact import redact_url
 
 HOME_ENV = "PSEGZOO_HOME"
 INDEX_ENV = "PSEGZOO_INDEX"
@@ -165,17 +165,7 @@ def _number(name: str, default: float | None) -> Callable[[], Any]:
     return read
 
 
-def redact(url: str) -> str:
-    """``url`` without credentials (``https://user:pass@host/x`` -> ``https://***@host/x``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        head, slash, tail = url.partition("/")
-        return "***@" + head.rsplit("@", 1)[1] + slash + tail if "@" in head else url  # no scheme: user:pw@host/x
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+redact = redact_url  # the one way a URL is shown or stored (see :mod:`.redact`)
 
 
 def split_mirrors(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -279,7 +269,7 @@ class DownloadOptions:
             number = check_number(name, value)
             set_(self, name, int(number) if name in ("retries", "max_size", "speed_limit") else number)
         if not re.match(r"https?://", self.hf_endpoint):
-            raise DownloadError(f"{HF_ENDPOINT_ENV}={self.hf_endpoint!r} is not an http(s):// URL")
+            raise DownloadError(f"{HF_ENDPOINT_ENV}={redact_url(self.hf_endpoint)!r} is not an http(s):// URL")
         set_(self, "hf_endpoint", self.hf_endpoint.rstrip("/"))
 
     def with_(self, **changes: Any) -> DownloadOptions:

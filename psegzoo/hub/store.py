@@ -24,7 +24,17 @@ from ..errors import CacheError, DownloadError, OfflineError, UnknownModelError,
 from ..manifest import Entry, load_manifest
 from . import failures, transfer
 from .hashes import listed_hash
-from .layout import CacheLayout, CacheRecord, ConvertedRecord, now_iso, read_record, unlink, weights_of, write_record
+from .layout import (
+    CacheLayout,
+    CacheRecord,
+    ConvertedRecord,
+    now_iso,
+    read_record,
+    remove_file,
+    unlink,
+    weights_of,
+    write_record,
+)
 from .locking import entry_lock
 from .progress import Bar
 from .redact import redact_url
@@ -46,6 +56,8 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
+
+UNREADABLE = "cannot read it"  # how copy_in's problem starts when the source could not be read (not a mismatch)
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ def _stat(path: Path) -> os.stat_result | None:
 
 def remove_entry_files(layout: CacheLayout, file: str) -> list[Path]:
     """Delete a checkpoint and everything derived from it (call with its lock held)."""
-    return [p for p in layout.owned_files(file) if unlink(p)]
+    return [p for p in layout.owned_files(file) if remove_file(p)]
 
 
 def cached_copy(layout: CacheLayout, entry: Entry, exp: Expected, *, repair: bool) -> tuple[Fetched | None, str | None]:
@@ -168,17 +180,26 @@ def _cached_record(layout: CacheLayout, entry: Entry, ckpt: Path, st: os.stat_re
         log.warning("removed unverified %s from the cache: its %s", ckpt, exp.problem(sha))
         remove_entry_files(layout, file)
         return None
+    # the stat taken before hashing: a change while hashing leaves a record that no longer matches
     if rec is None:
-        return write_record(layout, record_for(entry, ckpt, sha, None, "cache"))
-    return write_record(layout, record_for(entry, ckpt, sha, rec.url, rec.source, rec.converted, rec.trust))
+        return write_record(layout, record_for(entry, ckpt, sha, None, "cache", st=st))
+    return write_record(layout, record_for(entry, ckpt, sha, rec.url, rec.source, rec.converted, rec.trust, st))
+
+
+def _record_rename(layout: CacheLayout, ckpt: Path, rec: CacheRecord) -> None:
+    """A rename sets the file's change time: record the new one, if nothing else about the file changed."""
+    st = ckpt.stat()
+    if (st.st_size, st.st_mtime_ns, st.st_ino) == (rec.size, rec.mtime_ns, rec.inode) and st.st_ctime_ns != rec.ctime_ns:
+        write_record(layout, replace(rec, ctime_ns=st.st_ctime_ns))
 
 
 def record_for(entry: Entry, path: Path, sha256: str, url: str | None, source: str,
-                converted: ConvertedRecord | None = None, trust: str | None = None) -> CacheRecord:
-    st = path.stat()
+               converted: ConvertedRecord | None = None, trust: str | None = None,
+               st: os.stat_result | None = None) -> CacheRecord:
+    st = path.stat() if st is None else st
     return CacheRecord(name=entry.name, file=weights_of(entry).file, sha256=sha256, size=st.st_size,
                        url=redact_url(url) if url else None, source=source, at=now_iso(), mtime_ns=st.st_mtime_ns,
-                       inode=st.st_ino, converted=converted, trust=trust)
+                       inode=st.st_ino, converted=converted, trust=trust, ctime_ns=st.st_ctime_ns)
 
 
 def expected_of(layout: CacheLayout, entry: Entry, opts: DownloadOptions, *, pin: str | None = None,
@@ -196,12 +217,15 @@ def prefix_only_warning(entry: Entry, shown: str, sha256: str, exp: Expected) ->
 
 
 def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str | None, source: str,
-            exp: Expected, level: str | None = None) -> tuple[Path, bool]:
+            exp: Expected, level: str | None = None, hashed: tuple[int, ...] | None = None) -> tuple[Path, bool]:
     """Move the verified file ``tmp`` into place (lock held): fsync, record, rename, then trust.
 
     ``level``: the trust level it comes in with (recorded). A file from an origin over verified
     HTTPS teaches the entry its full hash (recorded, pinned from then on); one that only the prefix
-    vouches for is said in a warning, once, here. Returns (path, newly trusted). Converted weights
+    vouches for is said in a warning, once, here. ``hashed``: the identity (:func:`transfer.identity`)
+    a hard-linked file had when it was hashed; if it changed since, the file is refused. The record
+    is written before the rename and updated with the change time the rename gave the file.
+    Returns (path, newly trusted). Converted weights
     made from another file are removed.
     """
     file = weights_of(entry).file
@@ -210,12 +234,17 @@ def install(layout: CacheLayout, entry: Entry, tmp: Path, sha256: str, url: str 
     keep = previous.converted if previous is not None and previous.sha256 == sha256 else None
     if keep is None:
         unlink(layout.converted(file))
+    written: list[CacheRecord] = []
 
     def record() -> None:
-        write_record(layout, record_for(entry, tmp, sha256, url, source, keep, level))
+        st = tmp.stat()
+        if hashed is not None and transfer.identity(st) != hashed:
+            raise VerificationError(f"{entry.name}: the linked file changed while it was being verified; try again")
+        written.append(write_record(layout, record_for(entry, tmp, sha256, url, source, keep, level, st)))
 
     try:
         files.commit(tmp, ckpt, before=record)
+        _record_rename(layout, ckpt, written[0])
     except OSError as exc:
         raise CacheError(f"cannot move the verified file into {ckpt}: {exc.strerror or exc}") from None
     newly = False
@@ -260,20 +289,44 @@ def check_candidate(got: transfer.Got, exp: Expected, limits: transfer.Limits) -
     return got, problem
 
 
+def _link_in(src: Path, tmp: Path, exp: Expected, limits: transfer.Limits) -> tuple[transfer.Got | None, str | None] | None:
+    """Hard-link ``src`` to ``tmp``, then check the linked inode: its size first, then its hash.
+
+    None when no link can be made (another file system, links not allowed): copy instead. The
+    identity the file had while it was hashed goes with it, so that a change during or after the
+    hashing is caught (:func:`install`, and the record's change time at every later use).
+    """
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return None
+    try:
+        before = os.stat(tmp)
+        refused = limits.refuse(before.st_size, local=True)
+        if refused is not None:
+            unlink(tmp)
+            return None, refused.text
+        sha = file_sha256(tmp)
+        changed = transfer.identity(os.stat(tmp)) != transfer.identity(before)
+    except (OSError, CacheError) as exc:
+        unlink(tmp)
+        return None, f"{UNREADABLE} ({getattr(exc, 'strerror', None) or exc})"
+    problem = "it changed while it was being hashed" if changed else None if exp.tofu else exp.problem(sha)
+    if problem is not None:
+        unlink(tmp)
+        return None, problem if changed else f"its {problem}"
+    return transfer.Got(path=tmp, sha256=sha, size=before.st_size, resumed=False,
+                        hashed=transfer.identity(before)), None
+
+
 def copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits: transfer.Limits, *, link: bool,
              bar: Bar | None) -> tuple[transfer.Got | None, str | None]:
     """Bring a local file into a temporary file beside the checkpoint, hashed; (got, problem)."""
     tmp = files.temp_sibling(layout.checkpoint(weights_of(entry).file), "copy")
     if link:
-        try:
-            sha = file_sha256(src)
-            problem = None if exp.tofu else exp.problem(sha)
-            if problem is not None:
-                return None, f"its {problem}"
-            os.link(src, tmp)
-            return transfer.Got(path=tmp, sha256=sha, size=tmp.stat().st_size, resumed=False), None
-        except (OSError, CacheError):
-            unlink(tmp)  # another file system, or links not allowed: copy instead
+        linked = _link_in(src, tmp, exp, limits)
+        if linked is not None:
+            return linked
     try:
         got = transfer.copy_file(src, tmp, limits=limits, bar=bar)
     except failures.UrlFailed as exc:
@@ -281,7 +334,7 @@ def copy_in(layout: CacheLayout, entry: Entry, src: Path, exp: Expected, limits:
         return None, exc.problem.text
     except OSError as exc:
         unlink(tmp)
-        return None, f"cannot read it ({exc.strerror or exc})"
+        return None, f"{UNREADABLE} ({exc.strerror or exc})"
     except BaseException:
         unlink(tmp)
         raise
@@ -315,15 +368,31 @@ def fetch(entry: Entry | str, options: DownloadOptions | None = None) -> Fetched
     if not opts.force:
         hit, _ = cached_copy(layout, entry, exp, repair=False)
         if hit is not None:
-            return hit
+            return _from_cache(layout, w.file, hit)
     layout.ensure("checkpoints", "records", "partial", "locks")
     with entry_lock(layout, w.file, timeout=opts.lock_timeout, what=f"getting {w.file}"):
         note = None
         if not opts.force:
             hit, note = cached_copy(layout, entry, exp, repair=True)
             if hit is not None:
-                return hit
+                return _from_cache(layout, w.file, hit)
         return _get(layout, entry, exp, opts, note)
+
+
+_RECORDED_SOURCE = {"download": "downloaded from", "local": "copied from a file found on this machine,",
+                    "import": "imported from", "cache": "found in the cache folder and hashed there"}
+
+
+def _from_cache(layout: CacheLayout, file: str, hit: Fetched) -> Fetched:
+    """``hit``, after saying (at INFO, ``psegzoo -v``) that it was cached and where it came from then."""
+    rec = read_record(layout, file)
+    if rec is None:
+        log.info("%s is already in the cache: %s", hit.name, hit.path)
+        return hit
+    how = _RECORDED_SOURCE.get(rec.source, rec.source)
+    origin = f" {redact(rec.url)}" if rec.url and rec.source != "cache" else ""
+    log.info("%s is already in the cache: %s (%s%s on %s; SHA-256 %s)", hit.name, hit.path, how, origin, rec.at, hit.sha256)
+    return hit
 
 
 def download(entry: Entry | str, options: DownloadOptions | None = None) -> Path:
@@ -361,7 +430,7 @@ def _get(layout: CacheLayout, entry: Entry, exp: Expected, opts: DownloadOptions
                 tried.append(Tried(str(src), str(problem)))
                 continue
             uri = src.resolve().as_uri()
-            path, newly = install(layout, entry, got.path, got.sha256, uri, "local", exp, level)
+            path, newly = install(layout, entry, got.path, got.sha256, uri, "local", exp, level, got.hashed)
             log.info("found a verified copy of %s at %s (%s)", entry.name, src, why)
             return Fetched(entry.name, path, got.sha256, got.size, "local", uri, exp.verified_by, newly,
                            tuple(map(str, tried)), level)
@@ -443,31 +512,36 @@ def _show_progress(opts: DownloadOptions) -> bool:
 
 
 def ways_in() -> str:
-    """What to do when no source gives the file (also shown by ``psegzoo download`` and ``predict``)."""
+    """What to do when no source gives the file (also shown by ``psegzoo download`` and ``predict``).
+
+    It comes first in the error, before the sources tried: in an 80-column terminal the advice is on
+    the first lines, not below a dozen lines of URLs."""
     return (
-        f"Ways in: a copy you have, with 'psegzoo import FILE|DIR' (or a folder to search: {SEARCH_ENV} or "
-        f"{option('search=[DIR]', '--search DIR')}); a mirror, with {option('mirrors=[URL]', '--mirror URL')} or "
-        f"{MIRROR_ENV} (a URL template, hf://ORG/REPO, or a colleague's 'psegzoo mirror' folder served over HTTP)"
+        f"What to do: use a mirror, with {option('mirrors=[URL]', '--mirror URL')} or {MIRROR_ENV} (a URL template, "
+        f"hf://ORG/REPO, or a colleague's 'psegzoo mirror' folder served over HTTP); or use a copy you have, with "
+        f"{option('psegzoo.load(weights=FILE)', '--weights FILE (predict, eval, export)')}, 'psegzoo import FILE|DIR', or a folder "
+        f"to search ({option('search=[DIR]', '--search DIR')} or {SEARCH_ENV}); or try again later (a host that "
+        f"fails, as download.openmmlab.com has, may come back)"
     )
 
 
 def _failure(entry: Entry, tried: list[Tried]) -> DownloadError:
     w = weights_of(entry)
     original = redact(w.url)
-    head = f"could not get {entry.name} ({w.file})"
+    head = f"could not get {entry.name} ({w.file}) from any source"
     if any(t.source == original and t.unreachable for t in tried):
         head += f": its original host {urlsplit(w.url).hostname} is unreachable"
     listing = "; ".join(map(str, tried)) or "no source"
-    return DownloadError(f"{head}. Tried: {listing}. {ways_in()}")
+    return DownloadError(f"{head}. {ways_in()}. Tried, in order: {listing}")
 
 
 def _offline_error(entry: Entry, layout: CacheLayout, tried: list[Tried]) -> OfflineError:
     w = weights_of(entry)
-    seen = f" Tried: {'; '.join(map(str, tried))}." if tried else ""
+    seen = f" Tried: {'; '.join(map(str, tried))}" if tried else ""
     return OfflineError(
         f"offline mode is on ({OFFLINE_ENV} or {option('offline=True', '--offline')}) and {entry.name} is not in the "
-        f"cache ({layout.checkpoint(w.file)}).{seen} On a machine with network access, get {w.url} and copy it here, "
-        f"then run 'psegzoo import {w.file}'; or turn offline mode off"
+        f"cache ({layout.checkpoint(w.file)}). On a machine with network access, get {redact(w.url)} and copy it here, "
+        f"then run 'psegzoo import {w.file}'; or turn offline mode off.{seen}"
     )
 
 
@@ -483,8 +557,9 @@ def entry_for_file(file_name: str, index: Sequence[Path] | None) -> Entry:
 
 
 def not_the_checkpoint(src: Path, entry: Entry, problem: str) -> VerificationError:
+    """``problem``: what :func:`copy_in` found wrong, a whole phrase ("its SHA-256 ...", "the file is ...")."""
     w = weights_of(entry)
     return VerificationError(
-        f"{src} is not the checkpoint of {entry.name}: its {problem}. Check that it is the file {w.file} from {w.url}, "
+        f"{src} is not the checkpoint of {entry.name}: {problem}. Check that it is the file {w.file} from {w.url}, "
         f"or name the right model with {option('name=', '--name')}"
     )

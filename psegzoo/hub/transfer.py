@@ -87,6 +87,12 @@ class Got:
     content_type: str = ""
     content_encoding: str = ""
     secure: bool = False  # every byte came over HTTPS with the server's certificate checked
+    hashed: tuple[int, ...] | None = None  # identity() of a linked file when it was hashed: must not change
+
+
+def identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes may have: size, modification and change time, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def verified_https(urls: Sequence[str], verify: Any) -> bool:
@@ -166,11 +172,13 @@ class Limits:
     def of(cls, size: int | None, options: DownloadOptions) -> Limits:
         return cls(size, size if size is not None else options.max_size)
 
-    def refuse(self, total: int) -> Problem | None:
+    def refuse(self, total: int, *, local: bool = False) -> Problem | None:
+        """Why a file of ``total`` bytes (as a server announces it, or a ``local`` file's size) is refused."""
+        says = "the file is" if local else "the server announces"
         if self.exact is not None and total != self.exact:
-            return Problem("size", f"the server announces {total} bytes but the manifest says {self.exact}", False)
+            return Problem("size", f"{says} {total} bytes but the manifest says {self.exact}", False)
         if total > self.cap:
-            return Problem("size", f"the server announces {format_size(total)}, more than the {self._cap_text()}", False)
+            return Problem("size", f"{says} {format_size(total)}, more than the {self._cap_text()}", False)
         return None
 
     def _cap_text(self) -> str:
@@ -213,6 +221,11 @@ def _open_part(part: Path, offset: int) -> IO[bytes]:
     return f
 
 
+def url_key(url: str) -> str:
+    """What a partial file's note keeps of its URL: a hash (the URL itself may hold a signature or token)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -231,9 +244,8 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
 
     Raises UrlFailed when this URL cannot give the file, DeadlineExceeded, or CacheError (disk).
     """
-    requests, urllib3 = load_http()
     meta = _read_meta(meta_path)
-    if not (resume and meta.get("url") == url and meta.get("validator")):
+    if not (resume and meta.get("url_sha256") == url_key(url) and meta.get("validator")):
         discard_part(part, meta_path)  # never splice bytes from another source, version or trust mode
         meta = {}
     policy = RetryPolicy.of(options)
@@ -243,29 +255,10 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         attempts += 1
         clock.check()
         offset = _size(part)
-        problem: Problem | None = None
-        restart = False
-        try:
-            resp = session.get(url, headers=_request_headers(headers, offset, meta), stream=True,
-                               timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            problem = classify(exc, options)
-            resp = None
-        if resp is not None:
-            with contextlib.closing(resp):
-                status = resp.status_code
-                if status in (200, 206):
-                    secure = _secure(resp, session.verify, offset, meta)
-                    try:
-                        return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock, secure)
-                    except _Restart as exc:
-                        problem, restart = Problem("restart", str(exc), True), True
-                    except UrlFailed as exc:
-                        problem = exc.problem
-                elif status == 416 and offset > 0:
-                    problem, restart = Problem("http", f"HTTP 416 for Range bytes={offset}-", True), True
-                else:
-                    problem = http_problem(status, resp.reason, resp.headers)
+        got, problem, restart = _one_try(session, url, _request_headers(headers, offset, meta), part, meta_path, meta,
+                                         offset, limits, options, bar, clock)
+        if got is not None:
+            return got
         assert problem is not None
         meta = _read_meta(meta_path)
         if restart or not meta.get("validator"):
@@ -307,8 +300,33 @@ def _delay(policy: RetryPolicy, failures: int, attempts: int, problem: Problem, 
     return delay
 
 
-def _announced(resp: requests.Response, url: str, offset: int, limits: Limits) -> tuple[int, int | None]:
-    """Where the answer's body starts in the file and the file's whole size (None: unknown), checked."""
+def _one_try(session: requests.Session, url: str, request_headers: dict[str, str], part: Path, meta_path: Path,
+             meta: dict[str, Any], offset: int, limits: Limits, options: DownloadOptions, bar: Bar,
+             clock: Clock) -> tuple[Got | None, Problem | None, bool]:
+    """One GET: (the file, None, False), or (None, why it failed, whether the partial file must go)."""
+    requests, urllib3 = load_http()
+    try:
+        resp = session.get(url, headers=request_headers, stream=True,
+                           timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        return None, classify(exc, options), False
+    with contextlib.closing(resp):
+        status = resp.status_code
+        if status in (200, 206):
+            secure = _secure(resp, session.verify, offset, meta)
+            try:
+                return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock, secure), None, False
+            except _Restart as exc:
+                return None, Problem("restart", str(exc), True), True
+            except UrlFailed as exc:
+                return None, exc.problem, False
+        if status == 416 and offset > 0:
+            return None, Problem("http", f"HTTP 416 for Range bytes={offset}-", True), True
+        return None, http_problem(status, resp.reason, resp.headers), False
+
+
+def _announced(resp: requests.Response, url: str, offset: int, limits: Limits) -> tuple[int | None, int]:
+    """(the file's whole size as the answer gives it, or as published; the offset the body starts at)."""
     total: int | None
     if resp.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
@@ -329,7 +347,7 @@ def _announced(resp: requests.Response, url: str, offset: int, limits: Limits) -
             raise UrlFailed(refused)
     elif limits.exact is not None:
         total = limits.exact  # no length announced: the published size says when the file is whole
-    return offset, total
+    return total, offset
 
 
 def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
@@ -337,15 +355,16 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
     import http.client
 
     requests, urllib3 = load_http()
-    offset, total = _announced(resp, url, offset, limits)
+    total, offset = _announced(resp, url, offset, limits)
     try:
         check_space(part.parent, None if total is None else total - offset, part.name[: -len(".part")])
     except CacheError:
         discard_part(part, meta_path)
         raise
     try:
-        files.write_atomic(meta_path, json.dumps({"url": url, "validator": _validator(resp), "total": total,
-                                                  "secure": secure}), sync=False)
+        note = {"url": redact(url), "url_sha256": url_key(url), "validator": _validator(resp), "total": total,
+                "secure": secure}
+        files.write_atomic(meta_path, json.dumps(note), sync=False)
     except OSError as exc:
         raise CacheError(f"cannot write {meta_path}: {exc.strerror or exc}") from None
     raw = resp.raw
@@ -413,9 +432,9 @@ def hash_into(path: Path, limit: int, h: Any) -> None:
 def copy_file(src: Path, dst: Path, *, limits: Limits, bar: Bar | None = None) -> Got:
     """Copy a local file into the new file ``dst`` while hashing it; ``dst`` keeps at most the
     source's permission bits (a copy never makes a private file world-readable)."""
-    with open(src, "rb", buffering=0) as fi:
+    with files.open_regular(src, buffering=0) as fi:  # never a FIFO or device: it could block for ever
         st = os.fstat(fi.fileno())
-        refused = limits.refuse(st.st_size)
+        refused = limits.refuse(st.st_size, local=True)
         if refused is not None:
             raise UrlFailed(refused)
         check_space(dst.parent, st.st_size, dst.name)
@@ -488,8 +507,19 @@ def decode(src: Path, dst: Path, encoding: str, limits: Limits) -> Got | None:
 
 
 def new_session() -> requests.Session:
+    """A session that follows redirects but never carries an ``Authorization`` header past one.
+
+    requests alone keeps it on a redirect to the same host and port; a token given for one URL
+    (``HF_TOKEN`` for the endpoint) must reach that URL only, not wherever it redirects.
+    """
     requests, _ = load_http()
-    session = requests.Session()
+
+    class Session(requests.Session):  # type: ignore[name-defined]
+        def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+            prepared_request.headers.pop("Authorization", None)
+            super().rebuild_auth(prepared_request, response)
+
+    session = Session()
     session.max_redirects = MAX_REDIRECTS
     session.headers.update({"User-Agent": f"psegzoo (python-requests/{requests.__version__})",
                             "Accept-Encoding": "identity"})

@@ -50,7 +50,7 @@ def hash_file(path: Path, h: Any = None, limit: int | None = None) -> Any:
     n = 0
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    with files.open_regular(path, buffering=0) as f:
         while limit is None or n < limit:
             want = CHUNK if limit is None else min(CHUNK, limit - n)
             got = f.readinto(view[:want])

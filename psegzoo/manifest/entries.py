@@ -156,7 +156,7 @@ class Dataset:
         return {"classes": list(self.classes), "palette": [list(c) for c in self.palette]}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Entry:
     """One published checkpoint."""
 
@@ -185,6 +185,11 @@ class Entry:
     def to_json(self) -> dict[str, Any]:
         """The entry as its manifest object (lists, not tuples)."""
         return _to_jsonable(self)
+
+    def __repr__(self) -> str:
+        # Short, for logs and the REPL: every field is in to_json() and 'psegzoo info NAME'.
+        miou = "-" if self.miou is None else f"{self.miou:.2f}"
+        return f"Entry({self.name!r}, {self.method}, {self.backbone}, {self.dataset}, mIoU {miou})"
 
 
 @dataclass(frozen=True)
