@@ -269,7 +269,7 @@ def _info_object(resolution: psegzoo.Resolution) -> dict[str, Any]:
 # Values that are prose may wrap in a terminal; URLs, paths and hashes never do.
 _WRAPPED = frozenset({"backbone net", "decode head", "auxiliary head", "test", "alternatives", "classes", "hosts"})
 
-# The published host: primary, and flaky (what users of every OpenMMLab project met; see docs/first-contact.md).
+# The published host: primary, and flaky (what users of every OpenMMLab project met; see docs/weights.md).
 OPENMMLAB_HOST = "download.openmmlab.com"
 
 
