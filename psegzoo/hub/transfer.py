@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .. import files
-from ..errors import CacheError
+from ..errors import CacheError, DownloadError
 from ..units import format_size
 from .failures import MAX_REDIRECTS, DeadlineExceeded, Problem, RetryPolicy, UrlFailed, classify, http_problem, load_http
 from .layout import unlink
@@ -119,24 +119,41 @@ class StreamHasher:
     def __init__(self, start: Any = None) -> None:
         self._hash = start if start is not None else hashlib.sha256()
         self._queue: queue.Queue = queue.Queue(maxsize=32)
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="psegzoo-sha256", daemon=True)
         self._thread.start()
         self._digest: str | None = None
 
     def _run(self) -> None:
+        try:
+            while True:
+                chunk = self._queue.get()
+                if chunk is None:
+                    return
+                self._hash.update(chunk)
+        except BaseException as exc:  # reported to the caller, whose put() would otherwise wait forever
+            self._failure = exc
+
+    def _put(self, item: Any) -> None:
+        """Queue ``item`` for the hashing thread; a thread that died is an error, never an endless wait."""
         while True:
-            chunk = self._queue.get()
-            if chunk is None:
+            if self._failure is not None or not self._thread.is_alive():
+                raise DownloadError(f"hashing the download failed: {self._failure or 'the hashing thread ended'}")
+            try:
+                self._queue.put(item, timeout=0.5)
                 return
-            self._hash.update(chunk)
+            except queue.Full:
+                continue
 
     def update(self, chunk: Any) -> None:
-        self._queue.put(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
+        self._put(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
 
     def hexdigest(self) -> str:
         if self._digest is None:
-            self._queue.put(None)
+            self._put(None)
             self._thread.join()
+            if self._failure is not None:
+                raise DownloadError(f"hashing the download failed: {self._failure}")
             self._digest = self._hash.hexdigest()
         return self._digest
 
