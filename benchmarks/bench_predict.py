@@ -68,7 +68,8 @@ def main() -> None:
     image = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     reference, source = synthetic_model(entry)
     t0 = time.perf_counter()
-    chosen, record = tuning.cpu_fast_paths(None)
+    measured = tuning.measure()
+    chosen = tuning.decide(measured)
     measure_s = time.perf_counter() - t0
     fused = copy.deepcopy(reference).fuse_bn()
     variants: dict[str, tuple[Segmentor, int | None]] = {
@@ -85,7 +86,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"capability {torch.backends.cpu.get_cpu_capability()}, {tuning.machine_key()}")
     print(f"fast-path measurement ({measure_s:.1f} s): " + ", ".join(
-        f"{k} {v['plain'] / v['fast']:.2f}x" for k, v in record["measured"].items()) + f" -> chosen: {chosen}")
+        f"{k} {v['plain'] / v['fast']:.2f}x" for k, v in measured.items()) + f" -> chosen: {chosen}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -14,12 +14,14 @@ from .errors import (
     DownloadError,
     ExportError,
     ImageError,
+    ImageTooLargeError,
     ManifestError,
     NoWeightsError,
     OfflineError,
     OutputError,
     PredictionError,
     PsegzooError,
+    ServeError,
     UnknownModelError,
     UnverifiedWeightsError,
     VerificationError,
@@ -62,10 +64,15 @@ _LAZY = {
     "autocast_dtype": "predictor",
     "find_images": "images",
     "load_image": "images",
+    "max_pixels_limit": "images",
     "sample_image": "images",
     "format_size": "units",
     "read_record": "hub",
-    "unique_output_names": "api",
+    "unique_output_names": "outputs",
+    "parse_device": "devices",
+    "DeviceName": "devices",
+    "tune": "api",
+    "cpu_fast_paths": "api",
     "DownloadOptions": "hub",
     "Fetched": "hub",
     "ImportResult": "hub",
@@ -80,8 +87,9 @@ _LAZY = {
     "export_onnx": "export",
     "load_onnx": "export",
 }
-# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.evaluation``, ``psegzoo.video``.
-_SUBMODULES = ("distributed", "evaluation", "video")
+# Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.evaluation``,
+# ``psegzoo.serve``, ``psegzoo.video``.
+_SUBMODULES = ("distributed", "evaluation", "serve", "video")
 
 __all__ = [
     "__version__",
@@ -91,12 +99,14 @@ __all__ = [
     "DownloadError",
     "ExportError",
     "ImageError",
+    "ImageTooLargeError",
     "ManifestError",
     "NoWeightsError",
     "OfflineError",
     "OutputError",
     "PredictionError",
     "PsegzooError",
+    "ServeError",
     "UnknownModelError",
     "UnverifiedWeightsError",
     "VerificationError",

@@ -13,6 +13,7 @@ import torch
 
 from . import hub, predictor
 from .api import Segmenter, load
+from .api.loading import tuning_record
 from .errors import PredictionError
 from .manifest import Entry, get_dataset, get_entry
 from .models import build_segmentor
@@ -86,7 +87,7 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
 
     The image is not resized to the entry's test scale: whole mode runs one ``size`` forward, slide
     mode the entry's windows over it. Each mode runs the optimized path (BatchNorm folded into
-    convolutions, the fast paths chosen for the device (on the CPU, measured once per machine), batched
+    convolutions, the fast paths chosen for the device (on the CPU, as 'psegzoo tune' recorded, else the rule), batched
     windows) and, with ``baseline``, a naive one in the same process (BatchNorm kept, contiguous
     memory, heads that concatenate, one window at a time); labels of the two are compared. Weights:
     ``weights``, else the cached checkpoint, else the architecture's initial weights (timings do not
@@ -114,15 +115,12 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
         fused = build_segmentor(entry.architecture).eval()
         fused.load_state_dict(plain.state_dict())
         predictor.prepare_model(fused.fuse_bn(), dev)
-        fast = Segmenter(fused, entry, dev, torch.float32, dataset)
+        fast = Segmenter(fused, entry, dev, torch.float32, dataset, tuning_record=tuning_record())
         load_seconds = time.perf_counter() - t0
         predictor.prepare_model(plain, dev)
         slow = Segmenter(plain, entry, dev, torch.float32, dataset, fast_paths=False)
     if not baseline:
         slow = None
-    if dev.type == "cpu":
-        say("choosing the fast paths for this CPU ...")
-    fast.decide_fast_paths()
     image = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     runs: list[dict[str, Any]] = []
     for mode in modes:
@@ -148,6 +146,7 @@ def benchmark(name: str, *, size: tuple[int, int] = (1024, 2048), device: str | 
         "weights": source,
         "load_seconds": load_seconds,
         "fast_paths": asdict(fast.fast_paths),
-        "fast_path_measurement": (fast.fast_path_measurement or {}).get("measured"),
+        "fast_paths_source": fast.fast_path_choice.source if fast.fast_path_choice else "device",
+        "fast_path_measurement": fast.fast_path_choice.measured if fast.fast_path_choice else None,
         "runs": runs,
     }

@@ -17,6 +17,28 @@ def option(python: str, cli: str) -> str:
     return f"\x00{python}\x01{cli}\x00"
 
 
+FLAGS = {"amp_dtype": "--half/--bf16", "data_root": "--data", "name": "--model", "images": "--images",
+         "labels": "--labels", "weights": "--weights"}
+"""Keywords whose command-line flag is not ``--`` and the keyword with dashes."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the keyword ``name``: ``crop_size`` -> ``--crop-size``."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def param(name: str) -> str:
+    """A keyword named in a message: ``crop_size`` for Python callers, ``--crop-size`` on the command line."""
+    return option(name, flag(name))
+
+
+def setting(name: str, value: object) -> str:
+    """A keyword and its value in a message: ``mode='slide'`` for Python, ``--mode slide`` on the
+    command line (``ms_flip=True`` is the flag ``--ms-flip`` alone)."""
+    cli = flag(name) if value is True else f"{flag(name)} {value}"
+    return option(f"{name}={value!r}", cli)
+
+
 def for_python(text: str) -> str:
     """``text`` with every :func:`option` written the Python way."""
     return _OPTION.sub(lambda m: m.group(1), text)
@@ -82,6 +104,10 @@ class ImageError(PsegzooError):
     """An input image is missing, unreadable, truncated, too large or empty."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image's header declares more pixels than the limit allows (a possible decompression bomb)."""
+
+
 class VideoError(ImageError):
     """A video input cannot be read (PyAV missing, unknown container, damaged stream)."""
 
@@ -105,3 +131,7 @@ class DatasetError(PsegzooError):
 
 class ExportError(PsegzooError):
     """A model cannot be exported to ONNX, or an exported file cannot be read or run (or its packages are missing)."""
+
+
+class ServeError(PsegzooError):
+    """The HTTP service cannot start: its packages are missing, a setting is invalid, or the address is taken."""

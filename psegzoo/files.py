@@ -12,20 +12,52 @@ callers turn them into their own error types.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-__all__ = ["TEMP_NAME", "atomic_path", "commit", "create_new", "owner_of_temp", "temp_sibling", "write_atomic"]
+__all__ = ["TEMP_NAME", "InputGuard", "NotRegularFileError", "atomic_path", "commit", "create_new", "open_regular",
+           "overwrites_input", "owner_of_temp",
+           "temp_sibling", "write_atomic"]
 
 # Files are never opened through a symlink someone placed where a new file goes.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 #: ``.<target name>.<tag>-<pid>-<random hex>.tmp``
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})\.tmp")
+
+
+class NotRegularFileError(OSError):
+    """The path names a FIFO, socket or device: reading it could block for ever or never end."""
+
+
+def open_regular(path: str | os.PathLike, buffering: int = -1) -> io.BufferedReader | io.FileIO:
+    """Open ``path`` for reading only if it is a regular file (symlinks to one are fine).
+
+    Opened with ``O_NONBLOCK`` first, so opening a FIFO never waits for a writer, then checked
+    with ``fstat`` on the open descriptor (no window between the check and the read). A folder
+    raises IsADirectoryError, anything else that is not a regular file NotRegularFileError; both
+    are OSErrors whose ``strerror`` says what the path is.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, "it is a FIFO, socket or device, not a regular file", str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # no effect on a regular file's reads; leaves the descriptor as open() would
+        return cast(io.BufferedReader | io.FileIO, os.fdopen(fd, "rb", buffering=buffering))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def temp_sibling(path: Path, tag: str = "w") -> Path:
@@ -154,3 +186,62 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[Binar
         raise
     commit(tmp, target, sync=sync)
     return target
+
+
+# --------------------------------------------------------------------------------------------
+# Never write into or over an input
+# --------------------------------------------------------------------------------------------
+
+
+class InputGuard:
+    """The files and folders a command reads, which nothing it writes may replace or enter.
+
+    A file input is identified by its device and inode, so a target that is the input itself
+    (under any spelling, on a case-insensitive file system too), a hard link of it or a symlink
+    leading to it is caught; a folder input (a labels folder, say) also covers every path inside
+    it, symlinks resolved. Inputs that do not exist protect nothing. Build it once for many
+    targets: each input is looked at once here.
+    """
+
+    def __init__(self, inputs: Iterable[str | os.PathLike]):
+        self._files: dict[tuple[int, int], Path] = {}
+        self._folders: list[tuple[str, Path]] = []
+        for item in inputs:
+            path = Path(item)
+            try:
+                st = os.stat(path)
+            except (OSError, ValueError):
+                continue
+            self._files.setdefault((st.st_dev, st.st_ino), path)
+            if stat.S_ISDIR(st.st_mode):
+                self._folders.append((os.path.realpath(path), path))
+
+    def overwritten_by(self, target: str | os.PathLike) -> Path | None:
+        """The input that writing ``target`` would replace or write into, else None.
+
+        ``target`` is looked at as given and as its real path (``missing/../x`` is ``x`` once the
+        writer creates ``missing``).
+        """
+        real = os.path.realpath(target)
+        for candidate in (target, real):
+            try:
+                st = os.stat(candidate)
+            except (OSError, ValueError):
+                continue
+            hit = self._files.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                return hit
+        if self._folders:
+            for root, path in self._folders:
+                if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                    return path
+        return None
+
+
+def overwrites_input(target: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path | None:
+    """The input (of ``inputs``) that writing ``target`` would replace or write into, else None.
+
+    The one check every writer with a source uses (see :class:`InputGuard`): an output may never be
+    its own source, a hard link of it, a symlink to it, or lie inside an input folder.
+    """
+    return InputGuard(inputs).overwritten_by(target)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import io
 import logging
 import os
 import struct
@@ -38,11 +39,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, option
+from .errors import ImageError, ImageTooLargeError, option
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,29 @@ def _from_file(path: Path, limit: int) -> np.ndarray:
     if size == 0:
         raise ImageError(f"{name}: file is empty (0 bytes)")
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
+        with open(path, "rb") as f:
+            return _from_stream(f, name, limit)
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{name}: {_decode_reason(exc)}") from None
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload, a request body, a file read by the caller to
+    hash what it decodes) exactly as :func:`load_image` reads a file, with the same pixel limit; errors
+    name the image as ``name``."""
+    if not data:
+        raise ImageError(f"{name}: empty (0 bytes)")
+    return _from_stream(io.BytesIO(data), name, max_pixels_limit(max_pixels))
+
+
+def _from_stream(f: BinaryIO, name: str, limit: int) -> np.ndarray:
+    """Decode an open binary stream: the header's size is checked against ``limit`` before any pixel is read."""
+    try:
+        with warnings.catch_warnings():
             # Our own limit is checked below; Pillow's soft-limit warning would be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
@@ -130,13 +154,13 @@ def _from_file(path: Path, limit: int) -> np.ndarray:
                 f.seek(0)
                 raise ImageError(f"{name}: {_unidentified_reason(f.read(32))}") from None
             except Image.DecompressionBombError as exc:
-                raise ImageError(f"{name}: {_bomb_reason(exc)}") from None
+                raise ImageTooLargeError(f"{name}: {_bomb_reason(exc)}") from None
             with im:
                 w, h = im.size
                 if w <= 0 or h <= 0:
                     raise ImageError(f"{name}: image has zero size ({w}x{h})")
                 if w * h > limit:
-                    raise ImageError(
+                    raise ImageTooLargeError(
                         f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {limit} "
                         f"(possible decompression bomb); raise it with {option('max_pixels=N', '--max-pixels N')} "
                         f"or {MAX_PIXELS_ENV} if the file is trusted"
@@ -144,12 +168,12 @@ def _from_file(path: Path, limit: int) -> np.ndarray:
                 try:
                     im.load()
                 except Image.DecompressionBombError as exc:
-                    raise ImageError(f"{name}: {_bomb_reason(exc)}") from None
+                    raise ImageTooLargeError(f"{name}: {_bomb_reason(exc)}") from None
                 return _from_pil(im, name)
     except ImageError:
         raise
     except PermissionError:
-        raise ImageError(f"{name}: permission denied") from None
+        raise
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode it") from None
     except _DECODE_ERRORS as exc:
@@ -331,6 +355,9 @@ class _Search:
         self.images: list[FoundImage] = []
         self.errors: list[ImageError] = []
 
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.images]
+
     def add(self, path: Path, relative: str) -> None:
         key = _resolved(path)
         if key in self.seen:
@@ -461,6 +488,16 @@ def _match_parts(names: tuple[str, ...], pats: tuple[str, ...], prefix: bool) ->
         return component(names[i], pats[j]) and match(i + 1, j + 1)
 
     return match(0, 0)
+
+
+def walk_images(root: str | os.PathLike) -> tuple[list[Path], tuple[ImageError, ...]]:
+    """The image files below the folder ``root``, walked as :func:`find_images` walks a folder
+    (sorted, hidden names skipped, symlinked folders not entered, each file once by real path),
+    and an error for each folder that could not be read."""
+    search = _Search(set(), IMAGE_EXTENSIONS)
+    for path, parts in search.walk(Path(root)):
+        search.add(path, _stem_name(parts))
+    return search.paths(), tuple(search.errors)
 
 
 def find_images(

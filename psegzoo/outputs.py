@@ -18,6 +18,7 @@ renamed into place, so an interrupted run leaves no half-written file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -162,10 +163,11 @@ def summary(
     timings: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The per-image JSON document: image, size, model, class areas, timings (seconds)."""
+    """The per-image JSON document: input (the image, as the JSON lines on stdout name it), size, model, class
+    areas, timings (seconds)."""
     h, w = labels.shape
     doc: dict[str, Any] = {
-        "image": printable(image) if image is not None else None,
+        "input": printable(image) if image is not None else None,
         "width": int(w),
         "height": int(h),
         "model": model,
@@ -193,8 +195,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
-def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike) -> Path:
-    """The label map as a palette PNG: mode P, pixel value = class index, colours = ``palette``.
+def label_png_image(labels: np.ndarray, palette: Palette, name: str = "labels") -> Image.Image:
+    """The label map as a palette image: mode P, pixel value = class index, colours = ``palette``.
 
     PNG palettes hold at most 256 entries; more classes raise :class:`OutputError` (save the
     labels with ``numpy.save`` instead).
@@ -202,21 +204,47 @@ def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike
     lut = palette_array(palette)
     if len(lut) > 256:
         raise OutputError(
-            f"{Path(path).name}: a palette PNG holds at most 256 classes, this model has {len(lut)}; "
+            f"{name}: a palette PNG holds at most 256 classes, this model has {len(lut)}; "
             "save the labels as .npy instead"
         )
     _check_labels(labels, len(lut))
     im = Image.fromarray(labels.astype(np.uint8, copy=False))
     im.putpalette(lut.reshape(-1).tolist())
+    return im
+
+
+def _rgb_image(rgb: np.ndarray) -> Image.Image:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise PredictionError(f"expected an H x W x 3 uint8 image, got {rgb.dtype} {rgb.shape}")
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_label_png(labels: np.ndarray, palette: Palette, path: str | os.PathLike) -> Path:
+    """The label map as a palette PNG file (see :func:`label_png_image`)."""
+    im = label_png_image(labels, palette, Path(path).name)
     return _atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+def label_png_bytes(labels: np.ndarray, palette: Palette) -> bytes:
+    """The bytes :func:`save_label_png` writes, in memory (what a web service answers)."""
+    return _png_bytes(label_png_image(labels, palette))
 
 
 def save_rgb_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     """An H x W x 3 uint8 image (colour map or overlay) as an RGB PNG."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise PredictionError(f"expected an H x W x 3 uint8 image, got {rgb.dtype} {rgb.shape}")
-    im = Image.fromarray(np.ascontiguousarray(rgb))
+    im = _rgb_image(rgb)
     return _atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+def rgb_png_bytes(rgb: np.ndarray) -> bytes:
+    """The bytes :func:`save_rgb_png` writes, in memory."""
+    return _png_bytes(_rgb_image(rgb))
 
 
 def save_confidence(confidence: np.ndarray, path: str | os.PathLike) -> Path:
@@ -317,20 +345,17 @@ def unique_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = No
     Two names collide when any of their output files would be the same (compared without case,
     for case-insensitive file systems): ``x`` and ``X``, but also ``x`` and ``x_overlay`` (whose
     label map ``x_overlay.png`` is ``x``'s overlay). Given ``out_dir`` and the ``inputs``, a name
-    whose files would replace an input (compared by real path, through any symlink) is renamed
-    the same way: no output ever overwrites an input.
+    whose files would replace an input (the input itself, a hard link of it or a symlink to it:
+    :class:`psegzoo.files.InputGuard`) is renamed the same way: no output ever overwrites an input.
     """
-    protected: set[str] = set()
-    if out_dir is not None:
-        for p in inputs:  # the input as named (a link is an input too) and the file it leads to
-            protected.update((_real_key(Path(p)), os.path.realpath(p).lower()))
+    guard = files.InputGuard(inputs) if out_dir is not None else None
     taken: set[str] = set()
     result = []
     for name in names:
         folders, stem = _split_name(name)
         rel = "/".join((*folders, stem))
         candidate, n = rel, 1
-        while any(f in taken for f in _family(candidate)) or _replaces_input(out_dir, candidate, protected):
+        while any(f in taken for f in _family(candidate)) or _replaces_input(out_dir, candidate, guard):
             n += 1
             candidate = f"{rel}_{n}"
         taken.update(_family(candidate))
@@ -338,16 +363,71 @@ def unique_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = No
     return result
 
 
-def _real_key(path: Path) -> str:
-    """A file's real path (its folder resolved, the name kept: writes replace a link, not its target), lower case."""
-    return os.path.join(os.path.realpath(path.parent), path.name).lower()
-
-
-def _replaces_input(out_dir: str | os.PathLike | None, name: str, protected: set[str]) -> bool:
-    if out_dir is None or not protected:
+def _replaces_input(out_dir: str | os.PathLike | None, name: str, guard: files.InputGuard | None) -> bool:
+    if out_dir is None or guard is None:
         return False
-    return any(_real_key(p) in protected for p in vars(output_paths(out_dir, name)).values())
+    return any(guard.overwritten_by(p) is not None for p in vars(output_paths(out_dir, name)).values())
 
 
 def _family(name: str) -> list[str]:
     return [(name + s).lower() for s in OUTPUT_SUFFIXES.values()]
+
+
+def unique_output_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = None,
+                        inputs: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """Output names with ``_2``, ``_3``, ... added where two images would write the same files,
+    or (given ``out_dir`` and ``inputs``) where an output would replace an input (public: ``psegzoo.unique_output_names``)."""
+    return unique_names(names, out_dir=out_dir, inputs=inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading back: is an existing output whole?
+# --------------------------------------------------------------------------------------------
+
+_PNG_MODES = {"labels": ("P",), "color": ("RGB",), "overlay": ("RGB",), "probs_png": ("I;16", "I;16B", "I;16L", "I")}
+
+
+def _png_intact(path: Path, kind: str, size: tuple[int, int]) -> bool:
+    with Image.open(path) as im:
+        if im.format != "PNG" or im.mode not in _PNG_MODES[kind] or im.size != size:
+            return False
+        im.verify()  # every chunk's CRC, up to the end marker
+    with Image.open(path) as im:
+        im.load()  # every row decodes
+    return True
+
+
+def _npy_intact(path: Path, kind: str, size: tuple[int, int]) -> bool:
+    w, h = size
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        data_start = f.tell()
+    if fortran or dtype != (np.float32 if kind == "probs_npy" else np.float16):
+        return False
+    if shape[-2:] != (h, w) or len(shape) != (2 if kind == "probs_npy" else 3):
+        return False
+    return os.path.getsize(path) == data_start + int(np.prod(shape)) * dtype.itemsize
+
+
+def _json_intact(path: Path, size: tuple[int, int]) -> bool:
+    with open(path, "rb") as f:
+        doc = json.loads(f.read(1 << 26))
+    return isinstance(doc, dict) and (doc.get("width"), doc.get("height")) == size
+
+
+def output_intact(path: str | os.PathLike, kind: str, size: tuple[int, int]) -> bool:
+    """Whether the existing output ``path`` of ``kind`` (a key of :data:`OUTPUT_SUFFIXES`) decodes
+    in full and is of the image's ``size`` (width, height): what ``--skip-existing`` trusts."""
+    target = Path(path)
+    try:
+        if kind in _PNG_MODES:
+            return _png_intact(target, kind, size)
+        if kind in ("probs_npy", "logits"):
+            return _npy_intact(target, kind, size)
+        if kind == "json":
+            return _json_intact(target, size)
+    except Exception:  # missing, unreadable, truncated, not the format: not intact
+        return False
+    raise ValueError(f"unknown output kind {kind!r}")

@@ -19,6 +19,11 @@ Nothing is visible before a video is done: frames go to a hidden folder and the 
 temporary files beside their targets; when the last frame is done the videos and the JSON are
 renamed into place, then the frame folder. A failure or ``SIGTERM`` leaves no partial output.
 
+A frame folder holds a record of the files psegzoo wrote into it (:data:`FRAMES_RECORD`: names and
+SHA-256). A later run into the same folder replaces and removes only those files, unchanged; a
+folder that holds anything else (a file of the user's, a frame edited since) is refused before any
+frame is decoded, and nothing in it is touched.
+
 PyAV is optional (``pip install 'psegzoo[video]'``): without it a video input is a one-line
 :class:`VideoError` saying so. Videos are recognised by extension (:data:`VIDEO_EXTENSIONS`); a
 file with another extension that Pillow does not read is probed with PyAV.
@@ -26,6 +31,8 @@ file with another extension that Pillow does not read is probed with PyAV.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -42,14 +49,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import files, outputs
-from .errors import OutputError, PsegzooError, VideoError
-from .images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .errors import OutputError, PsegzooError, VideoError, option
+from .images import IMAGE_EXTENSIONS, MAX_PIXELS_ENV, VIDEO_EXTENSIONS, max_pixels_limit
 
-__all__ = ["VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoPaths", "VideoResult", "VideoWriter", "available", "encoder",
+__all__ = ["FRAMES_RECORD", "VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoPaths", "VideoResult", "VideoWriter", "available", "encoder",
            "is_video", "predict_video", "probe", "read_frames", "require", "video_paths"]
 INSTALL_HINT = "pip install 'psegzoo[video]'"
 DEFAULT_FPS = Fraction(25)
 FRAME_NAME = re.compile(r"\d{6,}\.png")  # a label frame in a video's folder
+#: In a frame folder: the files psegzoo wrote there (``{"files": {name: sha256}}``); only those are ever replaced or removed.
+FRAMES_RECORD = ".psegzoo-frames.json"
 
 
 def _av(what: str) -> ModuleType:
@@ -164,18 +173,37 @@ def _upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-def read_frames(path: str | os.PathLike, every: int = 1) -> Iterator[Frame]:
-    """Decode frames 0, ``every``, 2 * ``every``, ... as H x W x 3 uint8 RGB arrays."""
+def check_frame_size(path: str | os.PathLike, width: int, height: int, limit: int, where: str = "frames") -> None:
+    """Refuse video frames larger than the pixel limit, as :func:`psegzoo.images.load_image` refuses images."""
+    if width * height > limit:
+        raise VideoError(
+            f"{path}: {where} of {width}x{height} = {width * height} pixels exceed the limit of {limit} "
+            f"(possible decompression bomb); raise it with {option('max_pixels=N', '--max-pixels N')} "
+            f"or {MAX_PIXELS_ENV} if the file is trusted"
+        )
+
+
+def read_frames(path: str | os.PathLike, every: int = 1, *, max_pixels: int | None = None) -> Iterator[Frame]:
+    """Decode frames 0, ``every``, 2 * ``every``, ... as H x W x 3 uint8 RGB arrays.
+
+    The stream's declared size and every decoded frame (a stream may change size) are checked
+    against the pixel limit (``max_pixels``, else ``PSEGZOO_MAX_PIXELS``, else the images' default)
+    before any frame is converted.
+    """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise VideoError(f"every must be a positive number of frames, got {every!r}")
+    limit = max_pixels_limit(max_pixels)
     path = Path(path)
     av = _av(str(path))
     with _open(av, path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        ctx = stream.codec_context
+        check_frame_size(path, int(ctx.width or 0), int(ctx.height or 0), limit, "its stream declares frames")
         index = 0
         try:
             for frame in container.decode(stream):
+                check_frame_size(path, int(frame.width), int(frame.height), limit, f"frame {index}")
                 if index % every == 0:
                     rgb = frame.to_ndarray(format="rgb24")
                     yield Frame(index, None if frame.time is None else float(frame.time),
@@ -375,7 +403,8 @@ class VideoResult:
 def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str | os.PathLike, name: str, *,
                   every: int = 1, overlay: bool = False, opacity: float = 0.5, color: bool = False,
                   summary: bool = False, codec: str | None = None, progress: Callable[[int, int], None] | None = None,
-                  batch_size: int | None = 1, workers: int | None = None, **predict_kwargs: Any) -> VideoResult:
+                  batch_size: int | None = 1, workers: int | None = None, max_pixels: int | None = None,
+                  **predict_kwargs: Any) -> VideoResult:
     """Segment frames 0, ``every``, ... of ``path`` and write ``out_dir/<name>/*.png`` and the requested
     videos and JSON.
 
@@ -384,11 +413,17 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
     ``keep_scores=True`` is passed: frames need labels only). Frames share one size, so in whole
     mode they batch fully. ``codec`` overrides the encoder (:func:`encoder`). ``progress(done, total)``
     is told of the frames as they are done (``total`` from the container's header, an estimate for
-    some formats). A frame that fails fails the video, with nothing written.
+    some formats). A frame that fails fails the video, with nothing written. Frames larger than
+    ``max_pixels`` (else ``PSEGZOO_MAX_PIXELS``, else the images' default) are refused, from the
+    container's header before any decoding and frame by frame. A frame folder that holds files
+    psegzoo did not write is refused before any decoding (:func:`check_frame_folder`).
     """
     path = Path(path)
     paths = video_paths(out_dir, name)
+    limit = max_pixels_limit(max_pixels)
     info = probe(path)
+    check_frame_size(path, info.width, info.height, limit, "its stream declares frames")
+    check_frame_folder(paths.frames)
     fps = info.fps / every if isinstance(every, int) and every >= 1 else info.fps
     expected = -(-info.frames // every) if isinstance(every, int) and every >= 1 else info.frames
     predict_kwargs.setdefault("keep_scores", False)
@@ -401,12 +436,13 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
                for key, target, wanted in (("overlay", paths.overlay, overlay), ("color", paths.color, color)) if wanted}
     records: list[dict[str, Any]] = []
     kept: list[int] = []
+    written: dict[str, str] = {}  # frame file -> SHA-256, for the folder's record
     size = (0, 0)
     try:
         decoded: deque[Frame] = deque()  # frames handed to the model, awaiting their prediction
 
         def pixels() -> Iterator[np.ndarray]:
-            for frame in read_frames(path, every):
+            for frame in read_frames(path, every, max_pixels=limit):
                 decoded.append(frame)
                 yield frame.rgb
 
@@ -416,7 +452,8 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
                 text = Exception.__str__(result).removeprefix(f"input {len(kept)}: ")
                 raise type(result)(f"{path}: frame {frame.index}: {text}")
             prediction: _Predicted = result
-            outputs.save_label_png(prediction.labels, segmenter.palette, staging / f"{frame.index:06d}.png")
+            frame_file = outputs.save_label_png(prediction.labels, segmenter.palette, staging / f"{frame.index:06d}.png")
+            written[frame_file.name] = _sha256(frame_file)
             if "overlay" in writers:
                 writers["overlay"].write(prediction.overlay(opacity))
             if "color" in writers:
@@ -427,25 +464,103 @@ def predict_video(segmenter: _Predictor, path: str | os.PathLike, out_dir: str |
             size = frame.rgb.shape[:2]
             if progress is not None:
                 progress(len(kept), max(expected, len(kept)))
-        written = [writer.commit() for writer in writers.values()]
+        check_frame_folder(paths.frames)  # again: nothing is committed next to a folder that will be refused
+        done = [writer.commit() for writer in writers.values()]
         if summary:
-            document = {"video": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
+            document = {"input": str(path), "model": segmenter.entry.name, "width": int(size[1]), "height": int(size[0]),
                         "fps": float(info.fps), "every": every, "frames": records}
-            written.append(outputs.save_json(document, paths.json))
-        _install_frames(staging, paths.frames, kept)
+            done.append(outputs.save_json(document, paths.json))
+        _install_frames(staging, paths.frames, written)
     except BaseException:
         for writer in writers.values():
             writer.discard()
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return VideoResult(paths=(paths.frames, *written), model=segmenter.entry.name, width=int(size[1]),
+    return VideoResult(paths=(paths.frames, *done), model=segmenter.entry.name, width=int(size[1]),
                        height=int(size[0]), fps=float(info.fps), every=every, frames=len(kept))
 
 
-def _install_frames(staging: Path, target: Path, kept: Sequence[int]) -> None:
-    """Put the finished frame folder in place: one rename, or file by file into an existing folder
-    (whose frame files from an earlier run that this run did not write are removed)."""
+# --------------------------------------------------------------------------------------------
+# The frame folder: psegzoo's own files only
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_frames(folder: Path) -> dict[str, set[str]]:
+    """The files psegzoo recorded as written into ``folder`` (name -> the SHA-256 each may have);
+    empty when there is no readable record."""
     try:
+        with open(folder / FRAMES_RECORD, "rb") as f:
+            doc = json.loads(f.read(1 << 24))
+        listed = doc["files"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return {}
+    if not isinstance(listed, dict):
+        return {}
+    return {str(name): {h} if isinstance(h, str) else {str(x) for x in h} for name, h in listed.items()
+            if isinstance(name, str) and FRAME_NAME.fullmatch(name)}
+
+
+def _is_record_temp(name: str) -> bool:
+    owner = files.owner_of_temp(name)
+    return owner is not None and owner[0] == FRAMES_RECORD
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Names in the existing folder ``folder`` that psegzoo did not write: anything not in its
+    record, or changed since (another SHA-256). A missing folder holds none."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise OutputError(f"cannot read the frame folder {folder}: {exc.strerror or exc}") from None
+    record = recorded_frames(folder)
+    foreign = []
+    for name in names:
+        if name == FRAMES_RECORD or _is_record_temp(name):
+            continue
+        path = folder / name
+        try:
+            ours = name in record and path.is_file() and not path.is_symlink() and _sha256(path) in record[name]
+        except OSError:
+            ours = False
+        if not ours:
+            foreign.append(name)
+    return foreign
+
+
+def check_frame_folder(folder: Path) -> None:
+    """Refuse a frame folder that is a file, or that holds files psegzoo did not write (one line)."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise OutputError(f"{folder} is where this video's label frames go, and it is not a folder; move it away "
+                          f"or choose another output folder with {option('out_dir', '-o/--output')}")
+    foreign = foreign_files(folder)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"{folder} holds files psegzoo did not write ({shown}); psegzoo replaces only its own "
+                          f"frames there: move them away or choose another output folder with "
+                          f"{option('out_dir', '-o/--output')}")
+
+
+def _write_record(path: Path, frames: dict[str, set[str]]) -> None:
+    doc = {"format": 1, "files": {name: sorted(h) if len(h) > 1 else next(iter(h)) for name, h in sorted(frames.items())}}
+    files.write_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
+def _install_frames(staging: Path, target: Path, written: dict[str, str]) -> None:
+    """Put the finished frame folder in place: one rename, or file by file into an existing folder
+    that holds psegzoo's files only (checked again here): those of an earlier run that this run did
+    not write are removed, nothing else is touched."""
+    try:
+        _write_record(staging / FRAMES_RECORD, {name: {h} for name, h in written.items()})
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the frames from other users
         os.rename(staging, target)
         return
@@ -453,13 +568,55 @@ def _install_frames(staging: Path, target: Path, kept: Sequence[int]) -> None:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    names = {f"{i:06d}.png" for i in kept}
     try:
-        for name in sorted(names):
+        check_frame_folder(target)
+        old = recorded_frames(target)
+        # Until the last step the record admits both versions of every frame, so an interrupted
+        # install leaves a folder the next run still recognises as psegzoo's own.
+        both = {name: old.get(name, set()) | ({written[name]} if name in written else set())
+                for name in {*old, *written}}
+        _write_record(target / FRAMES_RECORD, both)
+        for name in sorted(written):
             os.replace(staging / name, target / name)
-        for old in target.iterdir():
-            if FRAME_NAME.fullmatch(old.name) and old.name not in names:
-                old.unlink()
+        for name in sorted(set(old) - set(written)):
+            (target / name).unlink(missing_ok=True)
+        os.replace(staging / FRAMES_RECORD, target / FRAMES_RECORD)
         staging.rmdir()
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _intact_video(path: Path, sizes: set[tuple[int, int]], frames: int) -> bool:
+    info = probe(path)
+    padded = {(w + w % 2, h + h % 2) for w, h in sizes}
+    return (info.width, info.height) in padded and info.frames in (0, frames)
+
+
+def outputs_intact(path: str | os.PathLike, out_dir: str | os.PathLike, name: str, *, overlay: bool = False,
+                   color: bool = False, summary: bool = False) -> bool:
+    """Whether the outputs of the video ``path`` already written as ``name`` are whole (what
+    ``--skip-existing`` trusts): every recorded frame unchanged, the first of the video's size, and
+    the requested videos and JSON readable with that size and frame count."""
+    paths = video_paths(out_dir, name)
+    try:
+        info = probe(path)
+        record = recorded_frames(paths.frames)
+        if not record or foreign_files(paths.frames) or any(not (paths.frames / n).is_file() for n in record):
+            return False
+        sizes = {(info.width, info.height), (info.height, info.width)}  # display rotation may turn the frames
+        with Image.open(paths.frames / min(record)) as im:
+            im.load()
+            if im.size not in sizes:
+                return False
+        videos = [p for p, on in ((paths.overlay, overlay), (paths.color, color)) if on]
+        if not all(_intact_video(p, sizes, len(record)) for p in videos):
+            return False
+        if summary:
+            with open(paths.json, "rb") as f:
+                doc = json.loads(f.read(1 << 26))
+            return (doc.get("width"), doc.get("height")) in sizes and len(doc.get("frames", ())) == len(record)
+    except (PsegzooError, OSError, ValueError, AttributeError, TypeError):  # missing, truncated, not the format
+        return False
+    return True

@@ -18,6 +18,7 @@ from psegzoo import predictor
 from psegzoo.api import Prediction
 from tests.support.cli import cli
 from tests.support.media import NAME, image, read_video, served, write_video  # noqa: F401
+from tests.support.precision import assert_same_prediction
 
 SIZES = [(40, 60), (40, 60), (33, 47), (40, 60), (40, 60), (40, 60), (64, 48)]  # (h, w); 40x60 five times
 
@@ -112,7 +113,7 @@ def test_predict_many_reads_ahead_batches_by_size_and_keeps_order(seg, batches):
     assert [type(r).__name__ for r in results] == ["Prediction"] * 3 + ["ImageError"] + ["Prediction"] * 4
     predictions = [r for r in results if isinstance(r, Prediction)]
     for want, got in zip(alone, predictions):
-        np.testing.assert_array_equal(got.labels, want.labels)
+        assert_same_prediction(got.labels, want)  # a batch of 3 rounds otherwise than one image: near-ties may flip
     assert sum(batches) == 7 and max(batches) == 3  # batched, never beyond batch_size
     assert seen == [(1, 1)] * 7  # each image's one forward is reported
     # Slide mode and test-time augmentation are never batched: each image alone, same labels.

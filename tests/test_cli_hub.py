@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import psegzoo
 from tests.support.cli import cli, run_script
 from tests.support.http_server import FileServer
 from tests.support.hub import Zoo, cache_listing, checkpoint_bytes, clean_env, free_port, sha, url_path
+from tests.support.terminal import run_in_sized_terminal
 
 SSSEG_NAME = "pspnet_resnet50os8_voc"
 
@@ -47,10 +49,21 @@ def zoo(tmp_path, monkeypatch, env, http_server):
     return Zoo(tmp_path, monkeypatch, http_server)
 
 
+def prefix_only(line: str) -> bool:
+    """The warning said when a file from a third party (every entry here comes from an extra manifest)
+    enters the cache on its 8-digit hash prefix alone; tests/test_hub_trust.py checks it."""
+    return line.startswith("warning: ") and "-digit hash prefix" in line and "vouches for" in line
+
+
+def other_lines(text: str) -> list[str]:
+    """The non-empty lines of ``text`` but the prefix-only warnings."""
+    return [line for line in text.splitlines() if line.strip() and not prefix_only(line)]
+
+
 def error_line(text: str, *, warnings: int = 0) -> str:
     """The one line of ``text`` that carries the error (the message is not wrapped), after exactly
     ``warnings`` one-line warnings (retries shown as they happened)."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = other_lines(text)
     errors = [line for line in lines if line.startswith("error: ")]
     shown = [line for line in lines if line.startswith("warning: ")]
     assert len(errors) == 1 and len(shown) == warnings and len(lines) == 1 + warnings, text
@@ -361,7 +374,8 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     pa = Path(cli("download", "m_verify_a", "-q").stdout.strip())
     cli("download", "m_verify_b", "-q")
     out = cli("verify").stdout.splitlines()
-    assert out == [f"ok  m_verify_a  sha256 {sha(ckpt_bytes)}", f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
+    assert out == [f"ok  m_verify_a  sha256 {sha(ckpt_bytes)}  (prefix-only from {a.weights.url})",
+                   f"ok  m_verify_b  sha256 {sha(other_bytes)}  (prefix-only from {b.weights.url})"]
 
     flip_byte(pa, len(ckpt_bytes) // 2)  # same size: only the full hash sees it
     proc = run_script("verify", "m_verify_a", code=1, timeout=60)
@@ -370,7 +384,8 @@ def test_verify_ok_then_flipped_byte_reported_and_deleted(zoo, http_server, ckpt
     assert sha(ckpt_bytes) in line
     assert proc.stderr == ""  # said once, not again by a log message
     assert cache_files(env) == ckpt_and_record(b)
-    assert cli("verify").stdout.splitlines() == [f"ok  m_verify_b  sha256 {sha(other_bytes)}"]
+    assert cli("verify").stdout.splitlines() == [f"ok  m_verify_b  sha256 {sha(other_bytes)}  (prefix-only from "
+                                                 f"{b.weights.url})"]
     assert "missing" in cli("verify", "m_verify_a", code=1).stdout
     # The next use downloads it again.
     assert cli("download", "m_verify_a").stdout.strip() == str(pa) and pa.read_bytes() == ckpt_bytes
@@ -457,7 +472,7 @@ def test_predict_says_the_weights_are_unreachable(zoo, env, ckpt_bytes, tmp_path
 def test_retries_are_shown_as_they_happen_and_quiet_hides_them(zoo, http_server, ckpt_bytes, env):
     entry = zoo.add("m_shown", ckpt_bytes, plan=[{"status": 503}, {"status": 503}])
     proc = run_script("download", "m_shown", timeout=60)
-    shown = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    shown = other_lines(proc.stderr)
     assert shown == [f"warning: HTTP 503 Service Unavailable from {entry.weights.url}; retry {n} of 2 in 0.0 s"
                      for n in (1, 2)]  # one record each, printed once, never wrapped
     cli("cache", "rm", "m_shown")
@@ -512,7 +527,7 @@ def test_download_finds_a_copy_in_a_search_folder(zoo, http_server, ckpt_bytes, 
     monkeypatch.setenv("PSEGZOO_SEARCH_PATH", str(tmp_path / "team"))  # --search adds to it
     result = cli("download", "m_found", "m_found_env", "--search", tmp_path / "old-runs", "--offline")
     assert result.stdout.splitlines() == [str(env / "checkpoints" / e.weights.file) for e in (entry, other)]
-    assert result.stderr.splitlines()[0] == f"m_found: verified copy found at {copy.resolve().as_uri()}"
+    assert other_lines(result.stderr)[0] == f"m_found: verified copy found at {copy.resolve().as_uri()}"
     assert http_server.requests == []
 
 
@@ -527,13 +542,14 @@ def test_import_folder_prints_a_table_and_never_stops(zoo, ckpt_bytes, other_byt
     (root / "sub" / bad.weights.file).write_bytes(bytes(tampered))
     (root / "README.txt").write_text("notes")
     result = cli("import", root, code=1)  # a refused checkpoint: exit 1, after everything was looked at
-    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in result.stdout.splitlines()
-             if line.startswith("│")]
-    rows = {c[0]: c[1:] for c in cells if c[0] and c[0] != "file"}
+    table = _table(result.stdout, "file")
+    cells = [re.split(r" {2,}", line.strip()) for line in table]
+    assert cells[0] == ["file", "model", "result"]
+    rows = {c[0]: c[1:] for c in cells[1:]}
     assert rows[good.weights.file] == ["m_dir_ok", "imported"]
     assert rows[f"sub/{bad.weights.file}"] == ["m_dir_tampered", "hash mismatch"]
     assert rows["README.txt"] == ["-", "not a zoo file"]
-    (why,) = [line for line in result.stderr.splitlines() if line.strip()]
+    (why,) = other_lines(result.stderr)
     assert why.startswith(f"hash mismatch: sub/{bad.weights.file}: ") and "does not match the published hash prefix" in why
     assert result.stdout.strip().splitlines()[-1] == "1 imported, 1 hash mismatch, 1 not a zoo file"
     assert cache_files(env) == ckpt_and_record(good)
@@ -547,7 +563,7 @@ def test_mirror_command_and_a_colleagues_download_from_it(zoo, http_server, ckpt
     share = tmp_path / "share"
     result = cli("mirror", share)
     target = share / url_path(entry).lstrip("/")
-    assert result.stdout.strip() == f"linked m_share -> {target}"
+    assert result.stdout.strip() == f"copied m_share -> {target}"  # copied by default: the cache stays the cache's
     assert "1 checkpoint(s) in" in result.stderr and "--mirror" in result.stderr
     assert (share / "SHA256SUMS").read_text() == f"{sha(ckpt_bytes)}  {url_path(entry).lstrip('/')}\n"
     monkeypatch.setenv("PSEGZOO_HOME", str(tmp_path / "colleague"))
@@ -555,3 +571,135 @@ def test_mirror_command_and_a_colleagues_download_from_it(zoo, http_server, ckpt
     assert Path(got.stdout.strip()).read_bytes() == ckpt_bytes and len(http_server.requests) == 1
     line = error_line(cli("mirror", share, "no_such_model", code=1).stderr)
     assert "unknown model 'no_such_model'" in line
+
+
+# --------------------------------------------------------------------------------------------
+# First contact: the advice comes first, a cached file says where it came from, tables fit
+# --------------------------------------------------------------------------------------------
+
+
+def test_when_every_source_is_down_what_to_do_comes_before_the_sources(zoo, http_server, env, ckpt_bytes,
+                                                                        monkeypatch):
+    """The original answers 404, its fallback and a mirror refuse: the ways in are on the first lines at 80
+    columns, the sources tried after them."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    original = http_server.url("/mmsegmentation/v0.5/pspnet/x/m_all_down.pth")  # nothing served there
+    zoo.add("m_all_down", ckpt_bytes, url=original, weights={"urls": [f"{dead}/fallback/m_all_down.pth"]})
+    monkeypatch.setenv("PSEGZOO_MIRROR", dead)
+    proc = run_script("download", "m_all_down", code=1, timeout=60)
+    line = error_line(proc.stderr)
+    advice, tried = line.split(" Tried, in order: ")
+    for way in ("--mirror URL", "--weights FILE (predict, eval, export)", "psegzoo import FILE|DIR", "--search DIR", "try again later"):
+        assert way in advice
+    assert original in tried and f"{dead}/fallback/m_all_down.pth" in tried and original not in advice
+    rows = [line[i:i + 80] for i in range(0, len(line), 80)]  # as an 80-column terminal shows the line
+    first = "".join(rows[:5])
+    assert "What to do" in rows[0] or "What to do" in rows[1]
+    assert all(way in first for way in ("--mirror URL", "--weights FILE", "psegzoo import"))
+    assert "download.openmmlab.com" not in line or "may come back" in line
+    for gone in ("no longer resolves", "is gone", "stopped resolving"):
+        assert gone not in line
+
+
+def test_verbose_download_of_a_cached_file_says_it_is_cached_and_where_it_came_from(zoo, http_server, env,
+                                                                                     ckpt_bytes):
+    entry = zoo.add("m_whence", ckpt_bytes)
+    cli("download", "m_whence", "-q")
+    proc = run_script("-v", "download", "m_whence")
+    path = env / "checkpoints" / entry.weights.file
+    assert proc.stdout.splitlines() == [str(path)]
+    (said,) = [line for line in proc.stderr.splitlines() if "already in the cache" in line]
+    assert f"m_whence is already in the cache: {path}" in said
+    assert f"downloaded from {entry.weights.url}" in said and sha(ckpt_bytes) in said
+    assert len(http_server.gets(url_path(entry))) == 1  # nothing asked again
+    assert "already in the cache" not in run_script("download", "m_whence").stderr  # -v only
+
+
+def test_verify_on_an_empty_cache_says_there_is_nothing_to_verify(env):
+    result = cli("verify")
+    assert result.stdout.strip() == f"nothing to verify: the cache ({env}) holds no checkpoint"
+
+
+def _table(text: str, header_start: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].strip() or re.match(r"\d+ [a-z]", lines[i]))
+    return lines[start:end]
+
+
+def _split(table: list[str]) -> list[list[str]]:
+    """The cells of each line: columns are the runs of positions where some line has a character."""
+    width = max(map(len, table))
+    used = [any(i < len(line) and line[i] != " " for line in table) for i in range(width)]
+    spans, start = [], None
+    for i, u in enumerate([*used, False]):
+        if u and start is None:
+            start = i
+        elif not u and start is not None:
+            if i < width and any(used[i:i + 2]) and i + 1 < width and used[i + 1]:
+                continue  # one space inside a cell ("808.7 kB", "not a zoo file")
+            spans.append((start, i))
+            start = None
+    return [[line[a:b].strip() for a, b in spans] for line in table]
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_cache_table_fits_the_terminal_and_never_cuts_a_value(zoo, http_server, env, ckpt_bytes, other_bytes,
+                                                              columns):
+    long_name = "deeplabv3_r101-d8_512x512_4x4_160k_coco-stuff164k"  # the longest name in the zoo
+    zoo.add(long_name, ckpt_bytes)
+    other = zoo.add("m_short", other_bytes)
+    cli("download", long_name, "m_short", "-q")
+    half = env / "partial" / (other.weights.file + ".part")
+    half.write_bytes(other_bytes[: len(other_bytes) // 2])  # an unfinished download beside the complete one
+    code, text = run_in_sized_terminal("cache", columns=columns, env=dict(os.environ))
+    assert code == 0, text
+    table = _table(text, "name")
+    assert all(len(line) <= columns for line in table), "\n".join(table)
+    headers, *cells = _split(table)
+    assert headers[:3] == ["name", "size", "unfinished"]
+    rows = {c[0]: dict(zip(headers[1:], c[1:])) for c in cells}
+    assert rows[long_name]["size"] == psegzoo.format_size(len(ckpt_bytes)) and rows[long_name]["unfinished"] == ""
+    assert rows["m_short"]["size"] == psegzoo.format_size(len(other_bytes))
+    assert rows["m_short"]["unfinished"] == psegzoo.format_size(len(other_bytes) // 2)
+    title = text.split("\nname")[0]
+    for column in ("sha256", "trust", "converted"):
+        if column not in headers:  # a column left out is named, with where to see it
+            assert column in title and "--json" in title
+    if "sha256" in headers:
+        assert rows[long_name]["sha256"] == sha(ckpt_bytes)[:16]
+    if "trust" in headers:  # a third party's file: only the published hash prefix vouches for it
+        assert rows[long_name]["trust"] == rows["m_short"]["trust"] == "prefix-only"
+    assert columns > 80 or "sha256" not in headers  # 80 columns leave the hash out, 120 keep it
+    assert columns < 120 or "sha256" in headers
+    assert columns < 100 or "trust" in headers  # the trust level stays longer than the hash prefix
+    assert "…" not in text and "2 checkpoint(s)" in text
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_import_table_fits_the_terminal_and_never_cuts_a_value(zoo, env, ckpt_bytes, other_bytes, tmp_path, columns):
+    good = zoo.add("upernet_r101_512x1024_80k_cityscapes_hubtest_long", ckpt_bytes)
+    root = tmp_path / "stash"
+    deep = root / "runs" / "2026-06-07" / "work_dirs" / "upernet"
+    deep.mkdir(parents=True)
+    (deep / good.weights.file).write_bytes(ckpt_bytes)
+    (root / "notes about the runs of last june.txt").write_text("notes")
+    code, text = run_in_sized_terminal("import", root, columns=columns, env=dict(os.environ))
+    assert code == 0, text
+    table = _table(text, "file")
+    assert all(len(line) <= columns for line in table), "\n".join(table)
+    headers, *lines = _split(table)
+    rows: list[list[str]] = []
+    for cells in lines:
+        if cells[-1]:  # a row starts where its result is
+            rows.append(cells)
+        else:  # a folded file name goes on
+            rows[-1][0] += cells[0]
+    by_file = {r[0]: r[1:] for r in rows}
+    assert by_file[f"runs/2026-06-07/work_dirs/upernet/{good.weights.file}"][-1] == "imported"
+    assert by_file["notes about the runs of last june.txt"][-1] == "not a zoo file"
+    if "model" in headers:
+        assert by_file[f"runs/2026-06-07/work_dirs/upernet/{good.weights.file}"][0] == good.name
+    else:
+        assert "model left out" in text.split("\nfile")[0]
+    assert "…" not in text and "1 imported, 1 not a zoo file" in text

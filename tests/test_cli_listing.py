@@ -132,7 +132,7 @@ def test_list_pattern_sort_and_filters():
 
 
 def test_list_unknown_dataset_is_clean_error():
-    result = cli("list", "--dataset", "imagenet", code=1)
+    result = cli("list", "--dataset", "imagenet", code=2)
     assert "unknown dataset 'imagenet'" in result.output and "cityscapes" in result.output
 
 
@@ -266,3 +266,56 @@ def test_an_unreadable_cache_empties_the_cached_column_not_the_listing(tmp_path,
     _, _, rows = parse_table(result.stdout)
     assert [r["name"] for r in rows] == ["pspnet_r18-d8_512x1024_80k_cityscapes", "deeplabv3_r18-d8_512x1024_80k_cityscapes"]
     assert all(r["cached"] == "" for r in rows) and "cached column is empty" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing matched, misuse, and short texts
+# ------------------------------------------------------------------------------------------------
+
+
+def test_list_with_nothing_matched_says_so_suggests_names_and_exits_1():
+    result = cli("list", "pspnet_r50-d8_512x1024_40k_cityscape_typo", code=1)
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no checkpoint matches 'pspnet_r50-d8_512x1024_40k_cityscape_typo'")
+    assert "Did you mean: pspnet_r50-d8_512x1024_40k_cityscapes" in line  # a name a pattern finds, not an alias
+    assert "'psegzoo list' with no pattern lists all 123" in line
+    filtered = cli("list", "*r18*", "--dataset", "ade20k", "--json", code=1)  # filters that exclude each other
+    assert filtered.stdout == "" and "no checkpoint matches '*r18*' with --dataset ade20k" in filtered.stderr
+
+
+def test_list_unknown_dataset_or_method_is_a_misuse_exit_2():
+    result = cli("list", "--dataset", "foo", code=2)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: unknown dataset 'foo'") and "cityscapes" in line
+    assert "unknown method 'fcn'" in cli("list", "--method", "fcn", code=2).stderr
+
+
+def test_an_alias_with_one_match_says_so_in_words_that_agree():
+    single = "pspnet_r50-d8_80k_ade20k"  # an alias (its schedule but not its crop) of one checkpoint
+    resolution = psegzoo.resolve(single)
+    assert resolution.is_alias and resolution.alternatives == ()
+    first = cli("info", single).stdout.splitlines()[0]
+    assert "its only match" in first and "among 1" not in first and "1 matches" not in first
+    several = cli("info", "pspnet_r101-d8_cityscapes").stdout.splitlines()[0]
+    assert "the best single-scale mIoU of its 4 matches" in several
+
+
+def test_an_entry_s_repr_is_one_short_line_with_its_name():
+    entry = psegzoo.get_entry("pspnet_r50-d8_512x1024_40k_cityscapes")
+    text = repr(entry)
+    assert text.startswith("Entry('pspnet_r50-d8_512x1024_40k_cityscapes'") and len(text) < 120
+    assert "\n" not in text and "77.85" in text
+
+
+def test_info_tells_the_host_story_as_it_is():
+    entry = psegzoo.get_entry("pspnet_r50-d8_512x1024_40k_cityscapes")
+    out = run_script("info", entry.name).stdout
+    lines = out.splitlines()
+    assert [line.split() for line in lines if line.strip().startswith("fallback")] == [
+        ["fallback", url] for url in entry.weights.urls]
+    (hosts,) = [line for line in lines if line.strip().startswith("hosts")]
+    assert "the original URL comes first" in hosts and "download.openmmlab.com has failed before" in hosts
+    assert "came back" in hosts and "on its own" in hosts
+    for gone in ("no longer resolves", "is gone", "stopped resolving", "unreachable since"):
+        assert gone not in out

@@ -24,6 +24,7 @@ from psegzoo.manifest import get_dataset
 from tests.support.cli import cli, run_script
 from tests.support.http_server import FileServer
 from tests.support.hub import scrub_environment
+from tests.support.precision import assert_same_prediction, clear_pixels
 from tests.support.served import (
     MMSEG_BASE,
     SSSEG_BASE,
@@ -175,12 +176,14 @@ def test_predict_end_to_end_from_the_loopback_server(zoo, fresh_home, tmp_path):
     expected = psegzoo.load(MM_NAME, device="cpu", progress=False).predict(image)
     cityscapes = get_dataset("cityscapes")
     labels = read_labels(out / "street.png")
-    assert np.array_equal(labels, expected.labels) and len(np.unique(labels)) > 1
+    assert_same_prediction(labels, expected)  # another process: near-ties may flip
+    assert len(np.unique(labels)) > 1
     assert palette_of(out / "street.png", 19) == [tuple(c) for c in cityscapes.palette]
+    clear = clear_pixels(expected.scores)
     with Image.open(out / "street_color.png") as im:
-        assert im.mode == "RGB" and np.array_equal(np.asarray(im), expected.colorize())
+        assert im.mode == "RGB" and np.array_equal(np.asarray(im)[clear], expected.colorize()[clear])
     with Image.open(out / "street_overlay.png") as im:
-        assert im.mode == "RGB" and np.array_equal(np.asarray(im), expected.overlay(0.5))
+        assert im.mode == "RGB" and np.array_equal(np.asarray(im)[clear], expected.overlay(0.5)[clear])
     with Image.open(out / "street_probs.png") as im:
         assert im.mode.startswith("I") and im.size == (60, 40)
         confidence = np.asarray(im).astype(np.float64) / 65535
@@ -218,7 +221,11 @@ def test_ssseg_entry_needs_allow_unverified_then_trusts_its_hash(zoo, fresh_home
     # Later runs verify against the trust record: no flag needed, no new download.
     proc = run_script("predict", "--model", SS_NAME, image, "-o", tmp_path / "later", "-q")
     assert zoo.ss_sha not in proc.stderr
-    assert np.array_equal(read_labels(tmp_path / "later" / "room.png"), first)
+    later = read_labels(tmp_path / "later" / "room.png")
+    # Each run is its own process (its own threads and fast paths): near-ties may flip.
+    expected = psegzoo.load(SS_NAME, device="cpu", progress=False).predict(image)
+    assert_same_prediction(first, expected)
+    assert_same_prediction(later, expected)
     assert zoo.gets(zoo.ss_file) == before + 1
 
 
@@ -263,8 +270,8 @@ def test_bad_inputs_are_reported_and_the_rest_written(zoo, seg, tmp_path):
     assert "empty" in by_file["empty.png"][0]
     # The good images are written, and only they.
     assert sorted(p.name for p in out.iterdir()) == ["also_good.png", "good.png"]
-    assert np.array_equal(read_labels(out / "good.png"), seg.predict(good).labels)
-    assert np.array_equal(read_labels(out / "also_good.png"), seg.predict(also_good).labels)
+    assert_same_prediction(read_labels(out / "good.png"), seg.predict(good))
+    assert_same_prediction(read_labels(out / "also_good.png"), seg.predict(also_good))
 
 
 def test_zero_by_zero_file_is_a_clean_error(zoo, seg, tmp_path):
@@ -286,7 +293,7 @@ def test_stride_larger_than_crop_fails_before_any_download(zoo, fresh_home, tmp_
     result = cli("predict", "-m", MM_NAME, image, "--mode", "slide", "--crop-size", "32x32", "--stride", "64x64",
                  "-o", tmp_path / "out", code=1)
     line = only_error_line(result.stderr)
-    assert "stride 64x64" in line and "crop_size 32x32" in line
+    assert "--stride 64x64" in line and "--crop-size 32x32" in line and "crop_size" not in line  # flags, not keywords
     assert len(zoo.server.requests) == requests and not fresh_home.exists() and not (tmp_path / "out").exists()
 
 
@@ -320,7 +327,7 @@ def test_directory_input_is_recursive_and_skips_the_output_folder(zoo, seg, tmp_
     result = cli("predict", "-m", MM_NAME, photos, "-o", out, "--color")
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
         "a.png", "a_color.png", "trip/b.png", "trip/b_color.png"]
-    assert np.array_equal(read_labels(out / "trip" / "b.png"), seg.predict(photos / "trip" / "b.png").labels)
+    assert_same_prediction(read_labels(out / "trip" / "b.png"), seg.predict(photos / "trip" / "b.png"))
     assert "2 image(s) written" in result.stderr
     # Again: the outputs inside the input folder are not taken as inputs.
     result = cli("predict", "-m", MM_NAME, photos, "-o", out)
@@ -355,8 +362,8 @@ def test_duplicate_stems_do_not_overwrite_each_other(zoo, seg, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "frame.json", "frame.png", "frame_2.json", "frame_2.png", "frame_3.json", "frame_3.png"]
     for path, name in ((first, "frame"), (second, "frame_2"), (third, "frame_3")):
-        assert np.array_equal(read_labels(out / f"{name}.png"), seg.predict(path).labels)
-        assert json.loads((out / f"{name}.json").read_text())["image"] == str(path)
+        assert_same_prediction(read_labels(out / f"{name}.png"), seg.predict(path))
+        assert json.loads((out / f"{name}.json").read_text())["input"] == str(path)  # as on stdout
     assert not np.array_equal(read_labels(out / "frame.png"), read_labels(out / "frame_2.png"))
 
     # Two folders holding the same names: also kept apart.
@@ -372,11 +379,11 @@ def test_predict_overrides_and_tta_from_the_command_line(zoo, seg, tmp_path):
     cli("predict", "-m", MM_NAME, image, "-o", out / "slide", "--mode", "slide", "--crop-size", "32x48",
         "--stride", "16x24", "--batch-windows", "3", "-q")
     expected = seg.predict(image, mode="slide", crop_size=(32, 48), stride=(16, 24))
-    assert np.array_equal(read_labels(out / "slide" / "a.png"), expected.labels)
+    assert_same_prediction(read_labels(out / "slide" / "a.png"), expected)
     cli("predict", "-m", MM_NAME, image, "-o", out / "tta", "--flip", "--scales", "0.5,1.0", "--scale", "96x48",
         "--probs", "npy", "-q")
     expected = seg.predict(image, flip=True, scales=[0.5, 1.0], scale=(96, 48))
-    assert np.array_equal(read_labels(out / "tta" / "a.png"), expected.labels)
+    assert_same_prediction(read_labels(out / "tta" / "a.png"), expected)
     np.testing.assert_allclose(np.load(out / "tta" / "a_probs.npy"), expected.confidence(), atol=1e-5)
     for bad in (["--scales", "0.5,x"], ["--scale", "64by32"], ["--half", "--bf16"], ["--opacity", "0.3"],
                 ["--weights", image, "--mirror", "http://127.0.0.1:9"], ["--weights", image, "--offline"]):
@@ -392,7 +399,7 @@ def test_sample_image_from_the_command_line(zoo, seg, tmp_path):
     result = cli("predict", "-m", MM_NAME, "--sample", "-o", out, "--json")
     (line,) = result.stdout.splitlines()
     assert json.loads(line)["input"] == str(psegzoo.sample_image())
-    assert np.array_equal(read_labels(out / "street.png"), seg.predict(psegzoo.sample_image()).labels)
+    assert_same_prediction(read_labels(out / "street.png"), seg.predict(psegzoo.sample_image()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +452,7 @@ def test_output_into_the_input_folder_never_replaces_an_input(zoo, seg, tmp_path
     assert street.read_bytes() == before  # the photo is intact
     assert sorted(p.name for p in folder.iterdir()) == ["street.png", "street_2.png", "street_2_overlay.png"]
     assert f"{street} -> {folder / 'street_2'}.png" in result.stderr
-    assert np.array_equal(read_labels(folder / "street_2.png"), seg.predict(original).labels)
+    assert_same_prediction(read_labels(folder / "street_2.png"), seg.predict(original))
     # Run again on the folder itself, or a glob in it: the outputs are not fed back in, nothing is written.
     for again in (folder, str(folder / "*.png")):
         result = cli("predict", "-m", MM_NAME, again, "-o", folder, code=1)
@@ -485,7 +492,7 @@ def test_any_legal_file_name_is_predicted(zoo, seg, tmp_path):
     assert "7 image(s) written" in result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 7 and os.fsdecode(raw) in {d["input"] for d in lines}  # JSON keeps the exact name
-    assert np.array_equal(read_labels(out / "..png"), seg.predict(src / "..png").labels)
+    assert_same_prediction(read_labels(out / "..png"), seg.predict(src / "..png"))
 
 
 def test_symlink_loop_and_unreadable_folder(zoo, seg, tmp_path, monkeypatch):
@@ -546,7 +553,9 @@ def test_convert_by_name_and_by_file(zoo, fresh_home, tmp_path):
     save_image(image)
     cli("predict", "-m", MM_NAME, "--weights", out, image, "-o", tmp_path / "o1", "-q")
     cli("predict", "-m", MM_NAME, image, "-o", tmp_path / "o2", "-q")
-    assert np.array_equal(read_labels(tmp_path / "o1" / "a.png"), read_labels(tmp_path / "o2" / "a.png"))
+    expected = psegzoo.load(MM_NAME, device="cpu", progress=False).predict(image)
+    assert_same_prediction(read_labels(tmp_path / "o1" / "a.png"), expected)
+    assert_same_prediction(read_labels(tmp_path / "o2" / "a.png"), expected)
 
     result = cli("convert", renamed, code=1)  # the file name does not say which model it is
     line = only_error_line(result.stderr)

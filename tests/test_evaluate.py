@@ -299,24 +299,33 @@ def stop_after(k: int, seen: list[EvalProgress]):
 
 
 def doubled(data, dest: Path) -> tuple[Path, Path]:
-    """A generic folder of 6 images: the cityscapes folder twice (a/ and b/), labels as trainIds."""
+    """A generic folder of 6 images: the cityscapes folder twice (a/ and b/), labels as trainIds.
+
+    The b/ images have a.'s pixels in other bytes (a PNG text chunk): saved counts are found by the
+    files' contents, and six different images make six counts files."""
+    from PIL import PngImagePlugin
+
     built = data.folder("cityscapes")
     for copy in ("a", "b"):
         for name, image in built.images.items():
             target = dest / "imgs" / copy / f"{name}_leftImg8bit.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(image, target)
+            info = PngImagePlugin.PngInfo()
+            info.add_text("copy", copy)
+            with Image.open(image) as im:
+                im.save(target, pnginfo=info)
             label = dest / "labs" / copy / f"{name}_leftImg8bit.png"
             label.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(built.data_root / built.layout.label(name), label)
     return dest / "imgs", dest / "labs"
 
 
-def saved_indices(work: Path) -> list[int]:
+def saved_count(work: Path) -> int:
+    """How many images have saved counts (files named by the contents of their image and label)."""
     (run_dir,) = work.iterdir()
     names = sorted(p.name for p in (run_dir / "counts").iterdir())
-    assert all(re.fullmatch(r"\d{6}\.npy", n) for n in names), names  # whole files only, no temporary ones
-    return [int(n[:6]) for n in names]
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.npy", n) for n in names), names  # whole files only, no temporary ones
+    return len(names)
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(data, tmp_path):
@@ -328,12 +337,13 @@ def test_an_interrupted_run_resumes_to_the_same_result(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         psegzoo.evaluate(seg, images=images, labels=labels, work_dir=tmp_path / "work", workers=1,
                          on_progress=stop_after(1, seen))
-    saved = saved_indices(tmp_path / "work")
-    assert 1 <= len(saved) < 6 and seen[-1].done == 1
+    saved = saved_count(tmp_path / "work")
+    assert 1 <= saved < 6 and seen[-1].done == 1
     resumed_seen: list[EvalProgress] = []
     resumed = psegzoo.evaluate(seg, images=images, labels=labels, work_dir=tmp_path / "work", resume=True,
                                on_progress=resumed_seen.append)
-    assert resumed.resumed == len(saved) and resumed_seen[0].done == len(saved) and resumed_seen[-1].done == 6
+    # Saved counts are found as each image's files are read: the reports count them as they come.
+    assert resumed.resumed == saved and resumed_seen[-1].resumed == saved and resumed_seen[-1].done == 6
     assert resumed.counts == full.counts
     assert resumed.to_json()["metrics"] == full.to_json()["metrics"]
     assert resumed.to_json()["per_class"] == full.to_json()["per_class"]
@@ -353,7 +363,7 @@ def test_a_run_stopped_by_a_bad_label_resumes_once_it_is_fixed(data, tmp_path):
     bad.write_bytes(good[:60])
     with pytest.raises(DatasetError, match=re.escape(str(bad))):
         psegzoo.evaluate(seg, images=images, labels=labels, work_dir=tmp_path / "work")
-    assert saved_indices(tmp_path / "work") == [0, 1, 2]  # the images before the bad one are kept
+    assert saved_count(tmp_path / "work") == 3  # the images before the bad one are kept
     bad.write_bytes(good)
     resumed = psegzoo.evaluate(seg, images=images, labels=labels, work_dir=tmp_path / "work", resume=True)
     assert resumed.resumed == 3 and resumed.counts == full.counts
@@ -378,9 +388,12 @@ def test_resume_evaluates_again_images_whose_saved_prediction_is_missing(data, t
     assert result.resumed == 2 and (out / f"{D.LAYOUTS[key].names[1]}.png").is_file()
 
 
-def test_resume_needs_a_work_folder(data):
-    with pytest.raises(DatasetError, match="work_dir=DIR"):
-        evaluate_folder(data, "cityscapes", resume=True)
+def test_resume_without_a_work_folder_continues_from_the_cache(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("PSEGZOO_HOME", str(tmp_path / "home"))
+    first = evaluate_folder(data, "cityscapes", limit=2)
+    assert first.work_dir is not None and Path(first.work_dir).parent == tmp_path / "home" / "eval"
+    resumed = evaluate_folder(data, "cityscapes", resume=True)
+    assert resumed.resumed == 2 and resumed.work_dir == first.work_dir
 
 
 # --------------------------------------------------------------------------------------------

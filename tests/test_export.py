@@ -35,6 +35,7 @@ from psegzoo.models.psa_mask import psa_mask, psa_mask_by_reshape
 from tests.support.cli import REPO, cli
 from tests.support.hub import scrub_environment
 from tests.support.media import image as scene
+from tests.support.precision import assert_same_prediction, clear_pixels
 from tests.support.served import builtin_entry, mmseg_spec, write_index
 from tests.support.synth import write_mmseg_checkpoint
 
@@ -361,7 +362,9 @@ def test_onnx_predict_equals_torch_predict(pspnet, options):
     assert isinstance(loaded, OnnxSegmenter)
     expected = pspnet.seg.predict(image, **options)
     got = loaded.predict(image, **options)
-    assert np.array_equal(got.labels, expected.labels) and len(np.unique(got.labels)) > 1
+    # onnxruntime's kernels add in another order than torch's: near-ties may flip.
+    assert_same_prediction(got.labels, expected)
+    assert len(np.unique(got.labels)) > 1
     assert got.is_probs == expected.is_probs
     np.testing.assert_allclose(got.log_scores(), expected.log_scores(), atol=REL_TOL * np.abs(expected.log_scores()).max())
 
@@ -370,7 +373,8 @@ def test_onnx_predict_with_direct_lowres_resize(deeplab):
     image = make_image(2)
     expected = deeplab.seg.predict(image)
     got = load_onnx(deeplab.path).predict(image)
-    assert np.array_equal(got.labels, expected.labels) and len(np.unique(got.labels)) > 1
+    assert_same_prediction(got.labels, expected)
+    assert len(np.unique(got.labels)) > 1
 
 
 def test_psanet_predicts_in_slide_mode_with_its_size(psanet):
@@ -380,7 +384,7 @@ def test_psanet_predicts_in_slide_mode_with_its_size(psanet):
         loaded.predict(image, scale=(128, 64))
     expected = psanet.seg.predict(image, scale=(128, 64), mode="slide", crop_size=PSA_SIZE)
     got = loaded.predict(image, scale=(128, 64), mode="slide", crop_size=PSA_SIZE)
-    assert np.array_equal(got.labels, expected.labels)
+    assert_same_prediction(got.labels, expected)
     with pytest.raises(PredictionError, match="64x96 inputs only and got 32x64"):
         loaded.predict(image, scale=(64, 32), mode="slide", crop_size=PSA_SIZE)  # an image smaller than the crop
 
@@ -416,7 +420,9 @@ def test_cli_predict_onnx_labels_equal_predict(pspnet, image_file, tmp_path):
                  "--device", "cpu", "--logits")
     assert result.stdout.splitlines() == [str(onnx_out / "street.png")]
     labels = read_labels(onnx_out / "street.png")
-    assert np.array_equal(labels, read_labels(torch_out / "street.png")) and len(np.unique(labels)) > 1
+    # onnxruntime and torch add in another order: compare where the written logits (float16) decide clearly.
+    clear = clear_pixels(np.load(onnx_out / "street_logits.npy"), margin=1e-2)
+    assert np.array_equal(labels[clear], read_labels(torch_out / "street.png")[clear]) and len(np.unique(labels)) > 1
     assert np.load(onnx_out / "street_logits.npy").shape == (19, 40, 60)
 
 

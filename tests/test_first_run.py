@@ -18,6 +18,7 @@ from PIL import Image
 import psegzoo
 from tests.support.cli import run_script
 from tests.support.http_server import FileServer
+from tests.support.precision import assert_same_prediction
 from tests.support.served import builtin_entry, mmseg_spec, sha256_hex, write_index
 from tests.support.synth import write_mmseg_checkpoint
 
@@ -60,4 +61,5 @@ def test_main_command_end_to_end_from_a_loopback_mirror(tmp_path, monkeypatch):
     with Image.open(out / "street.png") as im:
         labels = np.asarray(im)
         assert im.mode == "P" and labels.shape == (256, 512)
-    assert np.array_equal(labels, expected.labels) and len(np.unique(labels)) > 1
+    assert_same_prediction(labels, expected)  # another process: near-ties may flip
+    assert len(np.unique(labels)) > 1

@@ -467,3 +467,35 @@ def test_deadline_bounds_the_whole_fetch(zoo, ckpt_bytes, hub_env):
             hub.download(entry, opts(deadline=1, mirrors=(slow_mirror.base,)))
         assert time.monotonic() - t0 < 3
     assert not hub.checkpoint_path(entry).exists()
+
+
+class _BrokenHash:
+    """A hash whose update fails, as hashing a chunk may (MemoryError): the stream must stop, not wait."""
+
+    def update(self, chunk: bytes) -> None:
+        raise MemoryError("no memory for this chunk")
+
+    def hexdigest(self) -> str:  # pragma: no cover - never reached
+        return ""
+
+
+def test_a_dead_hashing_thread_is_an_error_never_an_endless_wait():
+    import threading
+
+    hasher = transfer.StreamHasher(_BrokenHash())
+    outcome: list[BaseException | None] = []
+
+    def feed() -> None:
+        try:
+            for _ in range(100):  # more chunks than the bounded queue holds
+                hasher.update(b"x" * 1024)
+            hasher.hexdigest()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=feed, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "put() blocked on the queue of a dead hashing thread"
+    assert isinstance(outcome[0], DownloadError) and "no memory for this chunk" in str(outcome[0])

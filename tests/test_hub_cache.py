@@ -141,8 +141,8 @@ def test_file_modes_follow_the_umask_everywhere(zoo, ckpt_bytes, hub_env, tmp_pa
         made.append(outputs.save_json({"a": 1}, tmp_path / "out" / "x.json"))
         made.append(files.write_atomic(tmp_path / "plain.txt", "x"))
         state = evaluation.WorkState.open(tmp_path / "work", "m_perm", "val", {"k": 1}, 3, resume=False)
-        state.save(0, evaluation.Counts.from_array(np.ones((4, 3), np.int64)))
-        made.extend([state.counts_dir / "000000.npy", state.save_result({"a": 1})])
+        state.save("0" * 64, evaluation.Counts.from_array(np.ones((4, 3), np.int64)))
+        made.extend([state.counts_dir / ("0" * 64 + ".npy"), state.record, state.save_result({"a": 1})])
         assert not [p for p in state.folder.rglob("*") if p.name.endswith(".tmp")]
         assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {p.name: "0o644" for p in made}
         os.umask(0o027)
@@ -213,9 +213,12 @@ def test_a_mistyped_pin_never_deletes_a_good_trusted_copy(zoo, http_server, ckpt
     entry = zoo.add("m_pin_keep", ckpt_bytes, prefix=None)
     path = hub.fetch(entry, opts(allow_unverified=True)).path
     typo = sha(ckpt_bytes)[:-1] + ("0" if sha(ckpt_bytes)[-1] != "0" else "1")
-    with pytest.raises(DownloadError) as err:
+    gets = len(http_server.requests)
+    with pytest.raises(VerificationError) as err:  # the recorded hash wins: refused before anything is touched
         hub.download(entry, opts(sha256=typo))
-    assert "the cached copy was kept" in str(err.value)
+    assert f"pinned SHA-256 {typo} contradicts the hash trusted on first use" in str(err.value)
+    assert "--forget-trust" in str(err.value)
+    assert len(http_server.requests) == gets
     assert path.read_bytes() == ckpt_bytes and hub.trusted_sha256(entry) == sha(ckpt_bytes)
     assert hub.download(entry, opts()) == path
 

@@ -163,13 +163,14 @@ def test_the_manifest_alternative_is_tried_after_the_original(zoo, http_server, 
 
 
 def test_builtin_mmseg_entries_ship_the_bucket_fallback():
-    """Every mmseg entry lists the object-storage bucket under the same path; SSSegmentation's list none."""
+    """Every mmseg entry lists the object-storage bucket, then the OneDL community mirror, under the same
+    path; SSSegmentation's list none."""
     models = load_manifest(extra=[]).models
     mmseg = [e for e in models if e.source == "mmsegmentation"]
     assert len(mmseg) == 111
     for e in mmseg:
         path = urlsplit(e.weights.url).path
-        assert e.weights.urls == (ALIYUN.rstrip("/") + path,), e.name
+        assert e.weights.urls == (ALIYUN.rstrip("/") + path, "https://mmassets.onedl.ai" + path), e.name
     assert all(e.weights.urls == () for e in models if e.source == "sssegmentation")
     raw = json.loads((Path(hub.__file__).parents[1] / "model_index.json").read_text())
     assert [m["weights"] for m in raw["models"]] == [e.weights.to_json() for e in models]  # round trip, raw form
@@ -291,7 +292,7 @@ def test_mirror_round_trip_through_a_static_server(zoo, http_server, ckpt_bytes,
     hub.download(a, opts())
     hub.download(b, opts(allow_unverified=True))
     share = tmp_path / "share"
-    results = hub.mirror(share, options=opts())
+    results = hub.mirror(share, options=opts(), link=True)
     assert sorted((r.name, r.status) for r in results) == [("m_team_a", "linked"), ("m_team_b", "linked")]
     target_a = share / url_path(a).lstrip("/")
     assert target_a.read_bytes() == ckpt_bytes and target_a.stat().st_ino == hub.checkpoint_path(a).stat().st_ino

@@ -14,28 +14,30 @@ ALLOWED = {
     "errors": set(),
     "units": set(),
     "files": set(),
-    "manifest": {"units", "errors"},
+    "devices": {"errors"},
+    "manifest": {"units", "errors", "files"},
     "hub": {"units", "errors", "files", "manifest"},
     "convert": {"units", "errors", "files", "manifest"},
     "models": {"units", "errors", "manifest", "models"},
     "images": {"units", "errors"},
     "outputs": {"units", "errors", "files"},
-    "predictor": {"units", "errors", "manifest"},
+    "predictor": {"units", "errors", "manifest", "devices"},
     "prefetch": set(),
     "video": {"units", "errors", "files", "images", "outputs"},
-    "api": {"units", "errors", "files", "prefetch", "manifest", "hub", "convert", "models", "images", "outputs",
+    "api": {"units", "errors", "devices", "files", "prefetch", "manifest", "hub", "convert", "models", "images", "outputs",
             "predictor", "__init__"},
-    "bench": {"units", "errors", "files", "manifest", "hub", "models", "predictor", "api"},
-    "evaluation": {"units", "errors", "files", "prefetch", "manifest", "images", "outputs", "predictor", "api",
+    "bench": {"units", "errors", "devices", "files", "manifest", "hub", "models", "predictor", "api"},
+    "evaluation": {"units", "errors", "devices", "files", "prefetch", "manifest", "hub", "images", "outputs", "predictor", "api",
                    "evaluation"},
-    "export": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api",
+    "export": {"units", "errors", "devices", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api",
                "__init__"},
-    "distributed": {"units", "errors", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor",
+    "distributed": {"units", "errors", "devices", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor",
                     "video", "api"},
+    "serve": {"units", "errors", "devices", "files", "manifest", "hub", "images", "outputs", "predictor", "api", "__init__"},
     "cli": {"__init__"},
 }
-NO_TORCH = {"units", "errors", "files", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
-STDLIB_ONLY = {"units", "errors", "files", "prefetch", "manifest"}
+NO_TORCH = {"units", "errors", "files", "devices", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
+STDLIB_ONLY = {"units", "errors", "files", "devices", "prefetch", "manifest"}
 
 
 def _module_of(path: Path) -> str:

@@ -340,7 +340,10 @@ def test_to_json_round_trips(raw_index):
     for obj in raw_index["models"]:
         entry = psegzoo.get_entry(obj["name"])
         assert entry.to_json() == obj  # what the index says, field for field
-        assert psegzoo.manifest.parse_manifest({"schema_version": 1, "models": [entry.to_json()]})[0][0] == entry
+        doc = {"schema_version": 1, "models": [entry.to_json()]}
+        assert psegzoo.manifest.parse_manifest(doc, builtin=True)[0][0] == entry
+        # read as any other manifest, the same object declares no origin
+        assert psegzoo.manifest.parse_manifest(doc)[0][0].weights.origins == ()
     changed = copy.deepcopy(raw_index["models"][0])
     changed["test"]["scale"] = [1, 1]
     assert psegzoo.get_entry(changed["name"]).to_json() != changed  # the comparison can fail

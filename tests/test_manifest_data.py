@@ -1,10 +1,9 @@
 """The facts in model_index.json: schema, counts against the zoo tables, figures, architectures.
 
 Expected values here were typed in from the zoo tables and from mmsegmentation 1.2.2's configs,
-or are derived from the tables with a regex independent of tools/build_index.py. Parts that need
-the zoo tables or the reference specs skip when those are absent, and fail when they are absent
-under CI (tests/support/shared.py); mmseg's configs are fetched as a pinned wheel when no copy is
-at hand (tests/support/mmseg_wheel.py).
+or are derived from the tables with a regex independent of tools/build_index.py. The zoo tables and
+the reference specs are committed under tests/data (tests/support/shared.py); mmseg's configs are
+fetched as a pinned wheel when no copy is at hand (tests/support/mmseg_wheel.py).
 """
 from __future__ import annotations
 
@@ -20,16 +19,11 @@ import pytest
 
 from psegzoo.errors import ManifestError
 from psegzoo.manifest import Entry, load_manifest, parse_manifest
-from tests.support.shared import needs, shared_dir
+from tests.support.shared import ZOO, write_reference
 
 REPO = Path(__file__).resolve().parent.parent
 INDEX = REPO / "model_index.json"
 BUILDER = REPO / "tools" / "build_index.py"
-ZOO = shared_dir() / "zoo"
-REFERENCE = shared_dir() / "reference"
-
-needs_zoo = needs(ZOO, "the zoo tables (shared/zoo)")
-needs_reference = needs(REFERENCE, "the reference specs (shared/reference)")
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -43,8 +37,14 @@ def raw() -> dict:
 
 @pytest.fixture(scope="module")
 def entries(raw) -> dict[str, Entry]:
-    models, _ = parse_manifest(raw, "model_index.json")
+    models, _ = parse_manifest(raw, "model_index.json", builtin=True)
     return {e.name: e for e in models}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The reference specs, laid out as ``tools/build_index.py --reference`` reads them."""
+    return write_reference(tmp_path_factory.mktemp("reference"))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_top_level_and_every_model_has_the_documented_keys(raw):
         assert set(m["architecture"]["backbone"]) >= BACKBONE_KEYS, m["name"]
         assert set(m["test"]) >= TEST_KEYS, m["name"]
         assert {"url", "file", "sha256_prefix"} <= set(m["weights"]) <= {"url", "file", "sha256_prefix", "urls", "sha256",
-                                                                          "size"}, m["name"]
+                                                                          "size", "origins"}, m["name"]
         for r in m["results"]:
             assert set(r) == {"dataset", "miou", "miou_ms_flip"}
     for ds in raw["datasets"].values():
@@ -112,6 +112,24 @@ def test_hashes_and_file_names(entries):
         m = re.fullmatch(r"(.+)_\d{8}_\d{6}-([0-9a-f]{8})\.pth", e.weights.file)
         assert m and m.group(1) == e.name and m.group(2) == e.weights.sha256_prefix, e.name
     assert len({e.weights.file for e in entries.values()}) == 123
+
+
+def test_every_mmseg_entry_lists_the_origins_then_the_community_mirror(entries):
+    """The original host and its bucket are the publisher's (origins); the OneDL mirror keeps the
+    original path and comes after both, as a third party."""
+    mmseg = [e for e in entries.values() if e.source == "mmsegmentation"]
+    assert len(mmseg) == 111
+    for e in mmseg:
+        path = e.weights.url.removeprefix("https://download.openmmlab.com/")
+        bucket = "https://openmmlab.oss-accelerate.aliyuncs.com/" + path
+        onedl = "https://mmassets.onedl.ai/" + path
+        assert path.startswith("mmsegmentation/v0.5/") and path.endswith("/" + e.weights.file), e.name
+        assert e.weights.urls == (bucket, onedl), e.name
+        assert e.weights.origins == (e.weights.url, bucket), e.name
+        assert not e.weights.is_origin(onedl), e.name
+    for e in entries.values():
+        if e.source == "sssegmentation":
+            assert e.weights.origins == () and e.weights.urls == (), e.name
 
 
 def test_json_is_written_deterministically(raw):
@@ -155,7 +173,6 @@ def _table_links(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-@needs_zoo
 def test_counts_and_order_match_the_zoo_tables(entries):
     mmseg = [e for e in entries.values() if e.source == "mmsegmentation"]
     urls, per_method, per_dataset = [], Counter(), Counter()
@@ -422,9 +439,8 @@ def test_test_settings_of_all_mmseg_entries_follow_their_crop(entries):
         assert e.architecture.align_corners is (e.crop_size == (769, 769)), e.name
 
 
-@needs_reference
-def test_every_reference_spec_has_a_checked_checkpoint(entries):
-    index = json.loads((REFERENCE / "state_dicts" / "index.json").read_text())
+def test_every_reference_spec_has_a_checked_checkpoint(entries, reference):
+    index = json.loads((reference / "state_dicts" / "index.json").read_text())
     assert set(index.values()) == set(ARCHITECTURES)
     for spec_id, (name, *_rest) in ARCHITECTURES.items():
         assert index[entries[name].weights.file] == spec_id
@@ -432,24 +448,22 @@ def test_every_reference_spec_has_a_checked_checkpoint(entries):
     assert set(index) == mmseg_files
 
 
-@needs_reference
-def test_every_entry_agrees_with_its_reference_spec(builder, raw):
-    builder.check_reference(raw["models"], REFERENCE)  # raises BuildError on any disagreement
+def test_every_entry_agrees_with_its_reference_spec(builder, raw, reference):
+    builder.check_reference(raw["models"], reference)  # raises BuildError on any disagreement
 
 
-@needs_reference
 @pytest.mark.parametrize("name, part, key, value", [
     ("pspnet_r18-d8_512x1024_80k_cityscapes", "auxiliary_head", "channels", 256),
     ("psanet_r50-d8_512x512_80k_ade20k", "decode_head", "mask_size", [97, 97]),
     ("upernet_r50_512x512_20k_voc12aug", "decode_head", "in_channels", [256, 512, 1024, 1024]),
     ("deeplabv3_r50b-d8_512x1024_80k_cityscapes", "backbone", "type", "ResNetV1c"),
 ])
-def test_reference_check_catches_a_wrong_fact(builder, raw, name, part, key, value):
+def test_reference_check_catches_a_wrong_fact(builder, raw, reference, name, part, key, value):
     models = json.loads(json.dumps(raw["models"]))
     model = next(m for m in models if m["name"] == name)
     model["architecture"][part][key] = value
     with pytest.raises(builder.BuildError, match=name):
-        builder.check_reference(models, REFERENCE)
+        builder.check_reference(models, reference)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -493,12 +507,10 @@ def _run_builder(tmp_path: Path, mmseg: Path, *extra: str) -> bytes:
     return out.read_bytes()
 
 
-@needs_zoo
-def test_builder_regenerates_the_committed_file(tmp_path, mmseg_package):
+def test_builder_regenerates_the_committed_file(tmp_path, mmseg_package, reference):
     committed = INDEX.read_bytes()
     assert _run_builder(tmp_path, mmseg_package) == committed
-    if REFERENCE.is_dir():
-        assert _run_builder(tmp_path, mmseg_package, "--reference", str(REFERENCE)) == committed
+    assert _run_builder(tmp_path, mmseg_package, "--reference", str(reference)) == committed
 
 
 def test_config_inheritance_merges_like_mmengine(builder, tmp_path):

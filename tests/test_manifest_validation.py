@@ -174,3 +174,32 @@ def test_list_json_is_strict_json(base_model, index_file):
     path = index_file(_doc(base_model).replace('"miou": 77.85', '"miou": NaN'))
     result = cli("list", "--index", path, "--json", code=1)
     assert "NaN" in result.output and "[" not in result.output.split("error:")[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Origins: only the built-in manifest marks them
+# ------------------------------------------------------------------------------------------------
+
+
+def test_builtin_origins_must_be_the_entrys_own_urls(base_model):
+    model = _model(base_model)
+    model["weights"]["origins"] = ["https://evil.example/x.pth"]
+    with pytest.raises(psegzoo.ManifestError, match="'origins'") as info:
+        parse_manifest({"schema_version": 1, "models": [model]}, "model_index.json", builtin=True)
+    assert "own URLs" in str(info.value)
+    model["weights"]["origins"] = "https://download.openmmlab.com/x.pth"
+    with pytest.raises(psegzoo.ManifestError, match="'origins'"):
+        parse_manifest({"schema_version": 1, "models": [model]}, "model_index.json", builtin=True)
+
+
+def test_an_extra_manifest_can_never_declare_an_origin(base_model, index_file):
+    """Same name as a built-in entry, same URLs, origins copied: every URL is still a third party."""
+    assert load_manifest(extra=[]).get(BASE).weights.origins  # the built-in entry has origins
+    model = copy.deepcopy(base_model)
+    mirror = "http://127.0.0.1:9/mmsegmentation/" + model["weights"]["file"]
+    model["weights"]["urls"].append(mirror)
+    model["weights"]["origins"] = [model["weights"]["url"], mirror]
+    path = index_file(json.dumps({"schema_version": 1, "models": [model]}))
+    entry = load_manifest(extra=[path]).get(BASE)
+    assert mirror in entry.weights.urls
+    assert entry.weights.origins == () and not entry.weights.is_origin(entry.weights.url)

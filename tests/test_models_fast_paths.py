@@ -136,13 +136,17 @@ def test_winograd_matches_direct_convolution(shape, dilation, bias):
 
 
 def test_winograd_runs_in_bands(monkeypatch):
-    """Several bands of tile rows give the same result as one (the band size only moves work)."""
+    """Several bands of tile rows give the result of one (the band size only moves work)."""
     g = _gen("bands")
     x = torch.randn(1, 8, 21, 10, generator=g).contiguous(memory_format=torch.channels_last)
     weight_t = winograd.transform_weight(torch.randn(4, 8, 3, 3, generator=g))
     whole = winograd.conv3x3(x, weight_t, None, (2, 2))
     monkeypatch.setattr(winograd, "BAND_BYTES", 1)
-    assert torch.equal(winograd.conv3x3(x, weight_t, None, (2, 2)), whole)
+    banded = winograd.conv3x3(x, weight_t, None, (2, 2))
+    # Not bit for bit: each band's matrix products have other shapes, which the BLAS blocks (and, on AVX-512,
+    # vectorizes) differently, so sums are added in another order (3.8e-6 apart on an AVX-512 Xeon). A band
+    # that is lost, doubled or shifted is off by the size of the values, far beyond REL.
+    assert banded.shape == whole.shape and _rel_err(banded, whole) < REL
 
 
 # F(4x4, 3x3)'s transforms hold 4, 5, 8 and 1/24: float32 rounding grows with them. On these random

@@ -34,6 +34,7 @@ from psegzoo.predictor import (
     to_input,
     tta_scale,
 )
+from tests.support.precision import assert_same_labels
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 PIPELINES = sorted(GOLDEN.glob("*.pipeline.safetensors"))
@@ -511,7 +512,8 @@ def test_labels_without_scores_equal_the_argmax_of_the_scores(mode, flip, scales
     banded = infer(model, img, s, flip=flip, scales=scales, keep_scores=False, confidence=True)
     assert banded.scores is None and banded.is_probs == full.is_probs
     assert banded.labels.dtype == np.uint8 and banded.labels.shape == (37, 53)
-    np.testing.assert_array_equal(banded.labels, argmax_labels(full.scores))
+    # Bands of pixels are computed in other shapes (vectorized otherwise): near-ties may flip.
+    assert_same_labels(banded.labels, argmax_labels(full.scores), full.scores)
     top = probabilities(full.scores, full.is_probs).amax(0).numpy()
     np.testing.assert_allclose(banded.confidence, top, rtol=1e-5, atol=1e-6)
     assert infer(model, img, s, flip=flip, scales=scales, keep_scores=False).confidence is None
@@ -528,9 +530,9 @@ def test_labels_in_bands_across_band_edges(monkeypatch):
     monkeypatch.setattr(scores_module, "BAND_BYTES", 1)
     many = infer(model, img, s, scales=(0.5, 1.0), keep_scores=False)
     assert one.labels.dtype == np.int32
-    np.testing.assert_array_equal(one.labels, many.labels)
     full = infer(model, img, s, scales=(0.5, 1.0))
-    np.testing.assert_array_equal(one.labels, full.scores.argmax(0).numpy())
+    assert_same_labels(many.labels, one.labels, full.scores)  # bands: near-ties may flip
+    assert_same_labels(one.labels, full.scores.argmax(0).numpy(), full.scores)
 
 
 def test_progress_counts_windows_of_every_view():
@@ -557,7 +559,7 @@ def test_batch_of_whole_images_equals_one_by_one():
     assert len(batched) == len(images)
     for img, out in zip(images, batched):
         alone = infer(model, img, s)
-        np.testing.assert_array_equal(out.labels, argmax_labels(alone.scores))
+        assert_same_labels(out.labels, argmax_labels(alone.scores), alone.scores)  # batched: near-ties may flip
         assert out.views[0].size == alone.views[0].size
     kept = infer_batch(model, images, s, batch_size=4, keep_scores=True)
     torch.testing.assert_close(kept[3].scores, infer(model, images[3], s).scores, rtol=1e-5, atol=1e-5)
@@ -583,7 +585,8 @@ def test_elongated_images_are_predicted(shape, resized, mode):
     out = infer(model, img, s, keep_scores=False)
     assert out.labels.shape == shape
     assert out.views[0].size == resized  # 0.41 x 1 rounds to 0 in mmcv: kept at one pixel
-    np.testing.assert_array_equal(out.labels, argmax_labels(infer(model, img, s).scores))
+    full = infer(model, img, s)
+    assert_same_labels(out.labels, argmax_labels(full.scores), full.scores)  # in bands: near-ties may flip
 
 
 @pytest.mark.parametrize("kwargs, words", [

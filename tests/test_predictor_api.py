@@ -21,9 +21,11 @@ from psegzoo import convert, predictor
 from psegzoo.api import Prediction, Segmenter
 from psegzoo.errors import ImageError, PredictionError
 from psegzoo.models import FastPaths, build_segmentor
+from psegzoo.models.fast import tuning
 from tests.support.cli import cli
 from tests.support.hub import scrub_environment
 from tests.support.media import image as scene
+from tests.support.precision import assert_same_prediction
 from tests.support.served import MMSEG_BASE, builtin_entry, write_index
 from tests.support.synth import synth_tensor
 
@@ -120,7 +122,7 @@ def test_labels_only_equal_the_full_prediction(seg, tmp_path):
     full = seg.predict(image)
     only = seg.predict(image, keep_scores=False, confidence=True)
     assert only.scores is None
-    np.testing.assert_array_equal(only.labels, full.labels)
+    assert_same_prediction(only.labels, full)  # made in bands: near-ties may flip
     np.testing.assert_allclose(only.confidence(), full.confidence(), atol=1e-6)
     written = only.write(tmp_path, "x", overlay=True, probs="npy", summary=True)
     assert [p.name for p in written] == ["x.png", "x_overlay.png", "x_probs.npy", "x.json"]
@@ -157,7 +159,7 @@ def test_predict_many_reports_each_failure_and_goes_on(seg, tmp_path):
     assert results[1].labels.shape == (1, 5000) and results[5].labels.shape == (5000, 1)
     assert "c.png" in str(results[2])
     assert str(results[4]).startswith("input 1: predicting this 9000x6000 image needs about")
-    np.testing.assert_array_equal(results[7].labels, seg.predict(street()).labels)
+    assert_same_prediction(results[7].labels, seg.predict(street()))
     with pytest.raises(PredictionError, match="larger than crop_size"):  # wrong for every image: at once
         next(seg.predict_many([street()], mode="slide", crop_size=32, stride=64))
     with pytest.raises(PredictionError, match="unknown option"):
@@ -170,7 +172,7 @@ def test_predict_many_in_batches_gives_the_same_labels(seg):
     batched = list(seg.predict_many(images, batch_size=3, keep_scores=False))
     assert [type(r) for r in batched] == [type(r) for r in one] == [Prediction] * 6 + [ImageError]
     for a, b in zip(one[:6], batched[:6]):
-        np.testing.assert_array_equal(a.labels, b.labels)
+        assert_same_prediction(b.labels, a)  # batches of 3 round otherwise: near-ties may flip
         assert b.scores is None
 
 
@@ -192,13 +194,13 @@ def test_amp_dtype_names(seg):
 
 def test_fast_paths_do_not_change_labels(tiny):
     seg = psegzoo.load(TINY, weights=tiny, device="cpu")
-    assert seg.fast_paths == FastPaths(channels_last=True)  # until the CPU is measured (small forwards)
+    assert seg.fast_paths == tuning.default_fast_paths()  # no 'psegzoo tune' record in this cache: the rule
     image = street(seed=4)
     plain = seg.use_fast_paths(False).predict(image)
     assert seg.fast_paths == FastPaths.none()
     fast = seg.use_fast_paths(True).predict(image)
     assert seg.fast_paths == FastPaths(decompose=True, winograd=False, channels_last=True)  # 8 channels: no Winograd
-    np.testing.assert_array_equal(plain.labels, fast.labels)
+    assert_same_prediction(fast.labels, plain)  # another computation, other rounding
     np.testing.assert_allclose(plain.scores, fast.scores, rtol=1e-4, atol=1e-4 * np.abs(plain.scores).max())
     with pytest.raises(PredictionError, match="fast_paths must be"):
         seg.use_fast_paths("fastest")
@@ -213,7 +215,7 @@ def test_compile_keeps_the_fast_paths_that_trace(tiny):
     assert seg.compile(backend="eager") is seg and isinstance(seg.model, psegzoo.models.Segmentor)
     assert seg.fast_paths == FastPaths(decompose=True, winograd=False, channels_last=True)
     compiled = seg.predict(image)
-    np.testing.assert_array_equal(compiled.labels, eager.labels)
+    assert_same_prediction(compiled.labels, eager)
     np.testing.assert_allclose(compiled.scores, eager.scores, rtol=1e-4, atol=1e-4 * np.abs(eager.scores).max())
 
 
@@ -247,7 +249,10 @@ def test_compile_on_the_cpu_keeps_the_labels(tiny, tmp_path):
     cli("predict", "-m", TINY, "--weights", tiny, tmp_path / "a.png", "-o", tmp_path / "eager", "-q", "--device", "cpu")
     cli("predict", "-m", TINY, "--weights", tiny, tmp_path / "a.png", "-o", tmp_path / "compiled", "-q", "--device",
         "cpu", "--compile")
-    assert np.array_equal(read_labels(tmp_path / "eager" / "a.png"), read_labels(tmp_path / "compiled" / "a.png"))
+    # inductor generates its own kernels, which add in another order: near-ties may flip.
+    expected = psegzoo.load(TINY, weights=tiny, device="cpu").predict(street(seed=9))
+    assert_same_prediction(read_labels(tmp_path / "eager" / "a.png"), expected)
+    assert_same_prediction(read_labels(tmp_path / "compiled" / "a.png"), expected)
 
 
 def test_cli_goes_on_after_an_image_the_model_cannot_take(tiny, tmp_path):
@@ -311,7 +316,7 @@ def test_bench_runs_at_the_size_asked(tiny):
     assert rows[("slide", "optimized")]["forward_size"] == [40, 72]  # one window: the image is smaller than the crop
     assert rows[("whole", "optimized")]["labels_equal"] == 1.0
     assert set(report["fast_paths"]) == {"decompose", "winograd", "channels_last", "winograd_f4"}
-    assert set(report["fast_path_measurement"]) == {"decompose", "winograd", "channels_last"}
+    assert report["fast_paths_source"] == "rule" and report["fast_path_measurement"] is None  # nothing measured
     big = json.loads(cli("bench", TINY, "--weights", tiny, "--size", "96x128", "--mode", "whole", "--no-baseline",
                          "--json").stdout)
     assert big["runs"][0]["forward_size"] == [96, 128]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build ``model_index.json`` from the zoo tables and mmsegmentation 1.2.2's own configs.
 
-The zoo tables (``shared/zoo/*.md``) are authoritative for what is published: URLs, hashes and
+The zoo tables (``shared/zoo/*.md``, copied to ``tests/data/zoo``) are authoritative for what is published: URLs, hashes and
 figures. Everything needed to rebuild each network and its evaluation (architecture, test
 resize, whole/slide inference, normalisation) is read from the checkpoint's own mmseg config,
 found through ``<method>/metafile.yaml`` and evaluated here with a small config evaluator
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ZOO = REPO_ROOT.parent / "shared" / "zoo"
+DEFAULT_ZOO = REPO_ROOT / "tests" / "data" / "zoo"  # a copy of the zoo tables, made by tools/make_test_data.py
 
 SCHEMA_VERSION = 1
 
@@ -93,18 +93,31 @@ SSSEG_SECTIONS = {
     "CityScapes": ("cityscapes", "cityscapes", [2048, 1024]),
 }
 SSSEG_WEIGHTS_URL = "https://github.com/SegmentationBLWX/modelstore/releases/download/ssseg_pspnet/{config}.pth"
-# The object-storage bucket behind download.openmmlab.com: the one alternative the public record
-# gives for the mmseg files (same path; mmpose switched between the two by search-and-replace).
-# Its availability is unknown; psegzoo tries it after the original and verifies it like any source.
+# The object-storage bucket behind download.openmmlab.com: the alternative the public record gives
+# for the mmseg files (same path; mmpose switched between the two by search-and-replace). Both are
+# the publisher's own hosts: ``weights.origins`` marks them as origins. Then the community mirror
+# that VBTI's OneDL fork of OpenMMLab runs, with the same paths: a third party, never an origin.
 MMSEG_HOST = "https://download.openmmlab.com/"
 MMSEG_ALTERNATIVE_HOST = "https://openmmlab.oss-accelerate.aliyuncs.com/"
+MMSEG_COMMUNITY_MIRROR = "https://mmassets.onedl.ai/"
+
+
+def _mmseg_path(url: str) -> str:
+    if not url.startswith(MMSEG_HOST):
+        raise BuildError(f"{url} is not on {MMSEG_HOST}: no known alternative")
+    return url[len(MMSEG_HOST):]
 
 
 def alternative_urls(url: str) -> list[str]:
-    """``weights.urls`` of a published mmseg URL: the same path on the bucket that served the domain."""
-    if not url.startswith(MMSEG_HOST):
-        raise BuildError(f"{url} is not on {MMSEG_HOST}: no known alternative")
-    return [MMSEG_ALTERNATIVE_HOST + url[len(MMSEG_HOST):]]
+    """``weights.urls`` of a published mmseg URL: the same path on the bucket that served the domain,
+    then on the OneDL community mirror."""
+    path = _mmseg_path(url)
+    return [MMSEG_ALTERNATIVE_HOST + path, MMSEG_COMMUNITY_MIRROR + path]
+
+
+def origin_urls(url: str) -> list[str]:
+    """``weights.origins`` of a published mmseg URL: the original and the publisher's bucket."""
+    return [url, MMSEG_ALTERNATIVE_HOST + _mmseg_path(url)]
 # SSSegmentation normalises with the ImageNet statistics mmseg uses (RGB, 0-255).
 SSSEG_MEAN = [123.675, 116.28, 103.53]
 SSSEG_STD = [58.395, 57.12, 57.375]
@@ -948,7 +961,7 @@ def mmseg_entry(ckpt: Checkpoint, config_name: str, arch: dict[str, Any], test: 
         "fp16": ckpt.fp16,
         "config": config_name,
         "weights": {"url": ckpt.url, "file": ckpt.file, "sha256_prefix": ckpt.sha256_prefix,
-                    "urls": alternative_urls(ckpt.url)},
+                    "urls": alternative_urls(ckpt.url), "origins": origin_urls(ckpt.url)},
         "architecture": arch,
         "test": test,
     }

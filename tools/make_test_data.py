@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Build ``tests/data`` from the mmseg/SSSegmentation reference material (run once; output committed).
 
-    python tools/make_test_data.py --reference /path/to/reference
+    python tools/make_test_data.py --reference /path/to/reference --zoo /path/to/zoo
 
 Writes:
+- ``zoo/*.md``: the zoo tables, copied as they are (tools/build_index.py reads them; the manifest tests
+  count and regenerate model_index.json from them).
 - ``state_dict_specs.json.gz``: every reference state-dict spec (40 mmseg, 6 SSSegmentation in the
   1.7.0 layout and the 6 of the 2020 layout) and the index files mapping published checkpoints to specs.
 - ``golden/`` and ``sss_golden/``: the reference logits. Files whose logits have 150 classes are
@@ -79,14 +81,25 @@ def copy_golden(src: Path, dst: Path) -> None:
     print(f"{dst.relative_to(ROOT)}: slimmed, {dst.stat().st_size} bytes")
 
 
+def copy_zoo(src: Path, dst: Path) -> None:
+    """The tables as they are; the folder's README is the zoo's, not a table."""
+    dst.mkdir(exist_ok=True)
+    for table in sorted(src.glob("*.md")):
+        if table.name != "README.md":
+            shutil.copyfile(table, dst / table.name)
+            print(f"{(dst / table.name).relative_to(ROOT)}: copied, {table.stat().st_size} bytes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, default=ROOT.parent / "shared" / "reference")
+    parser.add_argument("--zoo", type=Path, default=ROOT.parent / "shared" / "zoo")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data")
     args = parser.parse_args()
     ref, out = args.reference, args.out
     out.mkdir(parents=True, exist_ok=True)
     write_specs(ref, out / "state_dict_specs.json.gz")
+    copy_zoo(args.zoo, out / "zoo")
     for folder in ("golden", "sss_golden"):
         (out / folder).mkdir(exist_ok=True)
         for src in sorted((ref / folder).glob("*.safetensors")):

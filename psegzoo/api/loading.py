@@ -9,17 +9,18 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-from .. import __version__, convert, hub, outputs, predictor
-from ..errors import CacheError, CheckpointError, PsegzooError, VerificationError, option
+from .. import __version__, convert, files, hub, predictor
+from ..errors import CacheError, CheckpointError, OutputError, PsegzooError, VerificationError, option
 from ..hub import DownloadOptions
 from ..manifest import Entry, get_dataset, get_entry
 from ..models import Segmentor, build_segmentor, state_shapes
+from ..models.fast import tuning
 from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,22 @@ def _verified_checkpoint(entry: Entry, model: Segmentor, opts: DownloadOptions,
     return fetched, state_dict, fmt
 
 
-def _cached_weights(entry: Entry, model: Segmentor, opts: DownloadOptions, *,
-                    must_cache: bool = False) -> tuple[dict[str, torch.Tensor], hub.Fetched, dict[str, str]]:
+Status = Callable[[str | None], None]
+"""Told what a slow step of loading is doing now (None: nothing to show, e.g. while a download draws its bar)."""
+
+
+def _silent(_text: str | None) -> None:
+    pass
+
+
+def _cached_weights(entry: Entry, model: Segmentor, opts: DownloadOptions, *, must_cache: bool = False,
+                    status: Status = _silent) -> tuple[dict[str, torch.Tensor], hub.Fetched, dict[str, str]]:
     """The converted weights of ``entry``'s verified checkpoint, with their metadata: from the cache
     when its converted file was made from that checkpoint and its bytes verify, else converted now
     and cached (a cache that cannot be written is a warning, or with ``must_cache`` the error)."""
+    status(None)  # a download draws its own bar
     fetched = hub.fetch(entry, opts)
+    status(f"reading the converted weights of {entry.name}")
     data = hub.read_converted(entry, fetched.sha256, opts)
     if data is not None:
         where = hub.converted_path(entry, opts)
@@ -91,6 +102,7 @@ def _cached_weights(entry: Entry, model: Segmentor, opts: DownloadOptions, *,
         except CheckpointError as exc:
             log.warning("%s", exc)
             hub.discard_converted(entry, opts)
+    status(f"verifying and converting {fetched.path.name} (first use only)")
     fetched, state_dict, fmt = _verified_checkpoint(entry, model, opts, fetched)
     metadata = _metadata(entry, fetched.path.name, fetched.sha256, fmt)
     try:
@@ -128,7 +140,8 @@ def _build(entry: Entry) -> Segmentor:
 def load(name: str | None = None, *, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, fuse_bn: bool = True, channels_last: bool | None = None,
          download: DownloadOptions | None = None, offline: bool | None = None, mirrors: Sequence[str] | str | None = None,
-         allow_unverified: bool | None = None, sha256: str | None = None, progress: bool | None = None) -> Segmenter:
+         allow_unverified: bool | None = None, sha256: str | None = None, progress: bool | None = None,
+         status: Status | None = None) -> Segmenter:
     """Resolve ``name``, fetch and verify its checkpoint, convert (cached), build and load strictly.
 
     ``weights`` may be a local mmseg/SSSegmentation checkpoint or one of our converted
@@ -136,13 +149,15 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
     ``fuse_bn`` folds BatchNorm into the convolutions (exact up to float rounding, faster).
     How weights are got is ``download`` (a :class:`psegzoo.DownloadOptions`; default: from the
     environment); ``offline``, ``mirrors``, ``allow_unverified``, ``sha256`` and ``progress`` are
-    shortcuts that override the same fields of it.
+    shortcuts that override the same fields of it. ``status`` is told each slow step as it starts
+    (the command line shows it as a transient line on a terminal).
     """
     t0 = time.perf_counter()
+    say = status or _silent
     opts = _download_options(download, offline=offline, mirrors=mirrors, allow_unverified=allow_unverified,
                              sha256=sha256, progress=progress)
     if name is None and weights is None:
-        raise PsegzooError("give a model name (see 'psegzoo list') or weights=PATH")
+        raise PsegzooError(f"give a model name (see 'psegzoo list') or {option('weights=PATH', '--weights FILE')}")
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise CheckpointError(f"weights file {str(weights_path)!r} does not exist")
@@ -151,6 +166,8 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
     dev = predictor.select_device(device)
     dt = _pick_dtype(dtype)
     model = _build(entry)
+    if weights_path is not None:
+        say(f"reading {weights_path.name}")
     if weights_path is not None and weights_path.suffix == ".safetensors":
         state_dict, metadata = convert.load_converted(weights_path)
         convert.check_converted(state_dict, state_shapes(model), path=weights_path)
@@ -159,11 +176,12 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
     elif weights_path is not None:
         state_dict, _ = _convert_file(weights_path, entry, model)
     else:
-        state_dict, fetched, _ = _cached_weights(entry, model, opts)
+        state_dict, fetched, _ = _cached_weights(entry, model, opts, status=say)
         if fetched.newly_trusted:
             log.warning("%s publishes no hash; trusted on first use with SHA-256 %s (every later use must match it)",
                         entry.name, fetched.sha256)
     t1 = time.perf_counter()
+    say(f"building {entry.name} on {dev}")
     convert.load_into(model, state_dict, path=weights_path, assign=True)
     model.eval()
     if fuse_bn:
@@ -174,7 +192,12 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
     t2 = time.perf_counter()
     timings = {"weights_s": t1 - t0, "build_s": t2 - t1, "total_s": t2 - t0}
     return Segmenter(cast(Segmentor, prepared), entry, dev, dt, get_dataset(entry.dataset, index=opts.index), timings,
-                     channels_last=channels_last)
+                     channels_last=channels_last, tuning_record=tuning_record(opts))
+
+
+def tuning_record(options: DownloadOptions | None = None) -> Path:
+    """Where ``psegzoo tune`` records the CPU's fast paths: ``fast_paths.json`` in the cache root."""
+    return (options if options is not None else DownloadOptions()).home / tuning.RECORD_NAME
 
 
 def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -191,9 +214,10 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | No
                              sha256=sha256, progress=progress)
     src = Path(source)
     if src.is_file():
+        out = Path(output) if output else src.with_suffix(".safetensors")
+        refuse_writing_over(out, [src])
         entry = _entry_for_weights(name, src, opts.index)
         state_dict, fmt = _convert_file(src, entry, _build(entry))
-        out = Path(output) if output else src.with_suffix(".safetensors")
         convert.save_converted(state_dict, out, _metadata(entry, src.name, hub.file_sha256(src), fmt))
         return out
     if name is not None:
@@ -203,12 +227,30 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | No
         ready = hub.converted_file(entry, opts)
         if ready is not None:
             return ready
+    if output is not None and entry.weights is not None:
+        refuse_writing_over(output, [hub.checkpoint_path(entry, opts), hub.converted_path(entry, opts)])
     state_dict, _, metadata = _cached_weights(entry, _build(entry), opts, must_cache=output is None)
     if output is None:
         return hub.converted_path(entry, opts)
     out = Path(output)
     convert.save_converted(state_dict, out, metadata)
     return out
+
+
+def refuse_writing_over(output: str | os.PathLike, sources: Sequence[str | os.PathLike]) -> None:
+    """Raise OutputError when writing ``output`` would replace one of ``sources`` (the same file, a
+    hard link of it or a symlink to it: :func:`psegzoo.files.overwrites_input`)."""
+    source = files.overwrites_input(output, sources)
+    if source is None:
+        return
+    if os.path.islink(output):
+        how = "is a symbolic link to"
+    elif os.path.normcase(os.path.abspath(output)) == os.path.normcase(os.path.abspath(source)):
+        how = "is"
+    else:
+        how = "is the same file (a hard link) as"
+    raise OutputError(f"output {str(output)!r} {how} the source {str(source)!r}, which would be replaced; "
+                      "write the output under another name")
 
 
 def inference_settings(entry: Entry | str, *, mode: str | None = None, crop_size: Any = None, stride: Any = None,
@@ -221,10 +263,3 @@ def inference_settings(entry: Entry | str, *, mode: str | None = None, crop_size
     settings = predictor.InferenceSettings.from_entry(entry, mode=mode, crop_size=crop_size, stride=stride, scale=scale)
     settings.views(flip, scales)
     return settings
-
-
-def unique_output_names(names: Sequence[str], *, out_dir: str | os.PathLike | None = None,
-                        inputs: Sequence[str | os.PathLike] = ()) -> list[str]:
-    """Output names with ``_2``, ``_3``, ... added where two images would write the same files,
-    or (given ``out_dir`` and ``inputs``) where an output would replace an input."""
-    return outputs.unique_names(names, out_dir=out_dir, inputs=inputs)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import hub, images, predictor
+from .. import images, predictor
 from ..errors import ImageError, PredictionError, PsegzooError
 from ..manifest import Dataset, Entry
 from ..models import FastPaths, Segmentor, fast_paths_of, use_fast_paths
@@ -24,17 +24,10 @@ log = logging.getLogger(__name__)
 
 ImageInput = Any  # path, PIL image or HxWx3 uint8 array
 
-TUNE_MIN_PIXELS = 1 << 18
-"""Forwards at least this large (512 x 512) on the CPU first measure which fast paths pay there."""
-
 COMPILED_FAST_PATHS = FastPaths(decompose=True, winograd=False, channels_last=True)
 """What :meth:`Segmenter.compile` may keep (where the device's own choice has it on). Winograd is a
 sequence of small operations that breaks the traced model into 39 graphs (``benchmarks/bench_compile.py``);
 the decomposed heads and channels-last trace in one graph and compile as fast as the plain model or faster."""
-
-PROVISIONAL_CPU_PATHS = FastPaths(channels_last=True)
-"""The CPU's paths until it is measured (small forwards, where the choice matters little): channels-last,
-which oneDNN runs deterministically from one model copy to the next (NCHW differs in the last bit)."""
 
 _PREDICT_ONLY = ("flip", "scales", "batch_windows", "max_pixels", "progress")
 
@@ -43,14 +36,14 @@ class Segmenter:
     """A loaded checkpoint ready to predict; ``model(x)`` gives logits for normalized NCHW input.
 
     ``fast_paths`` (the exact speed-ups of :mod:`psegzoo.models.fast`) are chosen per device: on a
-    GPU at once, on the CPU by a measurement made once per machine (a few seconds, at the first
-    prediction large enough for them to matter, remembered in the cache root). ``channels_last``
-    True or False overrides that choice for the memory format.
+    GPU by a fixed table; on the CPU from ``tuning_record`` (what ``psegzoo tune`` measured on this
+    machine), else by a rule on the CPU's vector features. Nothing is measured here.
+    ``channels_last`` True or False overrides that choice for the memory format.
     """
 
     def __init__(self, model: Segmentor, entry: Entry, device: torch.device, dtype: torch.dtype,
                  dataset: Dataset, timings: Mapping[str, float] | None = None, *, channels_last: bool | None = None,
-                 fast_paths: bool | FastPaths | str = "auto"):
+                 fast_paths: bool | FastPaths | str = "auto", tuning_record: Path | None = None):
         self.model = model
         self.entry = entry
         self.device = device
@@ -58,8 +51,8 @@ class Segmenter:
         self.dataset = dataset
         self.load_timings = dict(timings or {})
         self._channels_last = channels_last
-        self._pending_tuning = False
-        self.fast_path_measurement: dict[str, Any] | None = None
+        self._tuning_record = tuning_record
+        self.fast_path_choice: tuning.Choice | None = None
         self.use_fast_paths(fast_paths)
 
     @property
@@ -85,13 +78,13 @@ class Segmenter:
     def use_fast_paths(self, paths: bool | FastPaths | str = "auto") -> Segmenter:
         """Install fast paths: ``"auto"`` (the device's choice), True (all), False (none) or a
         :class:`~psegzoo.models.FastPaths`. Returns self."""
-        self._pending_tuning = False
         if isinstance(paths, str):
             if paths != "auto":
                 raise PredictionError(f"fast_paths must be 'auto', True, False or a FastPaths, got {paths!r}")
             if self.device.type == "cpu":
-                self._pending_tuning = True  # decided by measurement at the first large forward
-                chosen = PROVISIONAL_CPU_PATHS
+                self.fast_path_choice = tuning.cpu_fast_paths(self._tuning_record)
+                log.info("fast paths on this CPU: %s", self.fast_path_choice.describe())
+                chosen = self.fast_path_choice.paths
             else:
                 chosen = tuning.device_fast_paths(self.device)
         elif isinstance(paths, bool):
@@ -108,41 +101,18 @@ class Segmenter:
             paths = FastPaths(paths.decompose, paths.winograd and self._channels_last, self._channels_last)
         use_fast_paths(self.model, paths)
 
-    def _cpu_choice(self) -> FastPaths:
-        try:
-            record: Path | None = hub.cache_root() / "fast_paths.json"
-        except (PsegzooError, OSError, RuntimeError):
-            record = None
-        paths, self.fast_path_measurement = tuning.cpu_fast_paths(record)
-        return paths
-
     def decide_fast_paths(self) -> FastPaths:
-        """Settle the automatic choice now rather than at the first large prediction (on the CPU this
-        measures, once per machine); returns the fast paths installed."""
-        if self._pending_tuning:
-            self._pending_tuning = False
-            self._install(self._cpu_choice())
+        """The fast paths installed; nothing is measured here (``psegzoo tune`` measures the CPU)."""
         return self.fast_paths
-
-    def _tune_for(self, settings: predictor.InferenceSettings, size: tuple[int, int]) -> None:
-        """Decide the CPU's fast paths before the first forward large enough for them to matter."""
-        if not self._pending_tuning:
-            return
-        new_w, new_h = predictor.rescale_size(size[1], size[0], settings.scale)
-        if settings.mode == "slide" and settings.crop_size is not None:
-            new_h, new_w = min(new_h, settings.crop_size[0]), min(new_w, settings.crop_size[1])
-        if new_h * new_w >= TUNE_MIN_PIXELS:
-            log.info("fast paths on this CPU: %s", self.decide_fast_paths())
 
     def compile(self, **kwargs: Any) -> Segmenter:
         """Compile the model with ``torch.compile`` (``kwargs``, e.g. ``mode="max-autotune"``), in place.
 
-        The fast paths are decided first (on the CPU by its measurement) and only those that help a
-        compiled model are kept (``COMPILED_FAST_PATHS``); the model traces in one graph. The first
-        prediction at each new input size compiles (slow); later ones are faster.
+        Of the fast paths installed only those that help a compiled model are kept
+        (``COMPILED_FAST_PATHS``); the model traces in one graph. The first prediction at each new
+        input size compiles (slow); later ones are faster.
         """
-        chosen = self._cpu_choice() if self._pending_tuning else self.fast_paths
-        self._pending_tuning = False
+        chosen = self.fast_paths
         self._install(FastPaths(decompose=chosen.decompose and COMPILED_FAST_PATHS.decompose,
                                 winograd=chosen.winograd and COMPILED_FAST_PATHS.winograd,
                                 channels_last=chosen.channels_last and COMPILED_FAST_PATHS.channels_last))
@@ -188,7 +158,6 @@ class Segmenter:
     def _predict_loaded(self, rgb: np.ndarray, source: ImageInput, load_seconds: float,
                         settings: predictor.InferenceSettings, **kwargs: Any) -> Prediction:
         """:meth:`predict` on an image already read (``source`` is what it was read from)."""
-        self._tune_for(settings, rgb.shape[:2])
         result = predictor.infer(self.model, rgb, settings, device=self.device, **kwargs)
         timings = {"load_image": load_seconds, **{k: float(v) for k, v in result.seconds.items()}}
         return self._prediction(result, rgb, source, timings)
@@ -241,7 +210,7 @@ class Segmenter:
         batched = self._batchable(settings, kwargs) and (self.device.type == "cuda" if batch_size is None else batch_size > 1)
         threads = predictor.default_workers(self.device) if workers is None else workers
         gather = batch_size or predictor.MAX_BATCH_IMAGES
-        max_pixels = kwargs.get("max_pixels")
+        max_pixels = images.max_pixels_limit(kwargs.get("max_pixels"))  # once, not once per image
 
         def read(item: tuple[ImageInput, str] | PsegzooError) -> _Read | PsegzooError:
             if isinstance(item, PsegzooError):
@@ -333,7 +302,6 @@ class Segmenter:
         good = [got for got in pending if isinstance(got, _Read) and got.prepared is not None]
         results: dict[int, predictor.Inference] = {}
         if good:
-            self._tune_for(settings, good[0].rgb.shape[:2])
             try:
                 out = predictor.infer_batch(self.model, [got.prepared for got in good if got.prepared is not None],
                                             settings, device=self.device, amp_dtype=kwargs.get("amp_dtype"),

@@ -1,7 +1,7 @@
 """The ``psegzoo`` command line.
 
 Uses only the public API of the ``psegzoo`` package. Torch is imported only by the commands that
-run models (``convert``, ``predict``, ``bench``), so ``list`` and ``info`` stay instant. One module
+run models (``convert``, ``predict``, ``eval``, ``export``, ``bench``, ``tune``), so ``list`` and ``info`` stay instant. One module
 per command family; the group below adds each command explicitly. Log records of the library
 (retries as they happen, files found, ...) are printed by one ``rich.logging.RichHandler``.
 """
@@ -14,8 +14,8 @@ import click
 
 import psegzoo
 
-from . import bench, evaluate, export, listing, predict, weights
-from .common import QUIET_KEY
+from . import bench, evaluate, export, listing, predict, serve, tune, weights
+from .common import QUIET_KEY, StatusLine
 
 
 def _log_handler() -> logging.Handler:
@@ -25,6 +25,9 @@ def _log_handler() -> logging.Handler:
     from rich.text import Text
 
     class OneLine(RichHandler):
+        def emit(self, record: logging.LogRecord) -> None:  # below a status line, never in its middle
+            StatusLine.around(lambda: super(OneLine, self).emit(record))
+
         def render(self, *, record: logging.LogRecord, traceback: Any, message_renderable: Any) -> Any:
             style = {"WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}.get(record.levelname, "dim")
             return Text.assemble((f"{record.levelname.lower()}: ", style), message_renderable)
@@ -78,7 +81,9 @@ for _command in (
     weights.convert_command,
     predict.predict_command,
     bench.bench_command,
+    tune.tune_command,
     evaluate.eval_command,
     export.export_command,
+    serve.serve_command,
 ):
     main.add_command(_command)

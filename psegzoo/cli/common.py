@@ -5,7 +5,7 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -143,7 +143,11 @@ def download_options(func: Callable) -> Callable:
         opt("--allow-unverified", is_flag=True, default=None,
             help="Allow a checkpoint that has no published hash; its SHA-256 is recorded and trusted from then on."),
         opt("--sha256", "sha256", metavar="HEX",
-            help="Pin the SHA-256 the file must have (for checkpoints without a published hash)."),
+            help="Pin the full SHA-256 the file must have (64 hex digits; also PSEGZOO_HASHES=FILE|URL in "
+                 "sha256sum format)."),
+        opt("--strict", is_flag=True, default=None,
+            help="Refuse a file from a third party (mirror, copy on disk, extra manifest) that only the published "
+                 "8-digit hash prefix vouches for (also PSEGZOO_STRICT=1)."),
         opt("--retries", type=click.IntRange(0, 50), default=None,
             help="Retries per URL on timeouts, dropped connections, 429 and 5xx (default 4; PSEGZOO_RETRIES)."),
         opt("--timeout", "read_timeout", type=float, default=None, metavar="S",
@@ -214,3 +218,55 @@ def ratios_option(value: str | None) -> list[float] | None:
         raise click.BadParameter(f"{value!r} is not a list of positive ratios, e.g. 0.5,0.75,1.0,1.25,1.5,1.75",
                                  param_hint="--scales")
     return ratios
+
+
+class StatusLine:
+    """One transient line on a terminal's stderr saying what a silent step is doing ("importing
+    PyTorch ...", "converting ..."), replaced by the next step and erased at the end. Nothing is
+    written when stderr is not a terminal or with -q: a log or a pipe gets no control characters.
+    A log record printed meanwhile (``-v``, a warning) erases the line and draws it again below."""
+
+    _shown: ClassVar[StatusLine | None] = None  # the line on the terminal now, if any
+
+    def __init__(self, quiet_: bool = False):
+        self.enabled = not quiet_ and not quiet() and sys.stderr.isatty()
+        self._text: str | None = None
+
+    def __call__(self, text: str | None) -> None:
+        """Show ``text`` (None: erase the line, e.g. before a progress bar draws)."""
+        if not self.enabled:
+            return
+        self._text = None if text is None else printable(text)
+        self._draw()
+
+    def _draw(self) -> None:
+        import shutil
+
+        sys.stderr.write("\r\x1b[2K")
+        StatusLine._shown = None
+        if self._text is not None:
+            width = shutil.get_terminal_size().columns - 5  # one row: a wrapped line could not be erased
+            line = self._text if len(self._text) <= width else self._text[: max(width - 1, 1)] + "…"
+            sys.stderr.write(f"{line} ...")
+            StatusLine._shown = self
+        sys.stderr.flush()
+
+    @classmethod
+    def around(cls, write: Callable[[], None]) -> None:
+        """Run ``write`` (it prints whole lines on stderr) with the status line out of its way."""
+        shown = cls._shown
+        if shown is None:
+            write()
+            return
+        sys.stderr.write("\r\x1b[2K")
+        sys.stderr.flush()
+        try:
+            write()
+        finally:
+            shown._draw()
+
+    def __enter__(self) -> StatusLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self(None)

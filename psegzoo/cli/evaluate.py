@@ -18,6 +18,7 @@ from .common import (
     fmt,
     handle_errors,
     index_option,
+    manifest_index,
     pair_option,
 )
 from .jobs import as_job
@@ -61,6 +62,18 @@ class _ProgressView:
             self.progress = None
 
 
+def check_request(*, half: bool, bf16: bool, data_root: Any, images_dir: Any, labels_dir: Any, name: str,
+                  device: str, **_options: Any) -> None:
+    """Refuse, before torch is imported, what needs no torch to refuse: option clashes, a missing
+    dataset, an unknown model, a malformed device name."""
+    if half and bf16:
+        raise click.UsageError("choose one of --half and --bf16")
+    if data_root is None and images_dir is None and labels_dir is None:
+        raise click.UsageError("give the dataset root with --data ROOT (or --images DIR --labels DIR)")
+    psegzoo.parse_device(device)
+    psegzoo.get_entry(name, index=manifest_index())
+
+
 @click.command("eval")
 @click.option("-m", "--model", "name", required=True, help="Model name or alias, e.g. pspnet_r50-d8_512x1024_40k_cityscapes.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False),
@@ -82,8 +95,9 @@ class _ProgressView:
 @click.option("--save-predictions", type=click.Path(file_okay=False), metavar="DIR",
               help="Also write each prediction as a palette PNG DIR/<name>.png (pixel value = class index).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from the counts saved in the work folder.")
-@click.option("--work-dir", default="psegzoo_eval", show_default=True, type=click.Path(file_okay=False),
-              help="Where per-image counts are saved as the run goes (one subfolder per model, split and settings).")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Where per-image counts are saved as the run goes (default: eval/ in the cache root, PSEGZOO_HOME; "
+                   "one subfolder per model, weights, data and settings).")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Override the checkpoint's test mode (non-standard).")
 @click.option("--crop-size", help="Slide window HxW (non-standard).")
 @click.option("--stride", help="Slide stride HxW (non-standard).")
@@ -99,7 +113,7 @@ class _ProgressView:
 @download_options
 @index_option
 @handle_errors
-@as_job
+@as_job(check=check_request)
 def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_suffix, reduce_zero_label, ignore_index,
                  weights, ms_flip, limit, as_json, save_predictions, resume, work_dir, mode, crop_size, stride, scale,
                  device, half, bf16, batch_windows, workers, max_pixels, quiet, job) -> None:
@@ -116,11 +130,8 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     process. Interrupted? Run the same command with --resume.
     """
     t0 = time.perf_counter()
-    if half and bf16:
-        raise click.UsageError("choose one of --half and --bf16")
-    if data_root is None and images_dir is None and labels_dir is None:
-        raise click.UsageError("give the dataset root with --data ROOT (or --images DIR --labels DIR)")
     evaluation = psegzoo.evaluation
+    max_pixels = psegzoo.max_pixels_limit(max_pixels)  # --max-pixels, else PSEGZOO_MAX_PIXELS: read once, checked now
     download = download_settings(progress=False if quiet else None)
     # Every process lists and checks the split the same way (sizes, labels) before any download.
     plan = evaluation.plan(
@@ -130,24 +141,16 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
         scale=pair_option(scale, "--scale"), amp_dtype="float16" if half else "bfloat16" if bf16 else None, limit=limit,
         index=download.index,
     )
+    if save_predictions is not None:
+        evaluation.check_save_predictions(save_predictions, plan.split)
     t1 = time.perf_counter()
     segmenter = job.main_first(lambda first: psegzoo.load(plan.entry.name, weights=weights, device=job.device(device),
                                                           download=download if first else download.with_(offline=True)))
     t2 = time.perf_counter()
-    state = None
-    if work_dir is not None:
-        identity = plan.identity(evaluation.weights_digest(segmenter))
-        # Opening without --resume clears saved counts: rank 0 does it before the others open the folder.
-        if job.is_main:
-            state = evaluation.WorkState.open(work_dir, plan.entry.name, plan.settings.split, identity, plan.num_classes,
-                                              resume=resume)
-        job.barrier("work folder")
-        if not job.is_main:
-            state = evaluation.WorkState.open(work_dir, plan.entry.name, plan.settings.split, identity, plan.num_classes,
-                                              resume=True)
-    saved = state.saved() if state is not None and resume else set()
-    # Shards balanced by the pixels left to do (images whose counts are saved weigh nothing).
-    mine = job.plan(plan.samples, weigh=lambda s: 0 if s.index in saved else _pixels(s.image)).tasks
+    identity = evaluation.weights_identity(plan.entry, weights, download, dtype=segmenter.dtype)
+    state = _open_state(job, plan, identity, work_dir, resume, download.home)
+    # Shards balanced by the pixels left to do (images whose files were counted before weigh nothing).
+    mine = job.plan(plan.samples, weigh=lambda s: 0 if resume and state.probably_saved(_hint(s)) else _pixels(s.image)).tasks
     view = _ProgressView(enabled=job.is_main and not quiet and console(stderr=True).is_terminal)
     latest: dict[int, Any] = {}
 
@@ -172,16 +175,28 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     counts = evaluation.Counts.from_array(job.sum(run.counts.to_array()))
     resumed = int(job.sum([run.resumed])[0])
     result = evaluation.summarize(plan, counts, images=len(plan.samples), seconds=time.perf_counter() - t0,
-                                  resumed=resumed, work_dir=state.folder if state is not None else None,
+                                  resumed=resumed, work_dir=state.folder,
                                   timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": time.perf_counter() - t2})
     if not job.is_main:
         return
-    if state is not None:
-        state.save_result(result.to_json())
+    state.save_result(result.to_json())
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
         return
     print_report(result)
+
+
+def _open_state(job: Any, plan: Any, identity: Any, work_dir: str | None, resume: bool, home: Any) -> Any:
+    """The run's work folder (default: under the cache root). Opening without --resume clears saved
+    counts: rank 0 does it before the others open the folder."""
+    open_state = psegzoo.evaluation.open_state
+    state = open_state(plan, identity, work_dir, resume=resume, cache_root=home) if job.is_main else None
+    job.barrier("work folder")
+    return state if state is not None else open_state(plan, identity, work_dir, resume=True, cache_root=home)
+
+
+def _hint(sample: Any) -> str | None:
+    return psegzoo.evaluation.reading.hint_of(sample.image, sample.label)
 
 
 def _pixels(path: Any) -> int:

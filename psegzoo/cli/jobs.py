@@ -16,6 +16,8 @@ from typing import Any
 
 import psegzoo
 
+from .common import StatusLine
+
 
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
@@ -23,18 +25,38 @@ def _silenced() -> Iterator[None]:
         yield
 
 
-def as_job(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``command(..., job=Job)``; torchrun's other ranks print nothing and exit 1 on failure."""
+def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., Any] | None = None,
+           check: Callable[..., None] | None = None) -> Callable[..., Any]:
+    """Run ``command(..., job=Job)``; torchrun's other ranks print nothing and exit 1 on failure.
+
+    Before the job starts (and torch is imported), ``check(**arguments)`` may refuse the arguments,
+    or ``prepare(**arguments)`` check them and return what the command is then called with:
+    ``command(prepared, job=Job)``. Neither may import torch, so a mistake costs no torch import.
+    Use as ``@as_job``, ``@as_job(check=...)`` or ``@as_job(prepare=...)``.
+    """
+    if command is None:
+        return functools.partial(as_job, prepare=prepare, check=check)
+
+    def body(launch: Any, args: Any, kwargs: Any) -> Any:
+        status = StatusLine(bool(kwargs.get("quiet")))  # the command's own -q too
+        if check is not None:
+            check(*args, **kwargs)
+        if prepare is not None:
+            args, kwargs = (prepare(*args, **kwargs),), {}
+        with status:
+            status("importing PyTorch")
+            start = psegzoo.distributed.Job.start  # the first use of torch
+        with start(launch) as job:
+            return command(*args, job=job, **kwargs)
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        launch = psegzoo.distributed.Launch.from_environ()
+        launch = psegzoo.distributed.Launch.from_environ()  # no torch: the rank is read from the environment
         if launch.is_main:
-            with psegzoo.distributed.Job.start(launch) as job:
-                return command(*args, job=job, **kwargs)
+            return body(launch, args, kwargs)
         try:
-            with _silenced(), psegzoo.distributed.Job.start(launch) as job:
-                return command(*args, job=job, **kwargs)
+            with _silenced():
+                return body(launch, args, kwargs)
         except SystemExit:
             raise
         except BaseException:  # rank 0 tells the user; this process only stops

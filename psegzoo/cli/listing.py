@@ -16,12 +16,13 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
 import psegzoo
 
-from .common import fmt, handle_errors, index_option, manifest_index
+from .common import fail, fmt, handle_errors, index_option, manifest_index
 
 SORT_KEYS = ("miou", "fps", "mem", "name")
 
@@ -179,6 +180,17 @@ def _cached_files() -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def nothing_matched(pattern: str | None, **filters: str | None) -> str:
+    """Why ``list`` shows nothing, and names that look like the pattern."""
+    asked = [f"{pattern!r}"] if pattern else []
+    asked += [f"--{key} {value}" for key, value in filters.items() if value]
+    manifest = psegzoo.load_manifest(manifest_index())
+    close = manifest.close_names(pattern, aliases=False) if pattern else []  # names a pattern matches
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return (f"no checkpoint matches {' with '.join(asked)}.{hint} 'psegzoo list' with no pattern lists all "
+            f"{len(manifest.models)}; a pattern is a shell-style wildcard on names ('*r101*cityscapes*')")
+
+
 @click.command("list")
 @click.argument("pattern", required=False)
 @click.option("--dataset", help="Dataset id or common spelling (ade20k, ADE, voc, pascal_voc, cityscapes, ...).")
@@ -199,7 +211,13 @@ def list_command(pattern: str | None, dataset: str | None, method: str | None, b
     crop, backbone, ...); numbers and names are never cut. --wide or --columns choose.
     """
     chosen = parse_columns(columns_text)
-    entries = psegzoo.list_models(pattern, dataset=dataset, method=method, backbone=backbone, index=manifest_index())
+    try:
+        entries = psegzoo.list_models(pattern, dataset=dataset, method=method, backbone=backbone,
+                                      index=manifest_index())
+    except psegzoo.UnknownModelError as exc:  # an unknown --dataset or --method: a misuse of an option
+        fail(exc.cli_message(), code=2)
+    if not entries:
+        fail(nothing_matched(pattern, dataset=dataset, method=method, backbone=backbone))
     if sort_key:
         entries = sorted_entries(entries, sort_key)
     if as_json:
@@ -249,7 +267,21 @@ def _info_object(resolution: psegzoo.Resolution) -> dict[str, Any]:
 
 
 # Values that are prose may wrap in a terminal; URLs, paths and hashes never do.
-_WRAPPED = frozenset({"backbone net", "decode head", "auxiliary head", "test", "alternatives", "classes"})
+_WRAPPED = frozenset({"backbone net", "decode head", "auxiliary head", "test", "alternatives", "classes", "hosts"})
+
+# The published host: primary, and flaky (what users of every OpenMMLab project met; see docs/weights.md).
+OPENMMLAB_HOST = "download.openmmlab.com"
+
+
+def host_note(entry: psegzoo.Entry) -> str | None:
+    """How the weights' URLs are used, for entries published on download.openmmlab.com."""
+    w = entry.weights
+    if w is None or urlsplit(w.url).hostname != OPENMMLAB_HOST:
+        return None
+    then = "goes on to the fallback URLs on its own" if w.urls else "says what to do"
+    return (f"the original URL comes first (after any --mirror you give). {OPENMMLAB_HOST} has failed before: its "
+            f"TLS certificate expired in August 2025 and its domain lapsed from 2026-06-06 to about 2026-06-09, then "
+            f"came back. When it fails, psegzoo {then}")
 
 
 def info_lines(rows: Sequence[tuple[str, str]], width: int | None) -> list[str]:
@@ -284,21 +316,32 @@ def info_command(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(obj, indent=1, allow_nan=False))
         return
+    out = _resolved_lines(name, resolution)
+    rows = [*_summary_rows(resolution.entry), *_weights_rows(resolution.entry, obj), *_model_rows(resolution.entry)]
+    if resolution.alternatives:
+        rows.append(("alternatives", ", ".join(a.name for a in resolution.alternatives)))
+    rows.append(("classes", ", ".join(obj["classes"])))
+    out += info_lines(rows, terminal_width() if sys.stdout.isatty() else None)
+    click.echo("\n".join(out))
+
+
+def _resolved_lines(name: str, resolution: psegzoo.Resolution) -> list[str]:
+    """What ``name`` resolved to (when it was not the canonical name), then the name in bold."""
     e = resolution.entry
     out: list[str] = []
     if resolution.is_alias:
-        out.append(click.style(f"{name} resolved to {e.name}, the best single-scale mIoU among "
-                               f"{1 + len(resolution.alternatives)} matches", dim=True))
+        out.append(click.style(f"{name} resolved to {e.name}, {alias_choice(len(resolution.alternatives))}", dim=True))
     elif name.strip().lower() != e.name.lower():
         out.append(click.style(f"{name} is {e.name}", dim=True))
     out.append(click.style(e.name, bold=True))
-    arch, test = e.architecture, e.test
-    bb, head = arch.backbone, arch.decode_head
-    cache_path, cached_sha = obj.get("cache_path") if obj["cached"] else None, obj["cached_sha256"]
-    rows = [
+    return out
+
+
+def _summary_rows(e: psegzoo.Entry) -> list[tuple[str, str]]:
+    return [
         ("method", e.method),
         ("backbone", e.backbone),
-        ("dataset", f"{e.dataset} ({arch.num_classes} classes)"),
+        ("dataset", f"{e.dataset} ({e.architecture.num_classes} classes)"),
         ("source", e.source),
         ("config", e.config or "-"),
         ("crop size", f"{e.crop_size[0]}x{e.crop_size[1]}"),
@@ -308,20 +351,38 @@ def info_command(name: str, as_json: bool) -> None:
         ("memory (GB)", fmt(e.mem_gb)),
         ("fps", fmt(e.fps, 2)),
         ("fp16 training", "yes" if e.fp16 else "no"),
-        ("weights", e.weights.url if e.weights else "none published yet"),
-        ("sha256 prefix", (e.weights.sha256_prefix or "none published") if e.weights else "-"),
-        ("cached", cache_path or "no"),
     ]
+
+
+def _weights_rows(e: psegzoo.Entry, obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where the weights are (in the order they are tried), their hash, and the cached copy."""
+    w = e.weights
+    rows = [("weights", w.url if w else "none published yet")]
+    rows += [("fallback", url) for url in (w.urls if w else ())]
+    note = host_note(e)
+    if note:
+        rows.append(("hosts", note))
+    rows.append(("sha256 prefix", (w.sha256_prefix or "none published") if w else "-"))
+    cache_path = obj.get("cache_path") if obj["cached"] else None
+    rows.append(("cached", cache_path or "no"))
     if cache_path:
-        rows.append(("cached sha256", cached_sha or "not recorded yet (checked on next use, or run 'psegzoo verify')"))
-    rows += [
+        rows.append(("cached sha256",
+                     obj["cached_sha256"] or "not recorded yet (checked on next use, or run 'psegzoo verify')"))
+    return rows
+
+
+def _model_rows(e: psegzoo.Entry) -> list[tuple[str, str]]:
+    """The architecture, the test settings and the results on other datasets."""
+    arch, test = e.architecture, e.test
+    bb = arch.backbone
+    rows = [
         (
             "backbone net",
             f"{bb.type} depth {bb.depth}, strides {list(bb.strides)}, dilations {list(bb.dilations)}"
             + (f", multi-grid {list(bb.multi_grid)}" if bb.multi_grid else "")
             + (", contract dilation" if bb.contract_dilation else ""),
         ),
-        ("decode head", _head_text(head)),
+        ("decode head", _head_text(arch.decode_head)),
         ("auxiliary head", _head_text(arch.auxiliary_head) + " (training only, not built)" if arch.auxiliary_head else "-"),
         ("align corners", str(arch.align_corners).lower()),
         (
@@ -332,13 +393,15 @@ def info_command(name: str, as_json: bool) -> None:
         ),
         ("mean / std", f"{list(test.mean)} / {list(test.std)}"),
     ]
-    for r in e.results:
-        rows.append((f"result on {r.dataset}", f"mIoU {fmt(r.miou, 2)}, ms+flip {fmt(r.miou_ms_flip, 2)}"))
-    if resolution.alternatives:
-        rows.append(("alternatives", ", ".join(a.name for a in resolution.alternatives)))
-    rows.append(("classes", ", ".join(obj["classes"])))
-    out += info_lines(rows, terminal_width() if sys.stdout.isatty() else None)
-    click.echo("\n".join(out))
+    rows += [(f"result on {r.dataset}", f"mIoU {fmt(r.miou, 2)}, ms+flip {fmt(r.miou_ms_flip, 2)}") for r in e.results]
+    return rows
+
+
+def alias_choice(alternatives: int) -> str:
+    """How an alias picked its entry, in words that agree with the count."""
+    if alternatives == 0:
+        return "its only match"
+    return f"the best single-scale mIoU of its {alternatives + 1} matches"
 
 
 def _head_text(head: Any) -> str:

@@ -1,7 +1,8 @@
 """``psegzoo predict``: segment images and videos and write label maps.
 
 Everything that can be checked is checked before the model is loaded (option combinations, the
-device, the inputs, the output folder), so a mistake costs a second, not a download and a load.
+device, the inputs, the output folder), and all of it but the test settings and whether the device
+is present before torch is imported (:func:`prepare`), so a mistake costs a fraction of a second.
 Under torchrun every process makes the same checks and the same list of inputs; the job then
 shares the inputs out (see :mod:`psegzoo.distributed`) and only rank 0 prints.
 """
@@ -10,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -19,6 +23,7 @@ import click
 import psegzoo
 
 from .common import (
+    StatusLine,
     console,
     download_flags_given,
     download_options,
@@ -60,7 +65,16 @@ def check_combinations(ctx: click.Context, *, inputs: Sequence[str], sample: boo
 
 def check_output_folder(out_dir: str) -> None:
     """The output folder exists as a writable folder, or can be created: checked without creating it."""
-    path = Path(out_dir)
+    try:
+        _check_output_folder(Path(out_dir))
+    except OSError as exc:  # a folder on the way that this user may not enter
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        raise psegzoo.OutputError(f"output folder {out_dir} cannot be reached: {exc.strerror or exc}{where}; "
+                                  "choose another with -o/--output") from None
+
+
+def _check_output_folder(path: Path) -> None:
+    out_dir = str(path)
     probe = path
     while not probe.exists():
         if probe.is_symlink():
@@ -79,6 +93,168 @@ def check_output_folder(out_dir: str) -> None:
 def _json_line(obj: dict[str, Any]) -> str:
     # ASCII escapes keep any file name exact, even bytes that are not UTF-8.
     return json.dumps(obj, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A predict command line checked without torch, and the tasks it makes."""
+
+    o: SimpleNamespace  # the command's options, as click gives them
+    named: str | None  # the model's entry name (with --onnx: the one --model names, if any)
+    overrides: dict[str, Any]
+    ratios: list[float] | None
+    download: Any
+    amp: str | None
+    tasks: list[Any]
+    wanted: Any
+    failures: int
+
+
+def _model_name(o: SimpleNamespace, download: Any) -> str | None:
+    """The entry name of --model (checked), refusing what cannot go with --onnx; parses --device."""
+    psegzoo.parse_device(o.device)
+    if o.onnx is not None:
+        if o.weights or o.use_compile or o.half or o.bf16:
+            raise click.UsageError("--weights, --compile, --half and --bf16 do not apply to --onnx (fixed at export)")
+    elif o.name is None:
+        raise click.UsageError("give the model with --model NAME (or an exported file with --onnx FILE)")
+    return psegzoo.get_entry(o.name, index=download.index).name if o.name is not None else None
+
+
+def _report_problems(found: Any, save_json: bool) -> int:
+    """Print the inputs that cannot be read (one line each; a JSON line too with --json); their count."""
+    err = console(stderr=True)
+    for problem in found.errors:
+        err.print(error_line(problem), soft_wrap=True)
+        if save_json:
+            click.echo(_json_line({"input": None, "error": printable(problem.cli_message())}))
+    return len(found.errors)
+
+
+def _report_renames(tasks: Sequence[Any], asked: Sequence[str], out_dir: str) -> None:
+    err = console(stderr=True)
+    for task, want in zip(tasks, asked):
+        if want != task.name:
+            where = os.path.join(out_dir, task.name) + ("" if task.is_video else ".png")
+            err.print(f"[dim]{escape(printable(str(task.path)))} -> {escape(printable(where))} "
+                      "(name taken by another input)[/]", soft_wrap=True)
+
+
+def prepare(**options: Any) -> Request:
+    """Check the command line without importing torch: options, model name, device name, inputs,
+    output folder; then the tasks (videos need PyAV and take neither --probs nor --logits)."""
+    o = SimpleNamespace(**options)
+    check_combinations(click.get_current_context(), inputs=o.inputs, sample=o.sample, weights=o.weights,
+                       overlay=o.overlay, half=o.half, bf16=o.bf16)
+    overrides = dict(mode=o.mode, crop_size=pair_option(o.crop_size, "--crop-size"),
+                     stride=pair_option(o.stride, "--stride"), scale=pair_option(o.scale, "--scale"))
+    ratios = ratios_option(o.scales)
+    o.max_pixels = psegzoo.max_pixels_limit(o.max_pixels)  # --max-pixels, else PSEGZOO_MAX_PIXELS: read once, checked now
+    download = download_settings(progress=False if o.quiet else None)
+    named = _model_name(o, download)
+    sources = [*o.inputs, *([str(psegzoo.sample_image())] if o.sample else [])]
+    found = psegzoo.find_images(sources, exclude=[o.out_dir], videos=True)
+    failures = _report_problems(found, o.save_json)
+    if not found.images:
+        fail("no images to predict" + ("" if found.errors else f" in {', '.join(map(printable, sources))}"))
+    check_output_folder(o.out_dir)
+    asked = [img.relative for img in found.images]
+    names = psegzoo.unique_output_names(asked, out_dir=o.out_dir, inputs=[img.path for img in found.images])
+    wanted = psegzoo.distributed.Wanted(overlay=o.overlay, color=o.color, probs=o.probs, logits=o.save_logits,
+                                        json=o.save_json)
+    tasks = psegzoo.distributed.predict_tasks(found.images, names, wanted)
+    if not o.quiet:
+        _report_renames(tasks, asked, o.out_dir)
+    amp = "float16" if o.half else "bfloat16" if o.bf16 else None
+    return Request(o, named, overrides, ratios, download, amp, tasks, wanted, failures)
+
+
+def _segmenter(request: Request, job: Any) -> Any:
+    """The model (after the checks that need torch: test settings, device, precision), loaded once per
+    node; a transient status line says what loading is doing."""
+    o = request.o
+    with StatusLine(o.quiet) as status:
+        if o.onnx is not None:
+            status(f"loading {o.onnx}")
+            model = psegzoo.load_onnx(o.onnx, device=o.device)
+            model.settings(**request.overrides)
+            if request.named is not None and request.named != model.entry.name:
+                raise click.UsageError(f"--model {o.name} is not the model in {o.onnx} ({model.entry.name})")
+            return model
+        # A bad stride, crop, scale, missing device or precision fails here, before any download.
+        entry = psegzoo.get_entry(str(request.named), index=request.download.index)  # set without --onnx
+        psegzoo.inference_settings(entry, **request.overrides, flip=o.flip, scales=request.ratios)
+        psegzoo.autocast_dtype(request.amp, psegzoo.select_device(o.device))
+
+        def load(first: bool) -> Any:
+            # One process per node downloads and converts; the others then load from the cache, offline.
+            return psegzoo.load(request.named, weights=o.weights, device=job.device(o.device), status=status,
+                                download=request.download if first else request.download.with_(offline=True))
+
+        segmenter = job.main_first(load)
+        if o.use_compile:
+            status("compiling the model")
+            segmenter.compile()
+        return segmenter
+
+
+@contextmanager
+def _progress_bar(err: Any, quiet: bool, total: int) -> Iterator[Any]:
+    """A transient bar on a terminal's stderr (None elsewhere, or with -q); stopped however the run ends."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    # The percentage moves within an image (windows, views, frames); M/N counts whole inputs.
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, transient=True)
+    progress.start()
+    try:
+        yield progress
+    finally:
+        progress.stop()
+
+
+def _predict_one(request: Request, segmenter: Any, predictions: Any, options: dict[str, Any], batch: int | None,
+                 task: Any) -> dict[str, Any]:
+    """The input's outputs, and what its JSON line says (a small dict: it travels to rank 0)."""
+    o = request.o
+    try:
+        if task.is_video:
+            result = psegzoo.video.predict_video(
+                segmenter, task.path, o.out_dir, task.name, every=o.every, overlay=o.overlay, opacity=o.opacity,
+                color=o.color, summary=o.save_json, batch_size=batch, workers=o.workers, max_pixels=o.max_pixels,
+                **options)
+            return {"input": str(task.path), "output": str(result.paths[0]),
+                    "files": [str(p) for p in result.paths], **result.summary()}
+        prediction = next(predictions)
+        if isinstance(prediction, psegzoo.PsegzooError):
+            raise prediction
+        paths = prediction.write(o.out_dir, task.name, overlay=o.overlay, opacity=o.opacity, color=o.color,
+                                 probs=o.probs, logits=o.save_logits, summary=o.save_json)
+    except psegzoo.PsegzooError as exc:  # reported with the input's name; the others go on
+        if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)) or str(task.path) in str(exc):
+            raise
+        raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
+    doc = {k: v for k, v in prediction.summary().items() if k != "input"}
+    return {"input": str(task.path), "output": str(paths[0]), "files": [str(p) for p in paths], **doc}
+
+
+def _show(event: Any, save_json: bool) -> None:
+    """One input's line on stdout (its JSON line, or its label map's path), or its error on stderr.
+
+    stdout is data and always gets the path, also while a progress bar draws on stderr."""
+    if not event.ok:
+        console(stderr=True).print(error_line(event.error), soft_wrap=True)
+        if save_json:
+            error = event.error
+            message = error.cli_message() if isinstance(error, psegzoo.PsegzooError) else str(error)
+            click.echo(_json_line({"input": printable(str(event.task.path)), "error": printable(message)}))
+    elif save_json:
+        click.echo(_json_line(event.value))
+    else:
+        click.echo(printable(event.value["output"]))
 
 
 @click.command("predict")
@@ -122,14 +298,13 @@ def _json_line(obj: dict[str, Any]) -> str:
               help="Videos: segment every K-th frame (the output videos keep the input's duration).")
 @click.option("--skip-existing", is_flag=True,
               help="Skip inputs whose requested outputs all exist (resume an interrupted job).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar, name mapping or summary (JSON lines still print).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bar, status lines, name mapping or summary (stdout still lists the outputs or JSON lines).")
 @download_options
 @index_option
 @handle_errors
-@as_job
-def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opacity, color, probs, save_logits,
-                    save_json, mode, crop_size, stride, scale, flip, scales, device, half, bf16, use_compile,
-                    batch_windows, max_pixels, batch_size, workers, every, skip_existing, quiet, job) -> None:
+@as_job(prepare=prepare)
+def predict_command(request: Request, job: Any) -> None:
     """Segment images and videos (files, folders, globs) and write label maps as palette PNGs.
 
     \b
@@ -145,146 +320,48 @@ def predict_command(inputs, name, sample, onnx, weights, out_dir, overlay, opaci
     failed. With --json, stdout carries one JSON object per input. With batches (--batch-size, or
     a GPU), images of one size are taken together, so lines may come in another order.
     """
-    ctx = click.get_current_context()
-    check_combinations(ctx, inputs=inputs, sample=sample, weights=weights, overlay=overlay, half=half, bf16=bf16)
-    overrides = dict(mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
-                     scale=pair_option(scale, "--scale"))
-    ratios = ratios_option(scales)
-    download = download_settings(progress=False if quiet else None)
-    amp = "float16" if half else "bfloat16" if bf16 else None
-    onnx_model = None
-    if onnx is not None:
-        if weights or use_compile or half or bf16:
-            raise click.UsageError("--weights, --compile, --half and --bf16 do not apply to --onnx (fixed at export)")
-        named = psegzoo.get_entry(name, index=download.index).name if name is not None else None
-    elif name is None:
-        raise click.UsageError("give the model with --model NAME (or an exported file with --onnx FILE)")
-    else:
-        entry = psegzoo.get_entry(name, index=download.index)
-        # A bad stride, crop, scale, device or precision fails here, before any download.
-        psegzoo.inference_settings(entry, **overrides, flip=flip, scales=ratios)
-        psegzoo.autocast_dtype(amp, psegzoo.select_device(device))
-    sources = [*inputs, *([str(psegzoo.sample_image())] if sample else [])]
-    found = psegzoo.find_images(sources, exclude=[out_dir], videos=True)
+    o = request.o
     err = console(stderr=True)
-    failures = 0
-    for problem in found.errors:
-        failures += 1
-        err.print(error_line(problem), soft_wrap=True)
-        if save_json:
-            click.echo(_json_line({"input": None, "error": printable(problem.cli_message())}))
-    if not found.images:
-        fail("no images to predict" + ("" if found.errors else f" in {', '.join(map(printable, sources))}"))
-    check_output_folder(out_dir)
-    asked = [img.relative for img in found.images]
-    names = psegzoo.unique_output_names(asked, out_dir=out_dir, inputs=[img.path for img in found.images])
-    wanted = psegzoo.distributed.Wanted(overlay=overlay, color=color, probs=probs, logits=save_logits, json=save_json)
-    # Videos need PyAV, and take neither --probs nor --logits: refused here, before any load.
-    tasks = psegzoo.distributed.predict_tasks(found.images, names, wanted)
-    if not quiet:
-        for task, want in zip(tasks, asked):
-            if want != task.name:
-                where = os.path.join(out_dir, task.name) + ("" if task.is_video else ".png")
-                err.print(f"[dim]{escape(printable(str(task.path)))} -> {escape(printable(where))} "
-                          "(name taken by another input)[/]", soft_wrap=True)
-    plan = job.plan(tasks, weigh=lambda t: t.pixels(every),
-                    skip=(lambda t: t.complete(out_dir, wanted)) if skip_existing else None)
+    plan = job.plan(request.tasks, weigh=lambda t: t.pixels(o.every),
+                    skip=(lambda t: t.complete(o.out_dir, request.wanted)) if o.skip_existing else None)
     if not plan.total:
-        if not quiet:
-            err.print(f"nothing to do: the outputs of all {plan.skipped} input(s) exist in {escape(printable(out_dir))}",
+        if not o.quiet:
+            err.print(f"nothing to do: the outputs of all {plan.skipped} input(s) exist in {escape(printable(o.out_dir))}",
                       soft_wrap=True)
-        sys.exit(1 if failures else 0)
-
-    def load(first: bool) -> Any:
-        # One process per node downloads and converts; the others then load from the cache, offline.
-        return psegzoo.load(entry.name, weights=weights, device=job.device(device),
-                            download=download if first else download.with_(offline=True))
-
-    if onnx is not None:  # loaded once the inputs and the output folder are known to be usable
-        onnx_model = psegzoo.load_onnx(onnx, device=device)
-        onnx_model.settings(**overrides)
-        if named is not None and named != onnx_model.entry.name:
-            raise click.UsageError(f"--model {name} is not the model in {onnx} ({onnx_model.entry.name})")
-    segmenter = onnx_model if onnx_model is not None else job.main_first(load)
-    if use_compile:
-        segmenter.compile()
-    progress = None
-    shown = 0
-    if not quiet and err.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        # The percentage moves within an image (windows, views, frames); M/N counts whole inputs.
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=err, transient=True)
-        progress.start()
-        bar = progress.add_task("predicting", total=plan.total)
-
-    def within(done: int, total: int) -> None:  # forwards (or frames) of the input in hand, on rank 0
-        if progress is not None:
-            progress.update(bar, completed=shown + done / max(total, 1))
-
+        sys.exit(1 if request.failures else 0)
+    segmenter = _segmenter(request, job)
     # Whole-mode images of one size share forwards: this process takes its images grouped by size.
-    batch = batch_size if batch_size is not None else None if segmenter.device.type == "cuda" else 1
+    batch = o.batch_size if o.batch_size is not None else None if segmenter.device.type == "cuda" else 1
     mine = sorted(plan.tasks, key=lambda t: (t.is_video, t.size)) if batch != 1 else list(plan.tasks)
-    options = dict(flip=flip, scales=ratios, batch_windows=batch_windows, amp_dtype=amp,
-                   progress=within if job.is_main else None, **overrides)
-    # only --logits needs the C x H x W scores; labels (and confidence) are made without them
-    predictions = segmenter.predict_many([t.path for t in mine if not t.is_video], batch_size=batch, workers=workers,
-                                         max_pixels=max_pixels, keep_scores=save_logits, confidence=probs is not None,
-                                         **options)
+    with _progress_bar(err, o.quiet, plan.total) as progress:
+        shown = 0
+        bar = progress.add_task("predicting", total=plan.total) if progress is not None else None
 
-    def predict_one(task: Any) -> dict[str, Any]:
-        """The input's outputs, and what its JSON line says (a small dict: it travels to rank 0)."""
+        def within(done: int, total: int) -> None:  # forwards (or frames) of the input in hand, on rank 0
+            if progress is not None:
+                progress.update(bar, completed=shown + done / max(total, 1))
+
+        def show(event: Any) -> None:  # every input of the job, on rank 0
+            nonlocal shown
+            shown += 1
+            _show(event, o.save_json)
+            if progress is not None:
+                progress.update(bar, completed=shown)
+
+        options = dict(flip=o.flip, scales=request.ratios, batch_windows=o.batch_windows, amp_dtype=request.amp,
+                       progress=within if job.is_main else None, **request.overrides)
+        # only --logits needs the C x H x W scores; labels (and confidence) are made without them
+        predictions = segmenter.predict_many([t.path for t in mine if not t.is_video], batch_size=batch,
+                                             workers=o.workers, max_pixels=o.max_pixels, keep_scores=o.save_logits,
+                                             confidence=o.probs is not None, **options)
         try:
-            if task.is_video:
-                result = psegzoo.video.predict_video(
-                    segmenter, task.path, out_dir, task.name, every=every, overlay=overlay, opacity=opacity,
-                    color=color, summary=save_json, batch_size=batch, workers=workers, **options)
-                return {"input": str(task.path), "output": str(result.paths[0]),
-                        "files": [str(p) for p in result.paths], **result.summary()}
-            prediction = next(predictions)
-            if isinstance(prediction, psegzoo.PsegzooError):
-                raise prediction
-            paths = prediction.write(out_dir, task.name, overlay=overlay, opacity=opacity, color=color,
-                                     probs=probs, logits=save_logits, summary=save_json)
-        except psegzoo.PsegzooError as exc:  # reported with the input's name; the others go on
-            if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)) or str(task.path) in str(exc):
-                raise
-            raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
-        doc = {k: v for k, v in prediction.summary().items() if k != "image"}
-        return {"input": str(task.path), "output": str(paths[0]), "files": [str(p) for p in paths], **doc}
-
-    def show(event: Any) -> None:  # every input of the job, on rank 0
-        nonlocal shown
-        shown += 1
-        if not event.ok:
-            err.print(error_line(event.error), soft_wrap=True)
-            if save_json:
-                message = event.error.cli_message() if isinstance(event.error, psegzoo.PsegzooError) else str(event.error)
-                click.echo(_json_line({"input": printable(str(event.task.path)), "error": printable(message)}))
-        elif save_json:
-            click.echo(_json_line(event.value))
-        elif not quiet and progress is None:
-            click.echo(printable(event.value["output"]))
-        if progress is not None:
-            progress.update(bar, completed=shown)
-
-    try:
-        totals = job.run(mine, predict_one, show=show, failed=(psegzoo.PsegzooError,))
-    finally:
-        predictions.close()  # stops the reading threads
-        if progress is not None:
-            progress.stop()
-    failures += totals.failed
-    if not quiet:
-        err.print(f"{totals.done} image(s) written to {escape(printable(out_dir))}"
+            totals = job.run(mine, lambda task: _predict_one(request, segmenter, predictions, options, batch, task),
+                             show=show, failed=(psegzoo.PsegzooError,))
+        finally:
+            predictions.close()  # stops the reading threads
+    failures = request.failures + totals.failed
+    if not o.quiet:
+        err.print(f"{totals.done} image(s) written to {escape(printable(o.out_dir))}"
                   + (f", {failures} failed" if failures else "")
                   + (f", {plan.skipped} skipped (outputs exist)" if plan.skipped else ""), soft_wrap=True)
     if failures:

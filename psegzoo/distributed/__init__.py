@@ -13,10 +13,25 @@
 """
 from __future__ import annotations
 
-from .job import Event, Job, Plan, Reports, Terminated, Totals
-from .launch import Launch, all_reduce_max, all_reduce_sum, barrier, is_main, rank, world_size
-from .sharding import split
-from .tasks import PredictTask, Wanted, image_size, predict_tasks
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .environ import Launch
+    from .job import Event, Job, Plan, Reports, Terminated, Totals
+    from .launch import all_reduce_max, all_reduce_sum, barrier, is_main, rank, world_size
+    from .sharding import split
+    from .tasks import PredictTask, Wanted, image_size, predict_tasks
+
+# name -> submodule that defines it, imported on first use: a command learns its rank (``Launch``) and
+# plans its tasks without importing torch, so its arguments are checked before that import.
+_LAZY = {
+    **dict.fromkeys(("Event", "Job", "Plan", "Reports", "Terminated", "Totals"), "job"),
+    "Launch": "environ",
+    **dict.fromkeys(("all_reduce_max", "all_reduce_sum", "barrier", "is_main", "rank", "world_size"), "launch"),
+    "split": "sharding",
+    **dict.fromkeys(("PredictTask", "Wanted", "image_size", "predict_tasks"), "tasks"),
+}
 
 __all__ = [
     "Event",
@@ -38,3 +53,16 @@ __all__ = [
     "split",
     "world_size",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,8 +2,8 @@
 
 A task's work is its pixel count, read from the file header without decoding (Pillow for images,
 the container for videos), so shards balance by what inference time grows with. A task is
-complete when every output the command asks for exists; outputs are renamed into place only
-when fully written, so presence means complete (the label map is also opened to be sure).
+complete when every output the command asks for exists, decodes in full and has the input's size
+(a truncated overlay or a label map of another size is done again).
 """
 from __future__ import annotations
 
@@ -67,41 +67,35 @@ class PredictTask:
         return image_size(self.path) if not self.is_video else (0, 0)
 
     def complete(self, out_dir: str | os.PathLike, wanted: Wanted) -> bool:
-        """Whether every requested output exists (the label map, or first label frame, also opens)."""
+        """Whether every requested output exists, decodes in full and has the input's size (else it is redone)."""
         if self.is_video:
-            paths = video.video_paths(out_dir, self.name)
-            extras = [p for p, on in ((paths.overlay, wanted.overlay), (paths.color, wanted.color),
-                                      (paths.json, wanted.json)) if on]
-            try:
-                frames = sorted(p for p in paths.frames.iterdir() if video.FRAME_NAME.fullmatch(p.name))
-            except OSError:
-                return False
-            return bool(frames) and all(p.is_file() for p in extras) and _opens(frames[0])
+            return video.outputs_intact(self.path, out_dir, self.name, overlay=wanted.overlay, color=wanted.color,
+                                        summary=wanted.json)
+        size = image_size(self.path, upright=True)
+        if size == (0, 0):
+            return False
         image = outputs.output_paths(out_dir, self.name)
-        extras = [p for p, on in ((image.color, wanted.color), (image.overlay, wanted.overlay),
-                                  (image.probs_png, wanted.probs == "png"), (image.probs_npy, wanted.probs == "npy"),
-                                  (image.logits, wanted.logits), (image.json, wanted.json)) if on]
-        return all(p.is_file() for p in extras) and _opens(image.labels)
+        kinds = {"labels": True, "color": wanted.color, "overlay": wanted.overlay, "probs_png": wanted.probs == "png",
+                 "probs_npy": wanted.probs == "npy", "logits": wanted.logits, "json": wanted.json}
+        return all(outputs.output_intact(getattr(image, kind), kind, size) for kind, on in kinds.items() if on)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from an image file's header, without decoding; (0, 0) when it cannot be read."""
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def image_size(path: str | os.PathLike, *, upright: bool = False) -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding; (0, 0) when it cannot be read.
+    ``upright``: as the image is predicted, its EXIF orientation applied."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                return im.size
+                w, h = im.size
+                if upright and im.getexif().get(0x0112) in _TURNED:
+                    return h, w
+                return w, h
     except Exception:  # the reader of the file reports the real error
         return 0, 0
-
-
-def _opens(png: Path) -> bool:
-    try:
-        with Image.open(png) as im:
-            im.verify()
-    except Exception:  # missing, truncated, not a PNG
-        return False
-    return True
 
 
 def predict_tasks(found: Iterable[_Found], names: Sequence[str], wanted: Wanted = Wanted()) -> list[PredictTask]:

@@ -9,6 +9,7 @@ official ``*_gtFine_labelIds.png`` files exist.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Mapping
@@ -79,16 +80,17 @@ def label_table(*, ids: np.ndarray | None = None, reduce_zero_label: bool = Fals
     return table
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
     """The label map stored in ``path``: H x W integers (uint8 for 8-bit files), as mmseg decodes it.
 
+    ``data``: the file's bytes, already read (and hashed) by the caller; ``path`` then names it.
     Colour (RGB) and alpha images are refused: a label file holds one class index per pixel.
     """
     name = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 if im.mode not in _INDEX_MODES:
                     raise DatasetError(
                         f"{name}: a {im.mode} image is not a label map; labels hold one class index per pixel "
@@ -122,6 +124,6 @@ def apply_table(label: np.ndarray, table: np.ndarray | None) -> np.ndarray:
     return wide
 
 
-def load_label(path: str | os.PathLike, table: np.ndarray | None) -> np.ndarray:
-    """Read ``path`` and map its values through ``table`` (see :func:`label_table`)."""
-    return apply_table(read_label(Path(path)), table)
+def load_label(path: str | os.PathLike, table: np.ndarray | None, data: bytes | None = None) -> np.ndarray:
+    """Read ``path`` (or decode its bytes ``data``) and map its values through ``table`` (see :func:`label_table`)."""
+    return apply_table(read_label(Path(path), data), table)

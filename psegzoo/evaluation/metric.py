@@ -138,6 +138,15 @@ def count_image(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_in
     return Counts(area_intersect, area_pred + area_label - area_intersect, area_pred, area_label)
 
 
+def label_areas(label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray | None:
+    """The pixels of each class in a (mapped) label map, the ignore index left out: the label row of
+    its counts. None when a value is neither a class nor the ignore index."""
+    lab = label[label != ignore_index]
+    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+        return None
+    return np.bincount(lab.astype(np.int64, copy=False), minlength=num_classes)
+
+
 def _size(arr: np.ndarray) -> str:
     return f"{arr.shape[1]}x{arr.shape[0]}" if arr.ndim >= 2 else str(arr.shape)
 

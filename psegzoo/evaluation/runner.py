@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import hub, outputs
 from .. import images as image_io
-from .. import outputs
 from ..api import Segmenter, load
-from ..errors import DatasetError, PredictionError, option
+from ..errors import DatasetError, ImageError, PredictionError, option
+from ..hub import DownloadOptions
 from ..manifest import Dataset, Entry, get_dataset, get_entry
 from ..predictor import InferenceSettings, default_workers
 from ..prefetch import prefetch
+from .guard import check_save_predictions
 from .labels import label_table, load_label
 from .layouts import GENERIC, LAYOUTS, Layout, generic_layout, layout_for_dataset, layout_named
-from .metric import Counts, count_image, percent, sum_counts
+from .metric import Counts, count_image, label_areas, percent, sum_counts
+from .reading import read_input, sample_key, size_limit, stat_hint
 from .result import MS_FLIP_RATIOS, EvalResult, EvalSettings
 from .split import Sample, Split, check_all_sizes, list_split, size_mismatch
-from .state import WorkState
+from .state import WorkState, default_work_dir
 
 _AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
         "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -75,12 +78,14 @@ class EvalPlan:
     def ignore_index(self) -> int:
         return self.settings.ignore_index
 
-    def identity(self, weights: str) -> dict[str, Any]:
-        """What decides every image's counts (the work folder's key)."""
+    def identity(self, weights: Mapping[str, str]) -> dict[str, Any]:
+        """What decides every image's counts but the image and label files themselves (the work
+        folder's key; the files' contents key each image's counts). ``weights``: see
+        :func:`weights_identity`."""
         s = self.settings
         return {
-            "model": self.entry.name, "weights": weights, "layout": s.layout, "data_root": s.data_root,
-            "images": s.image_dir, "labels": s.label_dir, "split": s.split, "listing": self.listing,
+            "format": 2, "model": self.entry.name, "weights": dict(weights), "layout": s.layout,
+            "data_root": s.data_root, "images": s.image_dir, "labels": s.label_dir, "split": s.split,
             "reduce_zero_label": s.reduce_zero_label, "ignore_index": s.ignore_index,
             "scale": list(s.scale), "mode": s.mode, "crop_size": s.crop_size and list(s.crop_size),
             "stride": s.stride and list(s.stride), "flip": s.flip, "scales": s.scales and list(s.scales),
@@ -280,94 +285,146 @@ def plan(model: str | Entry | Segmenter, data_root: str | os.PathLike | None = N
 
 
 def weights_digest(segmenter: Segmenter) -> str:
-    """A fingerprint of the loaded weights: names, shapes, dtypes and a few values of every tensor."""
+    """The SHA-256 of a loaded model's weights (every name, shape, dtype and value): the identity of
+    weights that came from no file psegzoo knows."""
     h = hashlib.sha256(segmenter.entry.name.encode())
     with torch.inference_mode():
         for name, tensor in segmenter.model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            picked = torch.cat([flat[:8], flat[-8:]]).to("cpu", torch.float64) if flat.numel() else flat.cpu()
             h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            h.update(picked.numpy().tobytes())
-    return h.hexdigest()[:16]
+            h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
-def _load_pair(job: EvalPlan, max_pixels: int | None) -> Callable[[Sample], tuple[np.ndarray, np.ndarray]]:
-    def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        rgb = image_io.load_image(sample.image, max_pixels=max_pixels)
-        label = load_label(sample.label, job.fallback_table if sample.fallback else job.table)
+def weights_identity(entry: Entry, weights: str | os.PathLike | None = None, download: DownloadOptions | None = None,
+                     *, dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """The SHA-256 of the checkpoint file a model is loaded from: the file given (hashed now), else
+    the verified checkpoint in the cache (its SHA-256 is in the cache record); and the dtype the
+    model runs in."""
+    if weights is not None:
+        sha = hub.file_sha256(Path(weights))
+    else:
+        opts = download if download is not None else DownloadOptions()
+        sha = hub.fetch(entry, opts.with_(offline=True, progress=False)).sha256
+    return {"sha256": sha, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def open_state(job: EvalPlan, weights: Mapping[str, str], work_dir: str | os.PathLike | None, *,
+               resume: bool, cache_root: Path | None = None) -> WorkState:
+    """The run's work folder: under ``work_dir``, else ``<cache root>/eval``."""
+    where = work_dir if work_dir is not None else default_work_dir(cache_root if cache_root is not None else hub.cache_root())
+    return WorkState.open(where, job.entry.name, job.settings.split, job.identity(weights), job.num_classes, resume=resume)
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    """A sample read once: its counts key, a stat hint, and either saved counts or what to predict."""
+
+    key: str
+    hint: str
+    label: np.ndarray
+    rgb: np.ndarray | None = None
+    saved: Counts | None = None
+
+
+def _read_sample(job: EvalPlan, state: WorkState | None, out_dir: Path | None,
+                 max_pixels: int | None) -> Callable[[Sample], _Loaded]:
+    limit = size_limit(image_io.max_pixels_limit(max_pixels))
+
+    def read(sample: Sample) -> _Loaded:
+        image = read_input(sample.image, limit, ImageError, "image")
+        label_file = read_input(sample.label, limit, DatasetError, "label")
+        key = sample_key(image, label_file, sample.fallback)
+        hint = stat_hint(sample.image, sample.label, image.size, image.mtime_ns, label_file.size, label_file.mtime_ns)
+        label = load_label(sample.label, job.fallback_table if sample.fallback else job.table, label_file.data)
+        if state is not None and (out_dir is None or outputs.output_paths(out_dir, sample.name).labels.is_file()):
+            saved = state.lookup(key, label_areas(label, job.num_classes, job.ignore_index))
+            if saved is not None:
+                return _Loaded(key, hint, label, saved=saved)
+        rgb = image_io.decode_image(image.data, name=str(sample.image), max_pixels=max_pixels)
+        del image
         if rgb.shape[:2] != label.shape[:2] or label.ndim != 2:
             raise size_mismatch(sample, (rgb.shape[1], rgb.shape[0]), (label.shape[-1], label.shape[0]))
-        return rgb, label
+        return _Loaded(key, hint, label, rgb=rgb)
 
-    return load_pair
+    return read
+
+
+class _Tally:
+    """The running sum of an accumulation and its progress reports."""
+
+    def __init__(self, job: EvalPlan, total: int, on_progress: Callable[[EvalProgress], None] | None):
+        self.counts = Counts.zeros(job.num_classes)
+        self.done = 0
+        self.resumed = 0
+        self.total = total
+        self.on_progress = on_progress
+        self.t0 = time.perf_counter()
+
+    def add(self, counts: Counts, *, resumed: bool = False) -> None:
+        self.counts = self.counts + counts
+        self.done += 1
+        self.resumed += int(resumed)
+        self.report()
+
+    def report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(EvalProgress(self.done, self.total, self.resumed, time.perf_counter() - self.t0,
+                                          percent(self.counts.metrics().miou) if self.done else None, self.counts))
 
 
 def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | None = None, *,
                state: WorkState | None = None, save_predictions: str | os.PathLike | None = None,
                batch_windows: int | None = None, max_pixels: int | None = None, workers: int | None = None,
                on_progress: Callable[[EvalProgress], None] | None = None) -> Accumulated:
-    """Counts over ``samples`` (default: the plan's images), skipping those ``state`` already holds.
+    """Counts over ``samples`` (default: the plan's images), taking those ``state`` holds for the
+    same image and label contents (checked, see :meth:`WorkState.lookup`).
 
-    ``workers`` threads decode images and labels ahead of the model (0: none, on this thread;
-    default: see :func:`default_workers`). ``save_predictions`` writes each image's predicted classes as a
-    palette PNG ``<dir>/<name>.png``; an image whose PNG is missing is evaluated again on resume.
+    ``workers`` threads read, hash and decode images and labels ahead of the model (0: none, on this
+    thread; default: see :func:`default_workers`). ``save_predictions`` writes each image's predicted
+    classes as a palette PNG ``<dir>/<name>.png`` (never into or over an input, see
+    :func:`check_save_predictions`); an image whose PNG is missing is evaluated again on resume.
     """
     if segmenter.entry.num_classes != job.num_classes:
         raise PredictionError(f"the model predicts {segmenter.entry.num_classes} classes, the plan expects {job.num_classes}")
     chosen = tuple(job.samples if samples is None else samples)
     out_dir = Path(save_predictions) if save_predictions is not None else None
-    saved = state.load() if state is not None else {}
-    resumed: list[Counts] = []
-    todo: list[Sample] = []
-    for sample in chosen:
-        counts = saved.get(sample.index)
-        if counts is not None and (out_dir is None or outputs.output_paths(out_dir, sample.name).labels.is_file()):
-            resumed.append(counts)
-        else:
-            todo.append(sample)
-    total = sum_counts(resumed, job.num_classes)
+    if out_dir is not None:
+        check_save_predictions(out_dir, job.split)
     n_workers = default_workers(segmenter.device) if workers is None else max(0, int(workers))
     amp = _AMP[job.amp_dtype] if job.amp_dtype else None
-    t0 = time.perf_counter()
-    done = len(resumed)
+    tally = _Tally(job, len(chosen), on_progress)
 
-    def report() -> None:
-        if on_progress is not None:
-            on_progress(EvalProgress(done, len(chosen), len(resumed), time.perf_counter() - t0,
-                                     percent(total.metrics().miou) if done else None, total))
-
-    def finish(sample: Sample, label: np.ndarray, pred: np.ndarray) -> Counts:
-        counts = count_image(pred, label, job.num_classes, job.ignore_index, source=sample.label)
+    def finish(sample: Sample, loaded: _Loaded, pred: np.ndarray) -> Counts:
+        counts = count_image(pred, loaded.label, job.num_classes, job.ignore_index, source=sample.label)
         if out_dir is not None:
             outputs.save_label_png(pred, segmenter.palette, outputs.output_paths(out_dir, sample.name).labels)
         if state is not None:
-            state.save(sample.index, counts)
+            state.save(loaded.key, counts, loaded.hint)
         return counts
 
-    report()
+    tally.report()
     depth = max(2, 2 * n_workers)
     pending: deque[Future[Counts]] = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="psegzoo-count") as post:
-        loader = prefetch(todo, _load_pair(job, max_pixels), workers=n_workers, depth=depth)
+        loader = prefetch(chosen, _read_sample(job, state, out_dir, max_pixels), workers=n_workers, depth=depth)
         try:
-            for sample, (rgb, label) in loader:
-                prediction = segmenter.predict(rgb, flip=job.flip, scales=job.scales, batch_windows=batch_windows,
-                                               amp_dtype=amp, **job.overrides)
-                pending.append(post.submit(finish, sample, label, prediction.labels))
-                del prediction, rgb, label
+            for sample, loaded in loader:
+                if loaded.saved is not None:
+                    tally.add(loaded.saved, resumed=True)
+                    continue
+                prediction = segmenter.predict(loaded.rgb, flip=job.flip, scales=job.scales,
+                                               batch_windows=batch_windows, amp_dtype=amp, **job.overrides)
+                pending.append(post.submit(finish, sample, loaded, prediction.labels))
+                del prediction, loaded
                 while pending and (len(pending) > depth or pending[0].done()):
-                    total = total + pending.popleft().result()
-                    done += 1
-                    report()
+                    tally.add(pending.popleft().result())
             while pending:
-                total = total + pending.popleft().result()
-                done += 1
-                report()
+                tally.add(pending.popleft().result())
         finally:
             # Images already predicted are still counted and saved (leaving the pool waits for them):
             # after Ctrl-C or an error, a resumed run has that much less to do.
             loader.close()
-    return Accumulated(total, done - len(resumed), len(resumed), time.perf_counter() - t0)
+    return Accumulated(tally.counts, tally.done - tally.resumed, tally.resumed, time.perf_counter() - tally.t0)
 
 
 def summarize(job: EvalPlan, counts: Counts, *, images: int, seconds: float, resumed: int = 0,
@@ -413,30 +470,36 @@ def evaluate(model: str | Segmenter, data_root: str | os.PathLike | None = None,
     follows the model's dataset (or ``layout``; ``images``/``labels`` folders make a generic one).
     ``split`` defaults to ``val``; ``ms_flip`` is the published multi-scale + flip setting; ``mode``,
     ``crop_size``, ``stride`` and ``scale`` override the published test pipeline (the result says so).
-    ``work_dir`` saves per-image counts as they are made and ``resume=True`` continues from them.
+    Per-image counts are saved as they are made in ``work_dir`` (default ``<cache root>/eval``) and
+    ``resume=True`` continues from them; without it the run starts over.
     """
     t0 = time.perf_counter()
-    if resume and work_dir is None:
-        raise DatasetError("resume=True continues from saved counts: also pass "
-                           + option("work_dir=DIR", "--work-dir DIR") + ", the work folder of the interrupted run")
     if isinstance(model, Segmenter) and (weights is not None or device is not None or load_kwargs):
         raise PredictionError("weights, device and download options apply when evaluate() loads the model by name")
+    download = load_kwargs.get("download")
     job = plan(model, data_root, split=split, layout=layout, images=images, labels=labels, label_suffix=label_suffix,
                reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, ms_flip=ms_flip, flip=flip,
                scales=scales, mode=mode, crop_size=crop_size, stride=stride, scale=scale, amp_dtype=amp_dtype,
-               limit=limit, index=getattr(load_kwargs.get("download"), "index", None))
+               limit=limit, index=getattr(download, "index", None))
+    if save_predictions is not None:
+        check_save_predictions(save_predictions, job.split)
     t1 = time.perf_counter()
     segmenter = model if isinstance(model, Segmenter) else load(job.entry.name, weights=weights, device=device, **load_kwargs)
     t2 = time.perf_counter()
-    state = None
-    if work_dir is not None:
-        state = WorkState.open(work_dir, job.entry.name, job.settings.split, job.identity(weights_digest(segmenter)),
-                               job.num_classes, resume=resume)
+    identity = ({"state_sha256": weights_digest(segmenter), "dtype": str(segmenter.dtype).removeprefix("torch.")}
+                if isinstance(model, Segmenter)
+                else weights_identity(job.entry, weights, _download_of(load_kwargs), dtype=segmenter.dtype))
+    state = open_state(job, identity, work_dir, resume=resume, cache_root=getattr(download, "home", None))
     run = accumulate(segmenter, job, state=state, save_predictions=save_predictions, batch_windows=batch_windows,
                      max_pixels=max_pixels, workers=workers, on_progress=on_progress)
     result = summarize(job, run.counts, images=len(job.samples), seconds=time.perf_counter() - t0, resumed=run.resumed,
-                       work_dir=state.folder if state is not None else None,
-                       timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": run.seconds})
-    if state is not None:
-        state.save_result(result.to_json())
+                       work_dir=state.folder, timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": run.seconds})
+    state.save_result(result.to_json())
     return result
+
+
+def _download_of(load_kwargs: Mapping[str, Any]) -> DownloadOptions:
+    """The download options ``load`` was given (``download`` and its keyword shortcuts)."""
+    base = load_kwargs.get("download") or DownloadOptions()
+    shortcuts = {k: load_kwargs[k] for k in ("offline", "mirrors", "allow_unverified", "sha256") if k in load_kwargs}
+    return base.with_(**shortcuts)

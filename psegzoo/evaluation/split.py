@@ -7,6 +7,7 @@ so no pixel is decoded).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .. import images as image_io
 from ..errors import DatasetError, option
 from ..images import IMAGE_EXTENSIONS
 from .layouts import GENERIC, LAYOUTS, Layout
+
+log = logging.getLogger(__name__)
 
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
@@ -123,14 +127,14 @@ def _missing_folder(layout: Layout, root: Path, what: str, folder: Path, split: 
     )
 
 
-def _walk(folder: Path, accept) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in filenames:
-            if not fn.startswith(".") and accept(fn):
-                found.append(Path(dirpath) / fn)
-    return found
+def _walk(folder: Path, suffix: str = "") -> list[Path]:
+    """Image files under ``folder`` whose names end with ``suffix``, sorted by path, as ``predict``
+    finds them: hidden names skipped, symlinked folders not entered (a link to ``/`` or to a parent
+    would walk forever), each file once; a folder that cannot be read is named in a warning."""
+    paths, errors = image_io.walk_images(folder)
+    for error in errors:
+        log.warning("%s", error)
+    return sorted((p for p in paths if p.name.endswith(suffix)), key=lambda p: p.as_posix())
 
 
 def list_split(layout: Layout, root: str | os.PathLike | None, split: str | None = "val", *,
@@ -163,7 +167,7 @@ def list_split(layout: Layout, root: str | os.PathLike | None, split: str | None
                 )
     else:
         suffix = layout.image_suffix
-        image_paths = sorted(_walk(image_dir, lambda fn: fn.endswith(suffix)), key=lambda p: p.as_posix())
+        image_paths = _walk(image_dir, suffix)
         names = [p.relative_to(image_dir).as_posix()[: -len(suffix)] for p in image_paths]
         if not names:
             raise DatasetError(f"{_show(image_dir, base)}: no *{suffix} images in the {split} split")
@@ -229,8 +233,7 @@ def _list_generic(layout: Layout, root: str | os.PathLike | None, images: str | 
             raise DatasetError(
                 f"no {what} folder {str(folder)!r}; pass {option('images=DIR, labels=DIR', '--images DIR --labels DIR')}"
             )
-    found = sorted(_walk(image_dir, lambda fn: Path(fn).suffix.lower() in IMAGE_EXTENSIONS),
-                   key=lambda p: p.as_posix())
+    found = _walk(image_dir)
     # A label file of the image folder itself (same folder for both, suffix .png) is no image to evaluate.
     if image_dir.resolve() == label_dir.resolve():
         found = [p for p in found if not p.name.endswith(layout.label_suffix)]

@@ -87,6 +87,9 @@ class OnnxEngine(nn.Module):
             if _is_allocation_failure(exc):
                 raise MemoryError(f"onnxruntime ran out of memory on a {tuple(x.shape)} input") from None
             raise PredictionError(f"onnxruntime failed on {self.where} for a {tuple(x.shape)} input: {deps.first_line(exc)}") from None
+        if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[1] != self.num_classes:
+            raise PredictionError(f"{self.where} gave {output} of shape {tuple(out.shape)} for a {tuple(x.shape)} input; "
+                                  f"its metadata promises N x {self.num_classes} x H x W: export the model again")
         return torch.from_numpy(out).to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +138,25 @@ class OnnxSegmenter(Segmenter):
         return super().predict(image, **kwargs)
 
 
+def check_graph(session: Any, info: metadata.OnnxInfo, where: str) -> None:
+    """The graph must be what its metadata claims: one input, the named outputs, each with as many
+    channels as the entry has classes (a foreign file's claims are not taken on trust)."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if inputs != [metadata.INPUT] or not set(info.outputs) <= set(outputs):
+        raise ExportError(f"{where!r} has inputs {inputs} and outputs {sorted(outputs)}; its metadata promises "
+                          f"{metadata.INPUT!r} -> {', '.join(info.outputs)}: export the model again")
+    classes = info.entry.num_classes
+    for name in info.outputs:
+        shape = list(outputs[name] or [])
+        channels = shape[1] if len(shape) == 4 else None
+        if channels != classes or len(info.dataset.classes) != classes:
+            raise ExportError(f"{where!r} claims to be {info.entry.name} with {classes} classes "
+                              f"({len(info.dataset.classes)} named), but its graph's {name} output has shape "
+                              f"{shape} (N x C x H x W with C = {classes} expected); the file does not match its "
+                              "metadata: export the model again")
+
+
 def load_onnx(path: str | os.PathLike, *, device: str | None = "auto", threads: int | None = None) -> OnnxSegmenter:
     """Open a file written by :func:`psegzoo.export_onnx` for prediction with onnxruntime.
 
@@ -159,10 +181,6 @@ def load_onnx(path: str | os.PathLike, *, device: str | None = "auto", threads: 
     except Exception as exc:
         raise ExportError(f"{str(file)!r} is not an ONNX model onnxruntime can load ({deps.first_line(exc)})") from None
     info = metadata.parse(session.get_modelmeta().custom_metadata_map, str(file))
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = {o.name for o in session.get_outputs()}
-    if inputs != [metadata.INPUT] or not set(info.outputs) <= outputs:
-        raise ExportError(f"{str(file)!r} has inputs {inputs} and outputs {sorted(outputs)}; its metadata promises "
-                          f"{metadata.INPUT!r} -> {', '.join(info.outputs)}: export the model again")
+    check_graph(session, info, str(file))
     engine = OnnxEngine(session, info, file.name)
     return OnnxSegmenter(engine, file, {"total_s": time.perf_counter() - t0})

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .. import __version__, hub
 from ..api import Segmenter, load
+from ..api.loading import refuse_writing_over
 from ..errors import ExportError, option
 from ..manifest import Architecture, Entry, get_entry
 from ..models import Segmentor, use_fast_paths
@@ -224,6 +225,17 @@ def _output_path(output: str | os.PathLike) -> Path:
     return path
 
 
+def _sources(model: Any, entry: Entry, weights: str | os.PathLike | None, download: Any) -> list[Path]:
+    """The files an export by name reads: ``weights``, else the cached checkpoint and its conversion."""
+    if isinstance(model, Segmenter):
+        return []
+    if weights is not None:
+        return [Path(weights)]
+    if entry.weights is None:
+        return []
+    return [hub.checkpoint_path(entry, download), hub.converted_path(entry, download)]
+
+
 def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                 opset: int | None = None, input_size: int | Sequence[int] | None = None, static: bool | None = None,
                 half: bool = False, check: bool = True, **download_kwargs: Any) -> ExportResult:
@@ -260,6 +272,7 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
     what = option("input_size", "--input-size")
     size = _size(input_size if input_size is not None else tuple(entry.crop_size), what) if static else None
     out_path = _output_path(output)
+    refuse_writing_over(out_path, _sources(model, entry, weights, download_kwargs.get("download")))
     precision = "float16" if half else "float32"
     min_side = min_dynamic_side(entry.architecture)
     lowres = entry.test.resize_logits == "direct"

@@ -112,6 +112,8 @@ def parse(props: Mapping[str, str], where: str) -> OnnxInfo:
             psegzoo_version=props["psegzoo_version"],
             exporter=props["exporter"],
         )
+    except RecursionError:  # JSON nested deeper than any psegzoo file
+        raise ExportError(f"{where} has unreadable psegzoo metadata (nested too deeply); export the model again") from None
     except (ManifestError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise ExportError(f"{where} has unreadable psegzoo metadata ({exc}); export the model again") from None
     if info.precision not in PRECISIONS:

@@ -1,14 +1,19 @@
 """Verified checkpoints and the local cache (never imports torch).
 
 A checkpoint is only ever used after its SHA-256 has been checked (:mod:`.trust`), wherever it came
-from: the cache, a copy already on this machine, a mirror, the original URL or an alternative.
+from: the cache, a copy already on this machine, a mirror, the original URL or an alternative. How
+far the check proves the file is its trust level, recorded with it: a full hash pins it, the
+8-digit published prefix alone only guards against accidents (docs/trust.md).
 One frozen :class:`DownloadOptions` (:mod:`.settings`, the only reader of the environment) is
 built at the edge and passed to every call.
 
 ==============  ==================================================================
 ``settings``    DownloadOptions: arguments, then environment, then defaults
+``redact``      URLs as shown and stored: no user:password, no query values
 ``layout``      where each cached file lives; the cache record
-``trust``       hash policy: published, pinned, trusted on first use
+``trust``       hash policy and trust levels: published, pinned, recorded, prefix-only
+``hashes``      PSEGZOO_HASHES: full hashes in sha256sum format
+``redact``      URLs without their credentials, to show or store
 ``locking``     one process per checkpoint (filelock), waits that reset on progress
 ``transfer``    HTTP streaming, resume, retry policy, size/speed/time bounds
 ``sources``     search folders, mirror templates, hf://, the manifest's URLs

@@ -19,8 +19,8 @@ from . import transfer
 from .layout import weights_of
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
-from .store import cached_copy, copy_in, entry_for_file, install, layout_of, not_the_checkpoint
-from .trust import expected, file_sha256
+from .store import UNREADABLE, cached_copy, copy_in, entry_for_file, expected_of, install, layout_of, not_the_checkpoint
+from .trust import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What happened to one file. ``status``: imported, already cached, hash mismatch,
-    not a zoo file, or unreadable; ``error`` says why a checkpoint was refused."""
+    """What happened to one file. ``status``: imported, already cached, hash mismatch, refused
+    (strict mode: only the hash prefix vouches for it), not a zoo file, or unreadable; ``error``
+    says why a checkpoint was refused."""
 
     source: Path
     status: str
@@ -39,6 +40,7 @@ class ImportResult:
     sha256: str | None = None
     newly_trusted: bool = False
     error: PsegzooError | None = None
+    trust: str | None = None  # the trust level it has in the cache (``hub.trust.LEVELS``)
 
     @property
     def ok(self) -> bool:
@@ -49,37 +51,67 @@ class ImportResult:
         return None if self.error is None else str(self.error)
 
 
-def _identify(src: Path, manifest: Manifest, sha: str | None) -> Entry | None:
-    """The entry ``src`` is, by file name or (``sha`` given) by its hash matching one published hash."""
+class StrictRefusal(VerificationError):
+    """The file matches, but only on the published hash prefix, and strict mode is on."""
+
+
+def _identify(src: Path, manifest: Manifest) -> Entry | None:
+    """The entry ``src`` is by its file name (the published one, or ``<model name>.pth``)."""
     for e in manifest.models:
         if e.weights is not None and e.weights.file == src.name:
             return e
     if src.name.endswith(".pth") and src.name[: -len(".pth")] in manifest.by_name():
         return manifest.by_name()[src.name[: -len(".pth")]]
-    if sha is None:
+    return None
+
+
+def _identify_by_hash(src: Path, manifest: Manifest, options: DownloadOptions) -> Entry | None:
+    """The entry whose published hash ``src``'s matches, if exactly one does (checkpoint suffixes only).
+
+    Only entries the file could be are considered: those that publish its size, or publish none
+    while the file is within ``max_size``. A file no entry could be is not read at all, so a huge
+    (or sparse) file in the folder costs one ``stat``.
+    """
+    if src.suffix not in _CHECKPOINT_SUFFIXES:
         return None
-    hits = [e for e in manifest.models
-            if e.weights is not None and (e.weights.sha256 or e.weights.sha256_prefix)
-            and sha.startswith(e.weights.sha256 or e.weights.sha256_prefix or "")]
+    try:
+        size = src.stat().st_size
+    except OSError as exc:
+        raise CacheError(f"cannot read {src}: {exc.strerror or exc}") from None
+    candidates = [e for e in manifest.models
+                  if e.weights is not None and (e.weights.sha256 or e.weights.sha256_prefix)
+                  and (e.weights.size == size if e.weights.size is not None else size <= options.max_size)]
+    if not candidates:
+        return None
+    sha = file_sha256(src)
+    hits = [e for e in candidates if sha.startswith(e.weights.sha256 or e.weights.sha256_prefix or "")]  # type: ignore[union-attr]
     return hits[0] if len(hits) == 1 else None
 
 
 def _import_entry(src: Path, entry: Entry, options: DownloadOptions) -> ImportResult:
     layout = layout_of(options)
     w = weights_of(entry)
-    exp = expected(layout, entry, options.sha256, allow_unverified=True)
+    exp = expected_of(layout, entry, options, pin=options.sha256, allow_unverified=True)
+    level = exp.level(origin_https=False)  # a file the user has is a third party, wherever it came from
     layout.ensure("checkpoints", "records", "locks")
     with entry_lock(layout, w.file, timeout=options.lock_timeout, what=f"importing {w.file}"):
         hit, _ = cached_copy(layout, entry, exp, repair=True)
         got, problem = copy_in(layout, entry, src, exp, transfer.Limits.of(w.size, options), link=options.link, bar=None)
         if got is None:
-            raise not_the_checkpoint(src, entry, str(problem).removeprefix("its "))
+            if str(problem).startswith(UNREADABLE):
+                raise CacheError(f"cannot import {src}: {str(problem).removeprefix(UNREADABLE).strip(' ()')}")
+            raise not_the_checkpoint(src, entry, str(problem))
         if hit is not None and hit.sha256 == got.sha256:
             got.path.unlink()
-            return ImportResult(src, "already cached", entry.name, hit.path, hit.sha256)
-        path, newly = install(layout, entry, got.path, got.sha256, src.resolve().as_uri(), "import", exp)
-    log.info("imported %s as %s (SHA-256 %s)", src, path, got.sha256)
-    return ImportResult(src, "imported", entry.name, path, got.sha256, newly_trusted=newly)
+            return ImportResult(src, "already cached", entry.name, hit.path, hit.sha256, trust=hit.trust)
+        refused = exp.refusal(level)
+        if refused is not None:
+            got.path.unlink()
+            raise StrictRefusal(f"not importing {src} as {entry.name}: {refused}")
+        path, newly = install(layout, entry, got.path, got.sha256, src.resolve().as_uri(), "import", exp, level,
+                              got.hashed)
+    log.info("imported %s as %s (SHA-256 %s, %s)", src, path, got.sha256, level)
+    return ImportResult(src, "imported", entry.name, path, got.sha256, newly_trusted=newly, trust=level)
 
 
 def import_checkpoint(path: str | os.PathLike, *, name: str | None = None,
@@ -94,15 +126,14 @@ def import_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     opts = options_or_default(options)
     src = Path(path).expanduser()
     if not src.is_file():
-        raise CacheError(f"cannot import {str(src)!r}: no such file")
+        what = "not a regular file (a FIFO, socket or device)" if src.exists() else "no such file"
+        raise CacheError(f"cannot import {str(src)!r}: {what}")
     manifest = load_manifest(opts.index)
     entry: Entry | None
     if name:
         entry = manifest.get(name)
     else:
-        entry = _identify(src, manifest, None)
-        if entry is None and src.suffix in _CHECKPOINT_SUFFIXES:
-            entry = _identify(src, manifest, file_sha256(src))
+        entry = _identify(src, manifest) or _identify_by_hash(src, manifest, opts)
         if entry is None:
             entry = entry_for_file(src.name, opts.index)  # raises, saying how to name the model
     return _import_entry(src, entry, opts)
@@ -131,15 +162,15 @@ def import_folder(folder: str | os.PathLike, options: DownloadOptions | None = N
             continue
         entry = None
         try:
-            entry = _identify(src, manifest, None)
-            if entry is None and src.suffix in _CHECKPOINT_SUFFIXES:
-                entry = _identify(src, manifest, file_sha256(src))
+            entry = _identify(src, manifest) or _identify_by_hash(src, manifest, opts)
             if entry is None or entry.weights is None:
                 results.append(ImportResult(src, "not a zoo file"))
                 continue
             results.append(_import_entry(src, entry, opts))
+        except StrictRefusal as exc:
+            results.append(ImportResult(src, "refused", entry.name if entry else None, error=exc))
         except VerificationError as exc:
             results.append(ImportResult(src, "hash mismatch", entry.name if entry else None, error=exc))
         except PsegzooError as exc:
-            results.append(ImportResult(src, "unreadable", error=exc))
+            results.append(ImportResult(src, "unreadable", entry.name if entry else None, error=exc))
     return results

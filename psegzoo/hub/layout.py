@@ -8,7 +8,8 @@ record, lock or partial download::
     <root>/converted/<stem>.safetensors     converted weights (stem: the file name without .pth)
     <root>/partial/<file>.part[.json]       an unfinished download and its resume validator
     <root>/locks/<file>.lock, .holder       the entry's lock, and who holds it
-    <root>/trusted/<name>.sha256            the hash trusted on first use for an entry without one
+    <root>/trusted/<name>.sha256            the hash recorded for an entry: trusted on first use, or
+                                            learned from its origin over verified HTTPS
 
 Temporary files (``.<target>.<tag>-<pid>-<hex>.tmp``, see :mod:`psegzoo.files`) sit beside their
 target, so they are counted with their entry and removed with it.
@@ -27,6 +28,7 @@ from typing import Any
 from .. import files
 from ..errors import CacheError, NoWeightsError
 from ..manifest import Entry, Weights
+from .redact import redact_url
 from .settings import HOME_ENV, check_home
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,31 @@ def unlink(path: Path) -> bool:
         return False
 
 
+def _owner(path: Path) -> str:
+    """`` (owned by NAME)`` for a file of another user, else ``""`` (the owner is what the user needs to know)."""
+    try:
+        uid = path.lstat().st_uid
+        if not hasattr(os, "getuid") or uid == os.getuid():
+            return ""
+        import pwd
+
+        return f" (owned by {pwd.getpwuid(uid).pw_name})"
+    except (OSError, KeyError, ImportError):
+        return ""
+
+
+def remove_file(path: Path) -> bool:
+    """Delete a cache file (False when it was not there); a CacheError in one line when it cannot be
+    deleted: another user's file in a shared cache, a read-only file system, an immutable file."""
+    try:
+        return unlink(path)
+    except OSError as exc:
+        raise CacheError(
+            f"cannot delete {path}{_owner(path)}: {exc.strerror or exc}; remove it as its owner (or fix the "
+            f"file system), or use a cache of your own with {HOME_ENV}"
+        ) from None
+
+
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
@@ -205,9 +232,11 @@ class ConvertedRecord:
 class CacheRecord:
     """``records/<file>.json``: what was verified about a cached checkpoint.
 
-    ``size``, ``mtime_ns`` and ``inode`` identify the very file that was hashed: while they match,
-    the file is the verified one without hashing it again (a file changed in place, or a record
-    left from an older file, fails this and is hashed).
+    ``size``, ``mtime_ns``, ``ctime_ns`` and ``inode`` identify the very file that was hashed:
+    while they match, the file is the verified one without hashing it again. A file changed in
+    place fails this even when its modification time was set back (no one can set the change time
+    back), as does a record left from an older file or one written before change times were
+    recorded: such a file is hashed again before use.
     """
 
     name: str
@@ -220,9 +249,12 @@ class CacheRecord:
     mtime_ns: int = 0
     inode: int = 0
     converted: ConvertedRecord | None = None
+    trust: str | None = None  # how far the hash check proved it when it came in (hub.trust.LEVELS); None: unknown
+    ctime_ns: int = 0
 
     def describes(self, st: os.stat_result) -> bool:
-        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.inode
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (self.size, self.mtime_ns, self.ctime_ns,
+                                                                            self.inode)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +271,11 @@ def _parse_converted(data: Any) -> ConvertedRecord | None:
     return rec if HEX64.fullmatch(rec.sha256) and HEX64.fullmatch(rec.source_sha256) else None
 
 
+def _shown_url(value: Any) -> str | None:
+    """A recorded URL as it may be shown (records written by older versions kept query strings)."""
+    return redact_url(value) if isinstance(value, str) else None
+
+
 def read_record(layout: CacheLayout, file: str) -> CacheRecord | None:
     """The record of ``file``, or None (missing, unreadable or describing another file: logged)."""
     path = layout.record(file)
@@ -247,9 +284,10 @@ def read_record(layout: CacheLayout, file: str) -> CacheRecord | None:
             data = json.load(f)
         rec = CacheRecord(
             name=str(data["name"]), file=str(data["file"]), sha256=str(data["sha256"]), size=int(data["size"]),
-            url=data.get("url"), source=str(data.get("source", "download")), at=str(data.get("at", "")),
+            url=_shown_url(data.get("url")), source=str(data.get("source", "download")), at=str(data.get("at", "")),
             mtime_ns=int(data.get("mtime_ns", 0)), inode=int(data.get("inode", 0)),
-            converted=_parse_converted(data.get("converted")),
+            converted=_parse_converted(data.get("converted")), ctime_ns=int(data.get("ctime_ns", 0)),
+            trust=data["trust"] if isinstance(data.get("trust"), str) else None,
         )
     except (FileNotFoundError, NotADirectoryError):
         return None

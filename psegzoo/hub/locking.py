@@ -29,6 +29,7 @@ from .settings import LOCK_TIMEOUT_ENV
 log = logging.getLogger(__name__)
 
 _POLL = 0.05
+_TELL_AFTER = 1.0  # a wait longer than this is said (a warning), naming the holder
 _POLL_MAX = 0.25
 _UNSUPPORTED = {errno.ENOSYS, getattr(errno, "ENOTSUP", errno.ENOSYS), getattr(errno, "EOPNOTSUPP", errno.ENOSYS)}
 
@@ -56,7 +57,8 @@ def entry_lock(layout: CacheLayout, file: str, *, timeout: float, what: str) -> 
     layout.ensure("locks")
     path = layout.lock(file)
     lock: Any = filelock.FileLock(str(path))
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     seen = -1
     told = False
     delay = _POLL
@@ -82,15 +84,17 @@ def entry_lock(layout: CacheLayout, file: str, *, timeout: float, what: str) -> 
                 f"gave up after {timeout:g} s waiting for {_holder_text(layout, file)}, which holds {path} and made no "
                 f"progress; stop that process, or wait longer with {LOCK_TIMEOUT_ENV}=SECONDS"
             )
-        if not told:
-            log.info("waiting for %s, which is working on %s", _holder_text(layout, file), file)
+        if not told and time.monotonic() - started >= min(_TELL_AFTER, timeout):
+            log.warning("waiting for %s, which holds the lock of %s (giving up after %g s without progress; "
+                        "%s=SECONDS changes that)", _holder_text(layout, file), file, timeout, LOCK_TIMEOUT_ENV)
             told = True
         delay = min(delay * 1.5, _POLL_MAX)
     try:
         _write_holder(layout, file, what)
         yield
     finally:
-        unlink(layout.holder(file))
+        with contextlib.suppress(OSError):  # another user's stale note in a shared cache: only a courtesy
+            unlink(layout.holder(file))
         lock.release()
 
 

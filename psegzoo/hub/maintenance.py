@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import files
 from ..errors import CacheError, PsegzooError
 from ..manifest import Entry, load_manifest
-from .layout import CacheLayout, read_record, unlink, weights_of, write_record
+from .layout import CacheLayout, CacheRecord, read_record, remove_file, weights_of, write_record
 from .locking import entry_lock
 from .settings import DownloadOptions, options_or_default
 from .store import layout_of, record_for, remove_entry_files
@@ -41,7 +41,8 @@ class CachedCheckpoint:
     url: str | None
     source: str | None
     at: str | None
-    trusted: bool  # a trust-on-first-use record exists for this name
+    trusted: bool  # a hash is recorded for this name (trusted on first use, or learned from its origin)
+    trust: str | None = None  # the trust level recorded when it came in (``hub.trust.LEVELS``)
 
     @property
     def total_size(self) -> int:
@@ -62,6 +63,8 @@ class VerifyResult:
     removed: tuple[Path, ...] = ()
     converted_status: str | None = None
     converted_problem: str | None = None
+    trust: str | None = None  # the recorded trust level (``hub.trust.LEVELS``), or None
+    url: str | None = None  # where the file came from (credentials removed), as recorded
 
     @property
     def ok(self) -> bool:
@@ -111,6 +114,7 @@ def cached(options: DownloadOptions | None = None) -> list[CachedCheckpoint]:
             converted_sha256=rec.converted.sha256 if rec and rec.converted and converted else None,
             partial_size=partial, complete=ckpt.is_file(), url=rec.url if rec else None,
             source=rec.source if rec else None, at=rec.at if rec else None, trusted=trusted,
+            trust=rec.trust if rec else None,
         ))
     out.sort(key=lambda c: (c.name, c.file))
     return out
@@ -166,10 +170,10 @@ def remove(entry_or_name: Entry | str | None = None, *, options: DownloadOptions
             owner = files.owner_of_temp(path.name)
             if owner is not None and _pid_alive(owner[1]):
                 continue
-            if unlink(path):
+            if remove_file(path):
                 removed.append(path)
         if forget_trust:
-            removed += [p for p in sorted(layout.folder("trusted").glob("*.sha256")) if unlink(p)]
+            removed += [p for p in sorted(layout.folder("trusted").glob("*.sha256")) if remove_file(p)]
         return removed
     assert entry_or_name is not None
     name, file_names = _files_for(entry_or_name, opts)
@@ -177,7 +181,7 @@ def remove(entry_or_name: Entry | str | None = None, *, options: DownloadOptions
         removed += _remove_locked(layout, file, opts)
     if forget_trust:
         trust = layout.trust(name)
-        if unlink(trust):
+        if remove_file(trust):
             removed.append(trust)
     return removed
 
@@ -219,35 +223,50 @@ def verify(entry: Entry | str | None = None, *, options: DownloadOptions | None 
     return results
 
 
+def _checkpoint_problem(layout: CacheLayout, entry: Entry | None, ckpt: Path, rec: CacheRecord | None,
+                        full: bool) -> tuple[str | None, str | None]:
+    """(what is wrong with the cached checkpoint or None, its SHA-256 as hashed or recorded)."""
+    size = ckpt.stat().st_size
+    sha = rec.sha256 if rec else None
+    if rec is not None and size != rec.size:
+        return f"size is {size} bytes, the record says {rec.size}", sha
+    if full or rec is None:
+        sha = file_sha256(ckpt)
+        if rec is not None and sha != rec.sha256:
+            return f"SHA-256 {sha} differs from the recorded {rec.sha256}", sha
+    if entry is not None and entry.weights is not None and sha is not None:
+        # the published and recorded hashes only: a file that fails a hash the user gives (--sha256,
+        # PSEGZOO_HASHES, perhaps mistyped) is not used, but not deleted either
+        exp = expected(layout, entry, None, allow_unverified=True)
+        if not exp.tofu:
+            return exp.problem(sha), sha
+    return None, sha
+
+
 def _verify_one(layout: CacheLayout, entry: Entry | None, file: str, full: bool) -> VerifyResult:
     ckpt = layout.checkpoint(file)
     rec = read_record(layout, file)
     name = rec.name if rec else entry.name if entry else file
     if not ckpt.is_file():
         return VerifyResult(name, file, ckpt, "missing", "not in the cache", None)
-    size = ckpt.stat().st_size
-    problem = None
-    sha = rec.sha256 if rec else None
-    if rec is not None and size != rec.size:
-        problem = f"size is {size} bytes, the record says {rec.size}"
-    elif full or rec is None:
-        sha = file_sha256(ckpt)
-        if rec is not None and sha != rec.sha256:
-            problem = f"SHA-256 {sha} differs from the recorded {rec.sha256}"
-    if problem is None and entry is not None and entry.weights is not None and sha is not None:
-        exp = expected(layout, entry, None, allow_unverified=True)
-        if not exp.tofu:
-            problem = exp.problem(sha)
+    before = ckpt.stat()  # recorded below: a change while hashing leaves a record that no longer matches
+    problem, sha = _checkpoint_problem(layout, entry, ckpt, rec, full)
     if problem is not None:
-        removed = tuple(remove_entry_files(layout, file))
+        try:
+            removed = tuple(remove_entry_files(layout, file))
+        except CacheError as exc:
+            return VerifyResult(name, file, ckpt, "corrupt", f"{problem}; not deleted: {exc}", sha)
         log.info("removed %s from the cache: %s", file, problem)
         return VerifyResult(name, file, ckpt, "corrupt", problem, sha, removed)
     assert sha is not None
-    if (rec is None or not rec.describes(ckpt.stat())) and entry is not None:
+    hashed = full or rec is None  # only a file hashed now may get a new record (never re-stamp unread bytes)
+    if hashed and (rec is None or not rec.describes(before)) and entry is not None:
         rec = write_record(layout, record_for(entry, ckpt, sha, rec.url if rec else None,
-                                               rec.source if rec else "cache", rec.converted if rec else None))
+                                              rec.source if rec else "cache", rec.converted if rec else None,
+                                              rec.trust if rec else None, before))
     conv_status, conv_problem, removed_conv = _verify_converted(layout, file, full)
-    return VerifyResult(name, file, ckpt, "ok", None, sha, removed_conv, conv_status, conv_problem)
+    return VerifyResult(name, file, ckpt, "ok", None, sha, removed_conv, conv_status, conv_problem,
+                        rec.trust if rec else None, rec.url if rec else None)
 
 
 def _verify_converted(layout: CacheLayout, file: str, full: bool) -> tuple[str | None, str | None, tuple[Path, ...]]:
@@ -268,7 +287,10 @@ def _verify_converted(layout: CacheLayout, file: str, full: bool) -> tuple[str |
             problem = f"SHA-256 {sha} differs from the recorded {rec.converted.sha256}"
     if problem is None:
         return "ok", None, ()
-    unlink(conv)
+    try:
+        remove_file(conv)
+    except CacheError as exc:
+        return "corrupt", f"{problem}; not deleted: {exc}", ()
     if rec is not None and rec.converted is not None:
         write_record(layout, dataclasses.replace(rec, converted=None))
     log.info("removed converted weights %s: %s", conv, problem)

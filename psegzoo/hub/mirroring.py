@@ -3,7 +3,8 @@
 ``DIR/<path of the original URL>`` (``DIR/mmsegmentation/v0.5/pspnet/<name>/<file>``, SSSegmentation's
 files under their GitHub release path) plus ``DIR/SHA256SUMS`` in ``sha256sum`` format. Any static
 HTTP server over DIR (or an upload of it) is then a mirror without a template: ``--mirror URL``.
-Each file is re-hashed on the way out (copied while hashing, or hashed and then hard-linked).
+Each file is re-hashed on the way out (copied while hashing; with ``link``, hard-linked and then
+hashed). Every target is checked to stay inside DIR (decoded, normalised, symlinks resolved).
 """
 from __future__ import annotations
 
@@ -21,18 +22,20 @@ from .layout import read_record, unlink, weights_of
 from .maintenance import cached
 from .settings import DownloadOptions, options_or_default
 from .sources import url_path
-from .store import layout_of
-from .trust import CHUNK, expected, file_sha256
+from .store import expected_of, layout_of
+from .trust import CHUNK, file_sha256
 
 log = logging.getLogger(__name__)
 
 SUMS = "SHA256SUMS"
+_MAX_SUMS = 64 << 20  # bytes of an existing SHA256SUMS read: far more than any zoo needs
 
 
 @dataclass(frozen=True)
 class MirrorResult:
     """One checkpoint written into a mirror folder. ``status``: copied, linked, already there,
-    not cached, or corrupt (the cached file no longer matches its record: not written)."""
+    not cached, corrupt (the cached file no longer matches its record: not written), or refused
+    (its place would be outside the folder: not written)."""
 
     name: str
     status: str
@@ -53,7 +56,8 @@ def _copy_hashing(src: Path, dst: Path) -> str:
 def _read_sums(path: Path) -> dict[str, str]:
     sums: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        with files.open_regular(path) as f:  # a FIFO put there must not hang the command
+            text = f.read(_MAX_SUMS).decode("utf-8")
     except (FileNotFoundError, UnicodeDecodeError):
         return sums
     for line in text.splitlines():
@@ -63,6 +67,25 @@ def _read_sums(path: Path) -> dict[str, str]:
     return sums
 
 
+def target_inside(root: Path, relative: str) -> Path | None:
+    """``root/relative`` when it stays inside ``root``, else None.
+
+    ``relative`` is already percent-decoded (``%2e%2e`` is ``..`` here). It must be a relative
+    path without ``..``, and the folders that exist along it (symlinks resolved) must lead inside
+    ``root``, so no manifest URL and no link placed in ``root`` can make a write land elsewhere.
+    """
+    parts = relative.replace("\\", "/").split("/")
+    if not relative or relative.startswith("/") or any(p in ("", ".", "..") or ":" in p[:2] for p in parts):
+        return None
+    target = root.joinpath(*parts)
+    real_root = root.resolve()
+    try:
+        real = target.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop on older Pythons
+        return None
+    return target if real.is_relative_to(real_root) and real != real_root else None
+
+
 def _mirror_one(entry: Entry, root: Path, options: DownloadOptions, link: bool) -> MirrorResult:
     layout = layout_of(options)
     file = weights_of(entry).file
@@ -70,22 +93,26 @@ def _mirror_one(entry: Entry, root: Path, options: DownloadOptions, link: bool) 
     rec = read_record(layout, file)
     if rec is None or not ckpt.is_file():
         return MirrorResult(entry.name, "not cached", detail="download or import it first")
-    exp = expected(layout, entry, None, allow_unverified=True)
-    target = root / url_path(entry)
+    exp = expected_of(layout, entry, options, allow_unverified=True)
+    target = target_inside(root, url_path(entry))
+    if target is None:
+        return MirrorResult(entry.name, "refused", detail=f"its URL path {url_path(entry)!r} leads outside {root}; "
+                            "fix the manifest that lists it")
     if target.is_file() and target.stat().st_size == rec.size and file_sha256(target) == rec.sha256:
         return MirrorResult(entry.name, "already there", target, rec.sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target_inside(root, url_path(entry)) is None:  # a link put in place while the folders were made
+        return MirrorResult(entry.name, "refused", detail=f"{target.parent} leads outside {root}")
     tmp = files.temp_sibling(target, "mirror")
     status = "copied"
     try:
         if link:
-            sha = file_sha256(ckpt)
-            if sha == rec.sha256:
-                try:
-                    os.link(ckpt, tmp)
-                    status = "linked"
-                except OSError:
-                    pass
+            try:
+                os.link(ckpt, tmp)  # link first, then hash what was linked: no window between check and use
+                status = "linked"
+                sha = file_sha256(tmp)
+            except OSError:
+                unlink(tmp)
         if status != "linked":
             sha = _copy_hashing(ckpt, tmp)
         problem = f"SHA-256 {sha} differs from the recorded {rec.sha256}" if sha != rec.sha256 else (
@@ -101,9 +128,14 @@ def _mirror_one(entry: Entry, root: Path, options: DownloadOptions, link: bool) 
 
 
 def mirror(directory: str | os.PathLike, names: Iterable[str] | None = None, *, options: DownloadOptions | None = None,
-           link: bool = True) -> list[MirrorResult]:
+           link: bool = False) -> list[MirrorResult]:
     """Write verified cached checkpoints (``names``, or every cached one) into ``directory`` in the
-    original URL layout, and update ``directory/SHA256SUMS``; one result per checkpoint."""
+    original URL layout, and update ``directory/SHA256SUMS``; one result per checkpoint.
+
+    Files are copied. ``link`` hard-links them instead where the file system allows: then the
+    mirror's files *are* the cache's, and whoever can write the mirror folder can change the cache
+    (the cache notices, by its records, and hashes such a file again before use).
+    """
     opts = options_or_default(options)
     root = Path(directory).expanduser()
     manifest = load_manifest(opts.index)

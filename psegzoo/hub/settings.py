@@ -14,6 +14,10 @@ PSEGZOO_SEARCH_PATH         ``search``: folders searched for copies (pathsep)   
 TORCH_HOME                  ``torch_home``: torch hub's cache                    ``~/.cache/torch``
 PSEGZOO_OFFLINE             ``offline``: no network (file:// and copies only)    off
 PSEGZOO_ALLOW_UNVERIFIED    ``allow_unverified``: trust on first use             off
+PSEGZOO_STRICT              ``strict``: refuse third-party files that match      off
+                            only the published 8-digit hash prefix
+PSEGZOO_HASHES              ``hashes``: a FILE or URL of full SHA-256 hashes     none
+                            in ``sha256sum`` format (pins, by file name)
 PSEGZOO_RETRIES             ``retries`` per URL                                  4
 PSEGZOO_CONNECT_TIMEOUT     ``connect_timeout`` (s)                              10
 PSEGZOO_TIMEOUT             ``read_timeout`` (s): silence before giving up        60
@@ -37,9 +41,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import CacheError, DownloadError, option
+from .redact import redact_url
 
 HOME_ENV = "PSEGZOO_HOME"
 INDEX_ENV = "PSEGZOO_INDEX"
@@ -47,6 +51,8 @@ MIRROR_ENV = "PSEGZOO_MIRROR"
 SEARCH_ENV = "PSEGZOO_SEARCH_PATH"
 OFFLINE_ENV = "PSEGZOO_OFFLINE"
 ALLOW_UNVERIFIED_ENV = "PSEGZOO_ALLOW_UNVERIFIED"
+STRICT_ENV = "PSEGZOO_STRICT"
+HASHES_ENV = "PSEGZOO_HASHES"
 RETRIES_ENV = "PSEGZOO_RETRIES"
 CONNECT_TIMEOUT_ENV = "PSEGZOO_CONNECT_TIMEOUT"
 TIMEOUT_ENV = "PSEGZOO_TIMEOUT"
@@ -159,17 +165,7 @@ def _number(name: str, default: float | None) -> Callable[[], Any]:
     return read
 
 
-def redact(url: str) -> str:
-    """``url`` without credentials (``https://user:pass@host/x`` -> ``https://***@host/x``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        head, slash, tail = url.partition("/")
-        return "***@" + head.rsplit("@", 1)[1] + slash + tail if "@" in head else url  # no scheme: user:pw@host/x
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+redact = redact_url  # the one way a URL is shown or stored (see :mod:`.redact`)
 
 
 def split_mirrors(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -221,7 +217,9 @@ class DownloadOptions:
     ``search`` folders (and their subfolders) are searched for a copy before any download, after
     torch hub's and mim's download folders; ``sha256`` pins the hash a file must have; ``force``
     downloads again (the verified copy stays until its replacement is verified); ``link`` hard-links
-    local copies into the cache where possible. ``progress=None`` shows a bar when stderr is a
+    local copies into the cache where possible. ``strict`` refuses a file from a third party that
+    only its published 8-digit hash prefix verifies; ``hashes`` names a ``sha256sum`` file (path or
+    URL) whose full hashes pin the files it lists. ``progress=None`` shows a bar when stderr is a
     terminal.
     """
 
@@ -233,6 +231,8 @@ class DownloadOptions:
     mim_dir: Path = field(default_factory=mim_dir)
     offline: bool = field(default_factory=lambda: _flag(OFFLINE_ENV))
     allow_unverified: bool = field(default_factory=lambda: _flag(ALLOW_UNVERIFIED_ENV))
+    strict: bool = field(default_factory=lambda: _flag(STRICT_ENV))
+    hashes: str | None = field(default_factory=lambda: _env(HASHES_ENV) or None)
     sha256: str | None = None
     force: bool = False
     link: bool = False
@@ -269,7 +269,7 @@ class DownloadOptions:
             number = check_number(name, value)
             set_(self, name, int(number) if name in ("retries", "max_size", "speed_limit") else number)
         if not re.match(r"https?://", self.hf_endpoint):
-            raise DownloadError(f"{HF_ENDPOINT_ENV}={self.hf_endpoint!r} is not an http(s):// URL")
+            raise DownloadError(f"{HF_ENDPOINT_ENV}={redact_url(self.hf_endpoint)!r} is not an http(s):// URL")
         set_(self, "hf_endpoint", self.hf_endpoint.rstrip("/"))
 
     def with_(self, **changes: Any) -> DownloadOptions:

@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 from ..errors import DownloadError, option
 from ..manifest import Entry
 from .layout import weights_of
+from .redact import redact_url
 from .settings import DownloadOptions
 
 _PLACEHOLDER = re.compile(r"\{(path|file|name)\}")
@@ -40,7 +41,7 @@ def hf_url(spec: str, file: str, endpoint: str) -> str:
     m = _HF.fullmatch(spec)
     if not m:
         raise DownloadError(
-            f"mirror {spec!r} is not hf://ORG/REPO[@REVISION][/SUBFOLDER] (check {option('mirrors=', '--mirror')})"
+            f"mirror {redact_url(spec)!r} is not hf://ORG/REPO[@REVISION][/SUBFOLDER] (check {option('mirrors=', '--mirror')})"
         )
     revision = quote(unquote(m.group("rev") or "main"), safe="")
     sub = m.group("sub").strip("/")
@@ -83,7 +84,7 @@ def local_path(url: str) -> Path:
 
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise DownloadError(f"file:// URL with host {parts.netloc!r} is not supported: {url}")
+        raise DownloadError(f"file:// URL with host {redact_url(parts.netloc)!r} is not supported: {redact_url(url)}")
     return Path(url2pathname(unquote(parts.path)))
 
 

@@ -25,13 +25,14 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .. import files
-from ..errors import CacheError
+from ..errors import CacheError, DownloadError
 from ..units import format_size
 from .failures import MAX_REDIRECTS, DeadlineExceeded, Problem, RetryPolicy, UrlFailed, classify, http_problem, load_http
 from .layout import unlink
@@ -85,6 +86,23 @@ class Got:
     resumed: bool
     content_type: str = ""
     content_encoding: str = ""
+    secure: bool = False  # every byte came over HTTPS with the server's certificate checked
+    hashed: tuple[int, ...] | None = None  # identity() of a linked file when it was hashed: must not change
+
+
+def identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes may have: size, modification and change time, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def verified_https(urls: Sequence[str], verify: Any) -> bool:
+    """Whether a transfer through ``urls`` (the request, then each redirect) was HTTPS with the
+    certificate checked (``verify``: requests' setting, True or a CA bundle; False turns checks off).
+
+    Only such a transfer from an origin may teach psegzoo a full hash: plain HTTP, or a redirect
+    to it, is open to anyone on the path or to whoever takes over a lapsed domain.
+    """
+    return bool(urls) and verify is not False and all(urlsplit(u).scheme.lower() == "https" for u in urls)
 
 
 class _Restart(Exception):
@@ -101,24 +119,41 @@ class StreamHasher:
     def __init__(self, start: Any = None) -> None:
         self._hash = start if start is not None else hashlib.sha256()
         self._queue: queue.Queue = queue.Queue(maxsize=32)
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="psegzoo-sha256", daemon=True)
         self._thread.start()
         self._digest: str | None = None
 
     def _run(self) -> None:
+        try:
+            while True:
+                chunk = self._queue.get()
+                if chunk is None:
+                    return
+                self._hash.update(chunk)
+        except BaseException as exc:  # reported to the caller, whose put() would otherwise wait forever
+            self._failure = exc
+
+    def _put(self, item: Any) -> None:
+        """Queue ``item`` for the hashing thread; a thread that died is an error, never an endless wait."""
         while True:
-            chunk = self._queue.get()
-            if chunk is None:
+            if self._failure is not None or not self._thread.is_alive():
+                raise DownloadError(f"hashing the download failed: {self._failure or 'the hashing thread ended'}")
+            try:
+                self._queue.put(item, timeout=0.5)
                 return
-            self._hash.update(chunk)
+            except queue.Full:
+                continue
 
     def update(self, chunk: Any) -> None:
-        self._queue.put(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
+        self._put(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
 
     def hexdigest(self) -> str:
         if self._digest is None:
-            self._queue.put(None)
+            self._put(None)
             self._thread.join()
+            if self._failure is not None:
+                raise DownloadError(f"hashing the download failed: {self._failure}")
             self._digest = self._hash.hexdigest()
         return self._digest
 
@@ -154,11 +189,13 @@ class Limits:
     def of(cls, size: int | None, options: DownloadOptions) -> Limits:
         return cls(size, size if size is not None else options.max_size)
 
-    def refuse(self, total: int) -> Problem | None:
+    def refuse(self, total: int, *, local: bool = False) -> Problem | None:
+        """Why a file of ``total`` bytes (as a server announces it, or a ``local`` file's size) is refused."""
+        says = "the file is" if local else "the server announces"
         if self.exact is not None and total != self.exact:
-            return Problem("size", f"the server announces {total} bytes but the manifest says {self.exact}", False)
+            return Problem("size", f"{says} {total} bytes but the manifest says {self.exact}", False)
         if total > self.cap:
-            return Problem("size", f"the server announces {format_size(total)}, more than the {self._cap_text()}", False)
+            return Problem("size", f"{says} {format_size(total)}, more than the {self._cap_text()}", False)
         return None
 
     def _cap_text(self) -> str:
@@ -201,6 +238,11 @@ def _open_part(part: Path, offset: int) -> IO[bytes]:
     return f
 
 
+def url_key(url: str) -> str:
+    """What a partial file's note keeps of its URL: a hash (the URL itself may hold a signature or token)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -219,9 +261,8 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
 
     Raises UrlFailed when this URL cannot give the file, DeadlineExceeded, or CacheError (disk).
     """
-    requests, urllib3 = load_http()
     meta = _read_meta(meta_path)
-    if not (resume and meta.get("url") == url and meta.get("validator")):
+    if not (resume and meta.get("url_sha256") == url_key(url) and meta.get("validator")):
         discard_part(part, meta_path)  # never splice bytes from another source, version or trust mode
         meta = {}
     policy = RetryPolicy.of(options)
@@ -231,32 +272,10 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         attempts += 1
         clock.check()
         offset = _size(part)
-        request_headers = {"Accept-Encoding": "identity", **headers}
-        if offset > 0:
-            request_headers["Range"] = f"bytes={offset}-"
-            request_headers["If-Range"] = meta["validator"]
-        problem: Problem | None = None
-        restart = False
-        try:
-            resp = session.get(url, headers=request_headers, stream=True,
-                               timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            problem = classify(exc, options)
-            resp = None
-        if resp is not None:
-            with contextlib.closing(resp):
-                status = resp.status_code
-                if status in (200, 206):
-                    try:
-                        return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock)
-                    except _Restart as exc:
-                        problem, restart = Problem("restart", str(exc), True), True
-                    except UrlFailed as exc:
-                        problem = exc.problem
-                elif status == 416 and offset > 0:
-                    problem, restart = Problem("http", f"HTTP 416 for Range bytes={offset}-", True), True
-                else:
-                    problem = http_problem(status, resp.reason, resp.headers)
+        got, problem, restart = _one_try(session, url, _request_headers(headers, offset, meta), part, meta_path, meta,
+                                         offset, limits, options, bar, clock)
+        if got is not None:
+            return got
         assert problem is not None
         meta = _read_meta(meta_path)
         if restart or not meta.get("validator"):
@@ -266,23 +285,65 @@ def http_download(session: requests.Session, url: str, part: Path, meta_path: Pa
         if gained >= PROGRESS_BYTES and problem.kind != "slow":
             failures = 0  # real progress: this failure starts a fresh count
         failures += 1
-        delay = policy.wait(failures, problem) if attempts < MAX_ATTEMPTS else None
-        if delay is None:
-            tries = f" (gave up after {attempts} attempt{'s' if attempts > 1 else ''})" if attempts > 1 else ""
-            raise UrlFailed(Problem(problem.kind, problem.text + tries, False, status=problem.status))
-        left = clock.left()
-        if left is not None and delay >= left:
-            raise DeadlineExceeded()
+        delay = _delay(policy, failures, attempts, problem, clock)
         log.warning("%s from %s; retry %d of %d in %.1f s", problem.text, shown, failures, policy.retries, delay,
                     extra={"psegzoo_retry": {"url": shown, "attempt": attempts + 1, "wait": delay, "reason": problem.text}})
         time.sleep(delay)
 
 
-def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
-            options: DownloadOptions, bar: Bar, clock: Clock) -> Got:
-    import http.client
+def _request_headers(headers: dict[str, str], offset: int, meta: dict[str, Any]) -> dict[str, str]:
+    out = {"Accept-Encoding": "identity", **headers}
+    if offset > 0:
+        out["Range"] = f"bytes={offset}-"
+        out["If-Range"] = meta["validator"]
+    return out
 
+
+def _secure(resp: requests.Response, verify: Any, offset: int, meta: dict[str, Any]) -> bool:
+    """Whether this answer, and for a resumed file every earlier part, came over verified HTTPS."""
+    chain = [*(r.url for r in resp.history), resp.url]
+    return verified_https(chain, verify) and (offset == 0 or meta.get("secure") is True)
+
+
+def _delay(policy: RetryPolicy, failures: int, attempts: int, problem: Problem, clock: Clock) -> float:
+    """How long to wait before the next try; raises UrlFailed (give up) or DeadlineExceeded."""
+    delay = policy.wait(failures, problem) if attempts < MAX_ATTEMPTS else None
+    if delay is None:
+        tries = f" (gave up after {attempts} attempt{'s' if attempts > 1 else ''})" if attempts > 1 else ""
+        raise UrlFailed(Problem(problem.kind, problem.text + tries, False, status=problem.status))
+    left = clock.left()
+    if left is not None and delay >= left:
+        raise DeadlineExceeded()
+    return delay
+
+
+def _one_try(session: requests.Session, url: str, request_headers: dict[str, str], part: Path, meta_path: Path,
+             meta: dict[str, Any], offset: int, limits: Limits, options: DownloadOptions, bar: Bar,
+             clock: Clock) -> tuple[Got | None, Problem | None, bool]:
+    """One GET: (the file, None, False), or (None, why it failed, whether the partial file must go)."""
     requests, urllib3 = load_http()
+    try:
+        resp = session.get(url, headers=request_headers, stream=True,
+                           timeout=(clock.cap(options.connect_timeout), clock.cap(options.read_timeout)))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        return None, classify(exc, options), False
+    with contextlib.closing(resp):
+        status = resp.status_code
+        if status in (200, 206):
+            secure = _secure(resp, session.verify, offset, meta)
+            try:
+                return _stream(resp, url, part, meta_path, offset, limits, options, bar, clock, secure), None, False
+            except _Restart as exc:
+                return None, Problem("restart", str(exc), True), True
+            except UrlFailed as exc:
+                return None, exc.problem, False
+        if status == 416 and offset > 0:
+            return None, Problem("http", f"HTTP 416 for Range bytes={offset}-", True), True
+        return None, http_problem(status, resp.reason, resp.headers), False
+
+
+def _announced(resp: requests.Response, url: str, offset: int, limits: Limits) -> tuple[int | None, int]:
+    """(the file's whole size as the answer gives it, or as published; the offset the body starts at)."""
     total: int | None
     if resp.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
@@ -303,13 +364,24 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
             raise UrlFailed(refused)
     elif limits.exact is not None:
         total = limits.exact  # no length announced: the published size says when the file is whole
+    return total, offset
+
+
+def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offset: int, limits: Limits,
+            options: DownloadOptions, bar: Bar, clock: Clock, secure: bool) -> Got:
+    import http.client
+
+    requests, urllib3 = load_http()
+    total, offset = _announced(resp, url, offset, limits)
     try:
         check_space(part.parent, None if total is None else total - offset, part.name[: -len(".part")])
     except CacheError:
         discard_part(part, meta_path)
         raise
     try:
-        files.write_atomic(meta_path, json.dumps({"url": url, "validator": _validator(resp), "total": total}), sync=False)
+        note = {"url": redact(url), "url_sha256": url_key(url), "validator": _validator(resp), "total": total,
+                "secure": secure}
+        files.write_atomic(meta_path, json.dumps(note), sync=False)
     except OSError as exc:
         raise CacheError(f"cannot write {meta_path}: {exc.strerror or exc}") from None
     raw = resp.raw
@@ -355,7 +427,7 @@ def _stream(resp: requests.Response, url: str, part: Path, meta_path: Path, offs
         raise _Restart(f"received {received} bytes, more than the announced {total}")
     return Got(path=part, sha256=digest, size=received, resumed=offset > 0,
                content_type=resp.headers.get("Content-Type", ""),
-               content_encoding=resp.headers.get("Content-Encoding", "").strip().lower())
+               content_encoding=resp.headers.get("Content-Encoding", "").strip().lower(), secure=secure)
 
 
 def _of(received: int, total: int | None) -> str:
@@ -377,9 +449,9 @@ def hash_into(path: Path, limit: int, h: Any) -> None:
 def copy_file(src: Path, dst: Path, *, limits: Limits, bar: Bar | None = None) -> Got:
     """Copy a local file into the new file ``dst`` while hashing it; ``dst`` keeps at most the
     source's permission bits (a copy never makes a private file world-readable)."""
-    with open(src, "rb", buffering=0) as fi:
+    with files.open_regular(src, buffering=0) as fi:  # never a FIFO or device: it could block for ever
         st = os.fstat(fi.fileno())
-        refused = limits.refuse(st.st_size)
+        refused = limits.refuse(st.st_size, local=True)
         if refused is not None:
             raise UrlFailed(refused)
         check_space(dst.parent, st.st_size, dst.name)
@@ -452,8 +524,19 @@ def decode(src: Path, dst: Path, encoding: str, limits: Limits) -> Got | None:
 
 
 def new_session() -> requests.Session:
+    """A session that follows redirects but never carries an ``Authorization`` header past one.
+
+    requests alone keeps it on a redirect to the same host and port; a token given for one URL
+    (``HF_TOKEN`` for the endpoint) must reach that URL only, not wherever it redirects.
+    """
     requests, _ = load_http()
-    session = requests.Session()
+
+    class Session(requests.Session):  # type: ignore[name-defined]
+        def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+            prepared_request.headers.pop("Authorization", None)
+            super().rebuild_auth(prepared_request, response)
+
+    session = Session()
     session.max_redirects = MAX_REDIRECTS
     session.headers.update({"User-Agent": f"psegzoo (python-requests/{requests.__version__})",
                             "Accept-Encoding": "identity"})

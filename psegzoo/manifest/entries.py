@@ -39,8 +39,10 @@ class Weights:
     """Where a checkpoint lives and the hash it was published with (None: no published hash).
 
     ``urls``: alternative URLs of the same file, tried after ``url``; ``sha256``: the full hash,
-    checked instead of ``sha256_prefix`` when given; ``size``: the exact size in bytes. The last
-    three are optional in the manifest and left out of :meth:`to_json` when unset.
+    checked instead of ``sha256_prefix`` when given; ``size``: the exact size in bytes;
+    ``origins``: those of ``url`` and ``urls`` that are the publisher's own hosts (every other
+    URL is a third party). Only the built-in manifest may mark origins: an extra manifest's are
+    dropped when it is read. These four are optional and left out of :meth:`to_json` when unset.
     """
 
     url: str
@@ -49,11 +51,18 @@ class Weights:
     urls: tuple[str, ...] = ()
     sha256: str | None = None
     size: int | None = None
+    origins: tuple[str, ...] = ()
+
+    def is_origin(self, url: str) -> bool:
+        """Whether ``url`` is one of the publisher's own URLs of this file."""
+        return url in self.origins
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"url": self.url, "file": self.file, "sha256_prefix": self.sha256_prefix}
         if self.urls:
             obj["urls"] = list(self.urls)
+        if self.origins:
+            obj["origins"] = list(self.origins)
         if self.sha256 is not None:
             obj["sha256"] = self.sha256
         if self.size is not None:
@@ -147,7 +156,7 @@ class Dataset:
         return {"classes": list(self.classes), "palette": [list(c) for c in self.palette]}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Entry:
     """One published checkpoint."""
 
@@ -176,6 +185,11 @@ class Entry:
     def to_json(self) -> dict[str, Any]:
         """The entry as its manifest object (lists, not tuples)."""
         return _to_jsonable(self)
+
+    def __repr__(self) -> str:
+        # Short, for logs and the REPL: every field is in to_json() and 'psegzoo info NAME'.
+        miou = "-" if self.miou is None else f"{self.miou:.2f}"
+        return f"Entry({self.name!r}, {self.method}, {self.backbone}, {self.dataset}, mIoU {miou})"
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..errors import ManifestError, option
 from .entries import INDEX_ENV, MAX_MANIFEST_BYTES, Dataset, Entry, Resolution
-from .names import _filter, _Lookup, _resolve
+from .names import _filter, _Lookup, _resolve, close_names
 from .schema import check_weights_files, parse_manifest
 
 
@@ -50,6 +51,10 @@ class Manifest:
     def get(self, name: str) -> Entry:
         return _resolve(self, name).entry
 
+    def close_names(self, text: str, n: int = 5, *, aliases: bool = True) -> list[str]:
+        """Names (and short aliases) that look like ``text``: what to suggest when nothing matched it."""
+        return close_names(self, text, n, aliases=aliases)
+
     def filter(
         self,
         pattern: str | None = None,
@@ -71,12 +76,14 @@ def _read_json(path: Path) -> Any:
     """The JSON document in ``path``: strict UTF-8, no NaN/Infinity, bounded size and depth."""
     where = f"manifest file {str(path)!r}"
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path) as f:  # a FIFO or device given as --index must not hang or never end
             data = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError(f"{where} does not exist (check {INDEX_ENV} or {option('index=', '--index')})") from None
     except IsADirectoryError:
         raise ManifestError(f"{where} is a directory, not a JSON file") from None
+    except files.NotRegularFileError:
+        raise ManifestError(f"{where} is a FIFO, socket or device, not a JSON file") from None
     except OSError as exc:
         raise ManifestError(f"{where} cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_MANIFEST_BYTES:
@@ -121,7 +128,7 @@ def _stamp(path: Path) -> tuple[str, float, int]:
 @lru_cache(maxsize=8)
 def _load_cached(stamps: tuple[tuple[str, float, int], ...]) -> Manifest:
     builtin = builtin_index_path()
-    entries, datasets = parse_manifest(_read_json(builtin), builtin.name)
+    entries, datasets = parse_manifest(_read_json(builtin), builtin.name, builtin=True)
     merged: dict[str, Entry] = {e.name.lower(): e for e in entries}
     for path_str, _, _ in stamps[1:]:
         path = Path(path_str)

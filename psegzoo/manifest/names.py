@@ -163,15 +163,26 @@ def _resolve(manifest: Manifest, name: str) -> Resolution:
     if matches:
         ranked = sorted(matches, key=_rank_key, reverse=True)
         return Resolution(query=name, entry=ranked[0], is_alias=True, alternatives=tuple(ranked[1:]))
-    candidates = sorted({*lookup.names, *(s for s in (short_name(e) for e in manifest.models) if s)})
-    close = difflib.get_close_matches(stem, candidates, n=5, cutoff=0.6)
-    if not close:
-        prefix = stem.split("_")[0]
-        close = [c for c in candidates if c.startswith(prefix)][:5]
+    close = close_names(manifest, stem)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise UnknownModelError(
         f"unknown model {name!r}.{hint} {_LIST_HINT} lists all {len(lookup.names)} models."
     )
+
+
+def close_names(manifest: Manifest, text: str, n: int = 5, *, aliases: bool = True) -> list[str]:
+    """Up to ``n`` names (and short aliases, with ``aliases``) that look like ``text`` (what a user meant by a
+    typo): the closest by spelling, else those sharing its first word. Wildcards in ``text`` are ignored."""
+    stem = "".join(ch for ch in text.strip().lower() if ch not in "*?[]")
+    if not stem:
+        return []
+    shorts = (s for s in (short_name(e) for e in manifest.models) if s) if aliases else ()
+    candidates = sorted({*manifest._lookup.names, *shorts})
+    close = difflib.get_close_matches(stem, candidates, n=n, cutoff=0.6)
+    if not close:
+        prefix = stem.split("_")[0]
+        close = [c for c in candidates if c.startswith(prefix)][:n]
+    return close
 
 
 def _filter(

@@ -194,7 +194,29 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _parse_weights(r: _Reader | None) -> Weights | None:
+def _parse_origins(r: _Reader, url: str, urls: tuple[str, ...]) -> tuple[str, ...]:
+    """``weights.origins``: which of the entry's own URLs are the publisher's hosts."""
+    origins = r.raw("origins", [])
+    if not isinstance(origins, list) or any(not isinstance(u, str) or u not in (url, *urls) for u in origins):
+        raise r.fail("origins", f"must be a list of this entry's own URLs (its url or urls), got {_short(origins)}")
+    return tuple(dict.fromkeys(origins))
+
+
+def _parse_hashes(r: _Reader) -> tuple[str | None, str | None]:
+    """``weights.sha256_prefix`` and ``weights.sha256``, which must agree."""
+    prefix = r.raw("sha256_prefix")
+    if prefix is not None and (not isinstance(prefix, str) or not _SHA256_PREFIX.fullmatch(prefix)):
+        raise r.fail("sha256_prefix", f"must be exactly 8 lowercase hex digits or null, got {prefix!r}")
+    full = r.raw("sha256", None)
+    if full is not None and (not isinstance(full, str) or not _SHA256_FULL.fullmatch(full)):
+        raise r.fail("sha256", f"must be 64 lowercase hex digits or null, got {full!r}")
+    if full is not None and prefix is not None and not full.startswith(prefix):
+        raise r.fail("sha256", f"{full} does not start with the sha256_prefix {prefix}")
+    return prefix, full
+
+
+def _parse_weights(r: _Reader | None, builtin: bool = False) -> Weights | None:
+    """The weights object; ``origins`` are kept for the built-in manifest only (see :func:`parse_manifest`)."""
     if r is None:
         return None
     url = r.str("url")
@@ -203,22 +225,16 @@ def _parse_weights(r: _Reader | None) -> Weights | None:
     file = r.str("file")
     if "/" in file or "\\" in file or file in (".", "..") or not _SAFE_NAME.fullmatch(file):
         raise r.fail("file", f"must be a plain file name (letters, digits, . _ + -), got {file!r}")
-    prefix = r.raw("sha256_prefix")
-    if prefix is not None and (not isinstance(prefix, str) or not _SHA256_PREFIX.fullmatch(prefix)):
-        raise r.fail("sha256_prefix", f"must be exactly 8 lowercase hex digits or null, got {prefix!r}")
+    prefix, full = _parse_hashes(r)
     urls = r.raw("urls", [])
     if not isinstance(urls, list) or any(not isinstance(u, str) or not _WEIGHTS_URL.match(u) for u in urls):
         raise r.fail("urls", f"must be a list of http(s):// or file:// URLs, got {urls!r}")
-    full = r.raw("sha256", None)
-    if full is not None and (not isinstance(full, str) or not _SHA256_FULL.fullmatch(full)):
-        raise r.fail("sha256", f"must be 64 lowercase hex digits or null, got {full!r}")
-    if full is not None and prefix is not None and not full.startswith(prefix):
-        raise r.fail("sha256", f"{full} does not start with the sha256_prefix {prefix}")
     size = r.int("size", None, minimum=1)
     if size is not None and size > 2**62:
         raise r.fail("size", f"is {size}, more than any checkpoint could be")
-    return Weights(url=url, file=file, sha256_prefix=prefix, urls=tuple(dict.fromkeys(u for u in urls if u != url)),
-                   sha256=full, size=size)
+    alternatives = tuple(dict.fromkeys(u for u in urls if u != url))
+    origins = _parse_origins(r, url, alternatives) if builtin else ()
+    return Weights(url=url, file=file, sha256_prefix=prefix, urls=alternatives, sha256=full, size=size, origins=origins)
 
 
 def check_weights_files(entries: Iterable[Entry]) -> None:
@@ -327,7 +343,7 @@ def _parse_result(r: _Reader) -> Result:
                   miou_ms_flip=r.num("miou_ms_flip", None, minimum=0.0, maximum=100.0))
 
 
-def _parse_entry(obj: Any, where: str) -> Entry:
+def _parse_entry(obj: Any, where: str, builtin: bool = False) -> Entry:
     r = _Reader(obj, where)
     name = r.str("name", max_length=200)
     if not _SAFE_NAME.fullmatch(name):
@@ -353,7 +369,7 @@ def _parse_entry(obj: Any, where: str) -> Entry:
         miou=r.num("miou", None, minimum=0.0, maximum=100.0),
         miou_ms_flip=r.num("miou_ms_flip", None, minimum=0.0, maximum=100.0),
         source=r.str("source", choices=SOURCES),
-        weights=_parse_weights(r.sub("weights")),
+        weights=_parse_weights(r.sub("weights"), builtin),
         architecture=_parse_architecture(r.child("architecture")),
         test=_parse_test(r.child("test")),
         results=tuple(_parse_result(_Reader(x, f"{r.where}.results[{i}]")) for i, x in enumerate(results)),
@@ -386,8 +402,13 @@ def _parse_dataset(dataset_id: str, obj: Any, where: str) -> Dataset:
     return Dataset(id=dataset_id, classes=tuple(classes), palette=tuple(tuple(c) for c in palette))
 
 
-def parse_manifest(data: Any, where: str = "manifest") -> tuple[list[Entry], dict[str, Dataset]]:
-    """Parse one manifest document; raises ManifestError naming the bad field."""
+def parse_manifest(data: Any, where: str = "manifest", *, builtin: bool = False) -> tuple[list[Entry], dict[str, Dataset]]:
+    """Parse one manifest document; raises ManifestError naming the bad field.
+
+    ``builtin``: the document is the manifest shipped with psegzoo, the only one whose
+    ``weights.origins`` are read; any other manifest (``--index``, ONNX metadata) can never declare
+    an origin, so its ``origins`` are ignored and all its URLs are third parties.
+    """
     r = _Reader(data, where)
     version = r.raw("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
@@ -399,7 +420,7 @@ def parse_manifest(data: Any, where: str = "manifest") -> tuple[list[Entry], dic
     models_obj = r.raw("models", [])
     if not isinstance(models_obj, list):
         raise r.fail("models", "must be a list of model objects")
-    entries = [_parse_entry(m, f"{where}: models[{i}]") for i, m in enumerate(models_obj)]
+    entries = [_parse_entry(m, f"{where}: models[{i}]", builtin) for i, m in enumerate(models_obj)]
     seen: dict[str, str] = {}
     for e in entries:
         key = e.name.lower()

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..devices import parse_device
 from ..errors import PredictionError, option
 
 _AMP = {
@@ -34,8 +35,13 @@ def _mps_available() -> bool:
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None): CUDA if present, else Apple MPS, else CPU; a named device is checked."""
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+    """``auto`` (or None): CUDA if present, else Apple MPS, else CPU; a named device is checked.
+
+    A name is parsed first without torch (:func:`psegzoo.devices.parse_device`); only whether the
+    device exists is asked of torch."""
+    if device is None or isinstance(device, str):
+        device = str(parse_device(device))
+    if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():

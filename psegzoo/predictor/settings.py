@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PredictionError
+from ..errors import PredictionError, param, setting
 from ..manifest import RESIZE_LOGITS, TEST_MODES, Entry, TestSettings
 
 Size2 = tuple[int, int]
@@ -34,15 +34,15 @@ def _pair(value: Any, what: str, form: str = "(h, w)") -> Size2:
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         items = value
     else:
-        raise PredictionError(f"{what} must be a positive integer or a pair {form}, got {value!r}")
+        raise PredictionError(f"{param(what)} must be a positive integer or a pair {form}, got {value!r}")
     if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in items):
-        raise PredictionError(f"{what} must hold positive integers {form}, got {value!r}")
+        raise PredictionError(f"{param(what)} must hold positive integers {form}, got {value!r}")
     return int(items[0]), int(items[1])
 
 
 def _bounded(pair: Size2, what: str, hint: str) -> Size2:
     if max(pair) > MAX_SIDE:
-        raise PredictionError(f"{what} {pair[0]}x{pair[1]} is too large: at most {MAX_SIDE} pixels a side; {hint}")
+        raise PredictionError(f"{param(what)} {pair[0]}x{pair[1]} is too large: at most {MAX_SIDE} pixels a side; {hint}")
     return pair
 
 
@@ -82,7 +82,7 @@ class InferenceSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in TEST_MODES:
-            raise PredictionError(f"mode must be one of {', '.join(TEST_MODES)}, got {self.mode!r}")
+            raise PredictionError(f"{param('mode')} must be one of {', '.join(TEST_MODES)}, got {self.mode!r}")
         if self.resize_logits not in RESIZE_LOGITS:
             raise PredictionError(
                 f"resize_logits must be one of {', '.join(RESIZE_LOGITS)}, got {self.resize_logits!r}"
@@ -92,12 +92,12 @@ class InferenceSettings:
         object.__setattr__(self, "scale", scale)
         if self.mode == "slide":
             if self.crop_size is None or self.stride is None:
-                raise PredictionError("slide mode needs crop_size and stride (h, w)")
+                raise PredictionError(f"slide mode needs {param('crop_size')} and {param('stride')} (h, w)")
             crop = _bounded(_pair(self.crop_size, "crop_size"), "crop_size", "use the crop the model was trained on")
             stride = _pair(self.stride, "stride")
             if stride[0] > crop[0] or stride[1] > crop[1]:
                 raise PredictionError(
-                    f"stride {stride[0]}x{stride[1]} is larger than crop_size {crop[0]}x{crop[1]}: "
+                    f"{param('stride')} {stride[0]}x{stride[1]} is larger than {param('crop_size')} {crop[0]}x{crop[1]}: "
                     "windows would leave gaps; use a stride at most the crop size"
                 )
             object.__setattr__(self, "crop_size", crop)
@@ -125,7 +125,7 @@ class InferenceSettings:
         if n > MAX_WINDOWS:
             crop, stride = self.crop_size or (0, 0), self.stride or (0, 0)
             raise PredictionError(
-                f"stride {stride[0]}x{stride[1]} gives about {n} windows of {crop[0]}x{crop[1]} per image at scale "
+                f"{param('stride')} {stride[0]}x{stride[1]} gives about {n} windows of {crop[0]}x{crop[1]} per image at scale "
                 f"{scale[0]}x{scale[1]} (at most {MAX_WINDOWS}); use a stride closer to the crop size "
                 "(the default is 2/3 of it)"
             )
@@ -135,7 +135,7 @@ class InferenceSettings:
         scales stay within ``MAX_SIDE`` and give at least one pixel."""
         ratios = [1.0] if scales is None else list(scales)
         if not ratios:
-            raise PredictionError("scales must hold at least one ratio, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)")
+            raise PredictionError(f"{param('scales')} must hold at least one ratio, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)")
         if len(ratios) > MAX_RATIOS:
             raise PredictionError(f"{len(ratios)} scale ratios asked for; at most {MAX_RATIOS}")
         for r in ratios:
@@ -171,12 +171,13 @@ class InferenceSettings:
         """
         mode = test.mode if mode is None else mode
         if mode not in TEST_MODES:
-            raise PredictionError(f"mode must be one of {', '.join(TEST_MODES)}, got {mode!r}")
+            raise PredictionError(f"{param('mode')} must be one of {', '.join(TEST_MODES)}, got {mode!r}")
         crop: Size2 | None = None
         step: Size2 | None = None
         if mode == "whole":
             if crop_size is not None or stride is not None:
-                raise PredictionError("crop_size and stride apply to slide mode only; also pass mode='slide'")
+                raise PredictionError(f"{param('crop_size')} and {param('stride')} apply to slide mode only; "
+                                      f"also pass {setting('mode', 'slide')}")
         else:
             if crop_size is not None:
                 crop = _pair(crop_size, "crop_size")
@@ -185,7 +186,7 @@ class InferenceSettings:
             elif train_crop is not None:
                 crop = _pair(tuple(train_crop), "crop_size")
             else:
-                raise PredictionError("slide mode needs a crop_size (h, w)")
+                raise PredictionError(f"slide mode needs a {param('crop_size')} (h, w)")
             if stride is not None:
                 step = _pair(stride, "stride")
             elif crop_size is None and test.stride is not None:

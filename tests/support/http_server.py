@@ -21,10 +21,13 @@ import gzip as gzip_module
 import hashlib
 import re
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,7 +198,9 @@ class _Server(ThreadingHTTPServer):
 class FileServer:
     """Serves ``files`` (path -> bytes or Served) on 127.0.0.1 at a free port."""
 
-    def __init__(self, files: dict[str, bytes | Served] | None = None):
+    def __init__(self, files: dict[str, bytes | Served] | None = None, tls: tuple[Path, Path] | None = None):
+        """``tls``: (certificate, key) PEM files to serve HTTPS instead (see :func:`self_signed`)."""
+        self.scheme = "https" if tls else "http"
         self.files: dict[str, Served] = {}
         self.requests: list[Request] = []
         self.lock = threading.Lock()
@@ -204,6 +209,10 @@ class FileServer:
             self.add(path, value)
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
@@ -213,7 +222,7 @@ class FileServer:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -240,6 +249,16 @@ class FileServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command: a client that trusts the
+    certificate (``REQUESTS_CA_BUNDLE``) sees a valid HTTPS server, one that does not refuses it."""
+    cert, key = folder / "loopback-cert.pem", folder / "loopback-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
 
 
 @pytest.fixture

@@ -126,5 +126,8 @@ def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
 
 
 def leftovers(folder: Path) -> list[Path]:
-    """Hidden temporary files or folders anywhere below ``folder`` (there must be none)."""
-    return sorted(p for p in folder.rglob(".*"))
+    """Hidden temporary files or folders anywhere below ``folder`` (there must be none; a frame
+    folder's record of psegzoo's own files is not one)."""
+    from psegzoo.video import FRAMES_RECORD
+
+    return sorted(p for p in folder.rglob(".*") if p.name != FRAMES_RECORD)

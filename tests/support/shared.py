@@ -1,22 +1,23 @@
-"""Data kept outside the repository (zoo tables, reference specs, mmsegmentation's configs).
+"""Data the tests read that is not psegzoo's own: the zoo tables, the reference state-dict specs and
+mmsegmentation's package (configs and dataset classes).
 
-Each is looked up in a directory named by an environment variable, else in the folders above the
-checkout (``../shared`` from the main checkout, ``../../shared`` from a worktree). Tests that need
-such data skip when it is absent, except under CI (``CI`` set): there a missing folder is a
-failure, so a broken set-up can never pass as a run of skipped tests.
+The zoo tables and the specs are committed under ``tests/data`` (made by ``tools/make_test_data.py``),
+so a clone needs nothing beside it. mmsegmentation's package is looked up in a folder named by an
+environment variable, else beside the checkout, else fetched as a pinned wheel
+(tests/support/mmseg_wheel.py).
 """
 from __future__ import annotations
 
-import functools
+import gzip
+import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
+from .synth import SPECS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_ENV = "PSEGZOO_TEST_SHARED"
+DATA = REPO / "tests" / "data"
+ZOO = DATA / "zoo"
 MMSEG_ENV = "PSEGZOO_TEST_MMSEG"
 
 
@@ -29,12 +30,6 @@ def _search_up(*relative: str) -> Path:
     return REPO.parent.joinpath(*relative)
 
 
-def shared_dir() -> Path:
-    """The folder holding ``zoo/`` and ``reference/``."""
-    env = os.environ.get(SHARED_ENV, "").strip()
-    return Path(env) if env else _search_up("shared")
-
-
 def mmseg_dir() -> Path:
     """mmsegmentation 1.2.2's package folder (holding ``.mim/configs`` and ``datasets``)."""
     env = os.environ.get(MMSEG_ENV, "").strip()
@@ -45,20 +40,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def needs(path: Path, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a test that reads ``path``: skipped when it is absent, failed when absent under CI."""
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value), encoding="utf-8")
 
-    def decorate(test: Callable[..., Any]) -> Callable[..., Any]:
-        if path.exists():
-            return test
-        if in_ci():
 
-            @functools.wraps(test)
-            def missing(*args: Any, **kwargs: Any) -> None:
-                pytest.fail(f"{what} not found at {path} (CI is set, so missing data fails the test; "
-                            f"set {SHARED_ENV} or {MMSEG_ENV})")
-
-            return missing
-        return pytest.mark.skip(reason=f"{what} not found at {path}")(test)
-
-    return decorate
+def write_reference(folder: Path) -> Path:
+    """Lay out the committed specs as the reference folder ``tools/build_index.py --reference`` reads:
+    ``state_dicts/{index,<spec>}.json`` and ``sss_state_dicts/{index,<spec>}.json``."""
+    with gzip.open(SPECS_FILE, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    for part, name in (("mmseg", "state_dicts"), ("ssseg", "sss_state_dicts")):
+        out = folder / name
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "index.json", data[part]["index"])
+        for spec_id, state_dict in data[part]["specs"].items():
+            _write_json(out / f"{spec_id}.json", {"id": spec_id, "state_dict": state_dict})
+    return folder

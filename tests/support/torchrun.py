@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psegzoo
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -71,8 +73,23 @@ def wait_for(condition: Callable[[], bool], launcher: subprocess.Popen, what: st
         time.sleep(0.01)
 
 
+def _our_folders() -> list[str]:
+    """Where psegzoo's code and the test helpers really are, as a traceback may spell them (as imported and
+    resolved). The clone's folder may itself be named ``psegzoo``, with a venv inside it, so a frame is
+    ours by its location, never by a name somewhere in its path."""
+    folders = {Path(psegzoo.__file__).parent, Path(__file__).parent}
+    spelled = {str(f) for f in folders} | {str(f.resolve()) for f in folders}
+    return sorted(spelled, key=len, reverse=True)
+
+
+def traceback_pattern(folders: list[str]) -> re.Pattern[str]:
+    """A traceback line (``File "...", line N``) of a file under one of ``folders``."""
+    alternatives = "|".join(re.escape(folder.rstrip("/\\")) for folder in folders)
+    return re.compile(rf'File "(?:{alternatives})[/\\][^"]*", line \d+')
+
+
 # Lines of a Python traceback inside psegzoo or the test worker: what a worker must never print.
-OUR_TRACEBACK = re.compile(r'File "[^"]*(psegzoo|tests/support)[^"]*", line \d+')
+OUR_TRACEBACK = traceback_pattern(_our_folders())
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Which fast paths pay on this machine's CPU: measured once, remembered per machine.
+"""Which fast paths pay on this machine's CPU: measured on request (``psegzoo tune``), else a fixed rule.
 
 Each path is timed against the plain computation it replaces, on the layer shapes where it matters
 (a dilated ResNet block and a wide 3x3 convolution for channels-last, a 512-channel 3x3 convolution
@@ -6,19 +6,20 @@ for Winograd, PSPNet's head at its real widths for the decomposition), alternati
 shortest run (another process on the machine only makes runs longer). A path is kept only where
 it is clearly faster (``MARGIN``), so psegzoo is never slower than its plain path.
 
-The result is keyed by what decides it (CPU model and features, PyTorch version, threads) and kept
-in a small JSON file given by the caller (``psegzoo.load`` uses the cache root), so the measurement
-(a few seconds) runs once per machine.
+:func:`tune` measures and records the choice, keyed by what decides it (CPU model and features,
+PyTorch version, threads), in a small JSON file given by the caller (the cache root's
+``fast_paths.json``). Loading a model only reads that record (:func:`cpu_fast_paths`); without one
+it uses :data:`DEFAULTS`, a rule on the CPU's vector features that needs no timing. Nothing here
+measures behind the caller's back.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,10 @@ from ..resnet import Bottleneck
 from . import FastPaths, use_fast_paths
 from . import winograd as wg
 
-log = logging.getLogger(__name__)
-
 MARGIN = 0.9
 """A fast path is kept when its time is at most this fraction of the plain one."""
 
 REPEATS = 3
-
-_memo: dict[str, dict[str, Any]] = {}
-
 
 def _cpu_name() -> str:
     try:
@@ -129,6 +125,34 @@ def decide(measured: dict[str, dict[str, float]]) -> FastPaths:
                      channels_last=channels_last)
 
 
+RECORD_NAME = "fast_paths.json"
+"""The record's file name in the cache root."""
+
+DEFAULTS: dict[str, FastPaths] = {
+    "AVX512": FastPaths(decompose=True, channels_last=True),
+    "AVX2": FastPaths(decompose=True, channels_last=True),
+}
+"""The CPU's fast paths without a record, by ``torch.backends.cpu.get_cpu_capability()``.
+
+The decomposition always does less arithmetic (PSPNet's bottleneck loses half its input channels),
+so it is on everywhere. Channels-last is on where oneDNN has vector kernels for it (AVX2, AVX-512).
+Winograd is off: it is many small operations whose gain depends on the thread count and on other
+load (from 0.1x to 1.4x on one machine); only a measurement turns it on."""
+
+FALLBACK = FastPaths(decompose=True)
+"""The paths for a CPU family missing from :data:`DEFAULTS` (no AVX2, ARM, POWER, s390x)."""
+
+BUSY_FRACTION = 0.5
+"""A measurement is not trusted when the 1-minute load average is above this fraction of the CPUs."""
+
+
+def default_fast_paths(capability: str | None = None) -> FastPaths:
+    """The rule's choice for a CPU with ``capability`` (default: this one's); no timing."""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return DEFAULTS.get(capability, FALLBACK)
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -138,51 +162,101 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
+    """Write the record atomically; a folder that cannot be written is the caller's error to report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only means measuring again next time
-        log.debug("cannot record the fast-path measurement in %s: %s", path, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _busy() -> bool:
-    """Whether other work already loads the CPUs (then a measurement is not worth remembering)."""
+def _paths_of(entry: Any) -> FastPaths | None:
+    """The choice kept in one record entry, or None when the entry is not one psegzoo wrote."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("decided"), dict):
+        return None
     try:
-        return os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
-    except OSError:
-        return False
-
-
-def cpu_fast_paths(record: Path | None = None) -> tuple[FastPaths, dict[str, Any]]:
-    """The fast paths that pay on this CPU, and the measurement behind them.
-
-    Read from ``record`` (a JSON file) when this machine was measured before, else measured now (a
-    few seconds) and written there, unless the machine was busy (its load average above half its
-    CPUs), which makes timings unreliable: then the choice holds for this process only.
-    """
-    key = machine_key()
-    entry = _memo.get(key)
-    if entry is None and record is not None:
-        entry = _read(record).get(key)
-    if not isinstance(entry, dict) or not isinstance(entry.get("measured"), dict):
-        log.info("measuring which exact speed-ups pay on this CPU (once per machine, a few seconds)")
-        busy = _busy()
-        measured = measure()
-        entry = {"measured": measured, "decided": asdict(decide(measured)), "when": time.strftime("%Y-%m-%d")}
-        if record is not None and not busy:
-            data = _read(record)
-            data[key] = entry
-            _write(record, data)
-        elif busy:
-            log.info("the machine was busy while measuring; the choice is kept for this process only")
-    _memo[key] = entry
-    try:
-        paths = FastPaths(**entry["decided"])
+        return FastPaths(**entry["decided"])
     except TypeError:
-        paths = decide(entry["measured"])
-    return paths, entry
+        return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The CPU's fast paths and where they come from: ``"record"`` (``psegzoo tune``) or ``"rule"``."""
+
+    paths: FastPaths
+    source: str
+    key: str
+    measured: dict[str, dict[str, float]] | None = None
+
+    def describe(self) -> str:
+        if self.source == "record":
+            return f"{self.paths} (measured by psegzoo tune)"
+        return f"{self.paths} (the default for this CPU; 'psegzoo tune' measures which pay)"
+
+
+def cpu_fast_paths(record: Path | None = None) -> Choice:
+    """The fast paths for this CPU: the choice recorded in ``record`` for this machine, else the rule's
+    (:func:`default_fast_paths`). Reads a file and nothing more: it never measures."""
+    key = machine_key()
+    entry = _read(record).get(key) if record is not None else None
+    paths = _paths_of(entry)
+    if paths is None:
+        return Choice(default_fast_paths(), "rule", key)
+    measured = entry.get("measured") if isinstance(entry, dict) else None
+    return Choice(paths, "record", key, measured if isinstance(measured, dict) else None)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What :func:`tune` measured, what it chose, and whether it was recorded (and if not, why)."""
+
+    key: str
+    measured: dict[str, dict[str, float]]
+    chosen: FastPaths
+    load: tuple[float, float]
+    cpus: int
+    busy: bool
+    record: Path | None
+    recorded: bool
+
+
+def load_average() -> tuple[float, int]:
+    """The 1-minute load average (0 where the system has none) and the number of CPUs."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    return load, os.cpu_count() or 1
+
+
+def is_busy(load: float, cpus: int) -> bool:
+    """Whether other work loads the CPUs too much for timings to be trusted."""
+    return load > BUSY_FRACTION * cpus
+
+
+def tune(record: Path | None, *, force: bool = False, repeats: int = REPEATS) -> Tuning:
+    """Measure which fast paths pay on this CPU and record the choice in ``record`` (a JSON file).
+
+    The load average is read before measuring (the measurement's own work would raise it after);
+    when it says the machine was busy the result is not recorded unless ``force``. Raises ``OSError`` when the record cannot be written.
+    """
+    before, cpus = load_average()
+    measured = measure(repeats)
+    after, _ = load_average()
+    chosen = decide(measured)
+    busy = is_busy(before, cpus)
+    recorded = False
+    key = machine_key()
+    if record is not None and (force or not busy):
+        data = _read(record)
+        data[key] = {"measured": measured, "decided": asdict(chosen), "when": time.strftime("%Y-%m-%d"),
+                     "load": [before, after], "cpus": cpus, "forced": bool(force and busy)}
+        _write(record, data)
+        recorded = True
+    return Tuning(key, measured, chosen, (before, after), cpus, busy, record, recorded)
 
 
 def device_fast_paths(device: torch.device) -> FastPaths:
