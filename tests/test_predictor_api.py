@@ -21,7 +21,7 @@ from psegzoo import convert, predictor
 from psegzoo.api import Prediction, Segmenter
 from psegzoo.errors import ImageError, PredictionError
 from psegzoo.models import FastPaths, build_segmentor
-from psegzoo.models.fast import tuning
+from psegzoo.models.fast import tuning, winograd
 from tests.support.cli import cli
 from tests.support.hub import scrub_environment
 from tests.support.media import image as scene
@@ -204,6 +204,16 @@ def test_fast_paths_do_not_change_labels(tiny):
     np.testing.assert_allclose(plain.scores, fast.scores, rtol=1e-4, atol=1e-4 * np.abs(plain.scores).max())
     with pytest.raises(PredictionError, match="fast_paths must be"):
         seg.use_fast_paths("fastest")
+
+
+def test_channels_last_choice_keeps_winograd_f4(tiny, monkeypatch):
+    """``load(channels_last=True)`` with every fast path asked keeps F(4x4, 3x3) (``winograd_f4``) too."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)  # let the tiny model's layers use Winograd
+    monkeypatch.setattr(winograd, "MIN_CHANNELS_F4", 8)
+    seg = psegzoo.load(TINY, weights=tiny, device="cpu", channels_last=True).use_fast_paths(True)
+    assert seg.fast_paths == FastPaths.all()
+    seg = psegzoo.load(TINY, weights=tiny, device="cpu", channels_last=False).use_fast_paths(True)
+    assert seg.fast_paths == FastPaths(decompose=True)  # Winograd needs channels-last
 
 
 def test_compile_keeps_the_fast_paths_that_trace(tiny):

@@ -5,7 +5,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,9 @@ class Segmenter:
 
     def _install(self, paths: FastPaths) -> None:
         if self._channels_last is not None:
-            paths = FastPaths(paths.decompose, paths.winograd and self._channels_last, self._channels_last)
+            cl = self._channels_last  # Winograd runs on channels-last inputs only
+            paths = replace(paths, winograd=paths.winograd and cl, winograd_f4=paths.winograd_f4 and cl,
+                            channels_last=cl)
         use_fast_paths(self.model, paths)
 
     def decide_fast_paths(self) -> FastPaths:
