@@ -194,7 +194,7 @@ def test_amp_dtype_names(seg):
 
 def test_fast_paths_do_not_change_labels(tiny):
     seg = psegzoo.load(TINY, weights=tiny, device="cpu")
-    assert seg.fast_paths == tuning.default_fast_paths()  # no 'psegzoo tune' record in this cache: the rule
+    assert seg.fast_path_choice.paths == tuning.default_fast_paths()  # no tune record in this cache: the rule
     image = street(seed=4)
     plain = seg.use_fast_paths(False).predict(image)
     assert seg.fast_paths == FastPaths.none()

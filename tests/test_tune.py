@@ -53,10 +53,11 @@ def _large_input(tmp_path: Path) -> Path:
 
 
 def test_the_rule_needs_no_timing_and_always_decomposes():
-    assert tuning.default_fast_paths("AVX512") == FastPaths(decompose=True, channels_last=True)
-    assert tuning.default_fast_paths("AVX2") == FastPaths(decompose=True, channels_last=True)
+    assert tuning.default_fast_paths("AVX512") == FastPaths.all()
+    assert tuning.default_fast_paths("AVX2") == FastPaths.all()
     assert tuning.default_fast_paths("NO AVX") == FastPaths(decompose=True)  # an unknown family: the fallback
-    assert all(paths.decompose and not paths.winograd for paths in tuning.DEFAULTS.values())
+    # F(2x2, 3x3) alone is never a default: where Winograd is on, it is F(4x4, 3x3)
+    assert all(paths.decompose and paths.winograd_f4 == paths.winograd for paths in tuning.DEFAULTS.values())
 
 
 def test_load_and_predict_read_the_record_and_never_measure(home, tiny, tmp_path):  # noqa: F811
@@ -73,9 +74,13 @@ def test_load_and_predict_read_the_record_and_never_measure(home, tiny, tmp_path
 
 def test_without_a_record_the_rule_is_used_and_nothing_measured(home, tiny, tmp_path):  # noqa: F811
     seg = psegzoo.load(TINY, weights=tiny, device="cpu")
-    assert seg.fast_paths == tuning.default_fast_paths() and seg.fast_path_choice.source == "rule"
+    # the rule's choice; what is installed is that choice where the tiny model has layers for it
+    assert seg.fast_path_choice.paths == tuning.default_fast_paths() and seg.fast_path_choice.source == "rule"
+    installed = seg.fast_paths
+    assert (installed.decompose, installed.channels_last) == (tuning.default_fast_paths().decompose,
+                                                             tuning.default_fast_paths().channels_last)
     seg.predict(_large_input(tmp_path), scale=(640, 640))
-    assert seg.fast_paths == tuning.default_fast_paths()
+    assert seg.fast_paths == installed
     result = cli("-v", "predict", "-m", TINY, "--weights", tiny, _large_input(tmp_path), "--scale", "640x640",
                  "--device", "cpu", "-o", tmp_path / "out")
     assert "(the default for this CPU; 'psegzoo tune' measures which pay)" in result.stderr
@@ -121,7 +126,7 @@ def test_tune_on_a_busy_machine_records_nothing_unless_forced(home, monkeypatch)
 def test_tune_measures_for_real(tmp_path):
     """One real measurement (a few seconds): every path timed, the choice is decide()'s."""
     result = psegzoo.tune(force=True, repeats=1, record=tmp_path / "record.json")
-    assert set(result.measured) == {"channels_last", "winograd", "decompose"}
+    assert set(result.measured) == {"channels_last", "winograd", "winograd_f4", "decompose"}
     assert all(t["plain"] > 0 and t["fast"] > 0 for t in result.measured.values())
     assert result.chosen == tuning.decide(result.measured) and result.recorded
 
@@ -134,3 +139,17 @@ def test_an_unwritable_record_is_one_line(tmp_path, monkeypatch):
     result = cli("tune", code=1)
     (line,) = result.stderr.splitlines()  # one line, and no status line outside a terminal
     assert line.startswith("error: cannot record the fast paths") and "PSEGZOO_HOME" in line
+
+
+def test_decide_takes_the_faster_winograd_tile_and_needs_channels_last():
+    def timed(**fast: float) -> dict[str, dict[str, float]]:
+        return {k: {"plain": 1.0, "fast": v} for k, v in fast.items()}
+
+    f4 = tuning.decide(timed(channels_last=0.5, decompose=0.5, winograd=0.8, winograd_f4=0.6))
+    assert f4 == FastPaths.all()
+    f2 = tuning.decide(timed(channels_last=0.5, decompose=0.5, winograd=0.6, winograd_f4=0.8))
+    assert f2.winograd and not f2.winograd_f4
+    only_f4 = tuning.decide(timed(channels_last=0.5, decompose=0.5, winograd=1.2, winograd_f4=0.7))
+    assert only_f4.winograd and only_f4.winograd_f4
+    no_cl = tuning.decide(timed(channels_last=1.0, decompose=0.5, winograd=0.5, winograd_f4=0.5))
+    assert no_cl == FastPaths(decompose=True)

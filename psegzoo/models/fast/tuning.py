@@ -30,6 +30,7 @@ from ..psp import PSPHead
 from ..resnet import Bottleneck
 from . import FastPaths, use_fast_paths
 from . import winograd as wg
+from . import winograd_mm as wg4
 
 MARGIN = 0.9
 """A fast path is kept when its time is at most this fraction of the plain one."""
@@ -98,6 +99,7 @@ def measure(repeats: int = REPEATS) -> dict[str, dict[str, float]]:
     results["channels_last"] = {"plain": plain, "fast": fast}
 
     # winograd: a 512-channel dilated 3x3 convolution (layer4's), channels-last, direct against F(2x2, 3x3)
+    # and against F(4x4, 3x3)
     weight = torch.randn(512, 512, 3, 3, generator=g) / 48
     x4 = torch.randn(1, 512, 24, 48, generator=g).contiguous(memory_format=cl)
     weight_cl = weight.contiguous(memory_format=cl)
@@ -105,6 +107,10 @@ def measure(repeats: int = REPEATS) -> dict[str, dict[str, float]]:
     plain, fast = _best_pair(lambda: F.conv2d(x4, weight_cl, None, 1, 2, 2),
                              lambda: wg.conv3x3(x4, transformed, None, (2, 2)), repeats)
     results["winograd"] = {"plain": plain, "fast": fast}
+    transformed4 = wg4.transform_weight(weight, 4)
+    plain, fast = _best_pair(lambda: F.conv2d(x4, weight_cl, None, 1, 2, 2),
+                             lambda: wg4.conv3x3(x4, transformed4, None, (2, 2)), repeats)
+    results["winograd_f4"] = {"plain": plain, "fast": fast}
 
     # decompose: PSPNet's head (2048 channels in, 512 out), concatenation against decomposition
     head = _random_(PSPHead(2048, 512, 19, (1, 2, 3, 6), False), g).eval()
@@ -121,23 +127,30 @@ def decide(measured: dict[str, dict[str, float]]) -> FastPaths:
     """The paths whose measured time is at most ``MARGIN`` of the plain one (Winograd needs channels-last)."""
     wins = {k: v["fast"] <= MARGIN * v["plain"] for k, v in measured.items()}
     channels_last = wins.get("channels_last", False)
-    return FastPaths(decompose=wins.get("decompose", False), winograd=channels_last and wins.get("winograd", False),
-                     channels_last=channels_last)
+    f2, f4 = wins.get("winograd", False), wins.get("winograd_f4", False)
+    if f2 and f4:  # both pay: the faster tile
+        f4 = measured["winograd_f4"]["fast"] <= measured["winograd"]["fast"]
+    return FastPaths(decompose=wins.get("decompose", False), winograd=channels_last and (f2 or f4),
+                     channels_last=channels_last, winograd_f4=channels_last and f4)
 
 
 RECORD_NAME = "fast_paths.json"
 """The record's file name in the cache root."""
 
 DEFAULTS: dict[str, FastPaths] = {
-    "AVX512": FastPaths(decompose=True, channels_last=True),
-    "AVX2": FastPaths(decompose=True, channels_last=True),
+    "AVX512": FastPaths.all(),
+    "AVX2": FastPaths.all(),
 }
 """The CPU's fast paths without a record, by ``torch.backends.cpu.get_cpu_capability()``.
 
 The decomposition always does less arithmetic (PSPNet's bottleneck loses half its input channels),
 so it is on everywhere. Channels-last is on where oneDNN has vector kernels for it (AVX2, AVX-512).
-Winograd is off: it is many small operations whose gain depends on the thread count and on other
-load (from 0.1x to 1.4x on one machine); only a measurement turns it on."""
+Winograd F(4x4, 3x3) (``winograd`` with ``winograd_f4``) turns the wide 3x3 convolutions, dilated
+ones included, into a few large matrix products with 4x fewer multiplications: it is what makes
+PSPNet R-50-D8 1.23x faster than decomposition and channels-last alone on the AVX2 reference CPU
+(docs/cpu-performance.md), and it rests on matrix products, which every x86-64 vector unit runs near
+its peak. F(2x2, 3x3) alone is never a default: its many small transforms lose on 2 threads.
+``psegzoo tune`` measures and may record another choice."""
 
 FALLBACK = FastPaths(decompose=True)
 """The paths for a CPU family missing from :data:`DEFAULTS` (no AVX2, ARM, POWER, s390x)."""
