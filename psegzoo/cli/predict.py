@@ -199,7 +199,10 @@ def _segmenter(request: Request, job: Any) -> Any:
 
 class _View:
     """What the job tells the terminal: a transient bar on a terminal's stderr (none elsewhere, or with
-    -q) from the moment the model is loaded, stopped however the run ends; each input's line on stdout."""
+    -q) from the moment the model is loaded, stopped however the run ends; each input's line on stdout.
+
+    A :class:`psegzoo.distributed.PredictView` by its methods (subclassing it would import torch
+    when the command is defined, before the command line is checked)."""
 
     def __init__(self, quiet: bool, save_json: bool):
         self.err = console(stderr=True)
