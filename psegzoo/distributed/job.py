@@ -353,9 +353,9 @@ class Job:
         counts = np.zeros(2, dtype=np.int64)
         reports = self.reports(show)
         items = iter(pairs)
+        self._where = " on its first task"  # while the stream makes it, the task is not known yet
         while True:
             self._check_abort()
-            self._where = " on its next task"
             pair = next(items, None)
             if pair is None:
                 break
@@ -368,6 +368,7 @@ class Job:
             self._where = ""
             counts[0 if event.ok else 1] += 1
             reports.send(event)
+            self._where = f" on the task after {task}"
         self._where = ""
         reports.close()
         if not self.distributed:
