@@ -376,8 +376,11 @@ class _Predicted(Protocol):
 
 
 class _Predictor(Protocol):
-    palette: Sequence[Sequence[int]]
-    entry: Any
+    @property
+    def palette(self) -> Sequence[Sequence[int]]: ...
+
+    @property
+    def entry(self) -> Any: ...
 
     def predict_many(self, inputs: Iterable[Any], **kwargs: Any) -> Iterator[Any]: ...
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import click
@@ -129,79 +128,29 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     Under torchrun the images are shared out and the counts summed: the figures are those of one
     process. Interrupted? Run the same command with --resume.
     """
-    t0 = time.perf_counter()
-    evaluation = psegzoo.evaluation
-    max_pixels = psegzoo.max_pixels_limit(max_pixels)  # --max-pixels, else PSEGZOO_MAX_PIXELS: read once, checked now
     download = download_settings(progress=False if quiet else None)
-    # Every process lists and checks the split the same way (sizes, labels) before any download.
-    plan = evaluation.plan(
-        name, data_root, split=split, layout=layout.lower() if layout else None, images=images_dir, labels=labels_dir,
-        label_suffix=label_suffix, reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, ms_flip=ms_flip,
-        mode=mode, crop_size=pair_option(crop_size, "--crop-size"), stride=pair_option(stride, "--stride"),
-        scale=pair_option(scale, "--scale"), amp_dtype="float16" if half else "bfloat16" if bf16 else None, limit=limit,
-        index=download.index,
-    )
-    if save_predictions is not None:
-        evaluation.check_save_predictions(save_predictions, plan.split)
-    t1 = time.perf_counter()
-    segmenter = job.main_first(lambda first: psegzoo.load(plan.entry.name, weights=weights, device=job.device(device),
-                                                          download=download if first else download.with_(offline=True)))
-    t2 = time.perf_counter()
-    identity = evaluation.weights_identity(plan.entry, weights, download, dtype=segmenter.dtype)
-    state = _open_state(job, plan, identity, work_dir, resume, download.home)
-    # Shards balanced by the pixels left to do (images whose files were counted before weigh nothing).
-    mine = job.plan(plan.samples, weigh=lambda s: 0 if resume and state.probably_saved(_hint(s)) else _pixels(s.image)).tasks
     view = _ProgressView(enabled=job.is_main and not quiet and console(stderr=True).is_terminal)
-    latest: dict[int, Any] = {}
-
-    def show(event: Any) -> None:  # every process's progress, on rank 0
-        latest[event.rank] = event.value
-        view(evaluation.EvalProgress.combine(list(latest.values()), total=len(plan.samples),
-                                             seconds=time.perf_counter() - t2))
-
-    reports = job.reports(show)
     try:
-        run = evaluation.accumulate(segmenter, plan, mine, state=state, save_predictions=save_predictions,
-                                    batch_windows=batch_windows, max_pixels=max_pixels, workers=workers,
-                                    on_progress=reports.send)
-        reports.close()
+        result = psegzoo.evaluate(
+            name, data_root, split=split, layout=layout.lower() if layout else None, images=images_dir,
+            labels=labels_dir, label_suffix=label_suffix, reduce_zero_label=reduce_zero_label, ignore_index=ignore_index,
+            weights=weights, device=device, ms_flip=ms_flip, mode=mode, crop_size=pair_option(crop_size, "--crop-size"),
+            stride=pair_option(stride, "--stride"), scale=pair_option(scale, "--scale"),
+            amp_dtype="float16" if half else "bfloat16" if bf16 else None, limit=limit, batch_windows=batch_windows,
+            save_predictions=save_predictions, work_dir=work_dir, resume=resume, workers=workers,
+            max_pixels=max_pixels, on_progress=view, job=job, download=download)
     except KeyboardInterrupt:
         view.stop()
         fail(f"interrupted after {view.done} of {view.total} images; the same command with --resume continues "
              "from there", code=130)
     finally:
         view.stop()
-    # Counts are exact integers: summed over the processes they are those of one process.
-    counts = evaluation.Counts.from_array(job.sum(run.counts.to_array()))
-    resumed = int(job.sum([run.resumed])[0])
-    result = evaluation.summarize(plan, counts, images=len(plan.samples), seconds=time.perf_counter() - t0,
-                                  resumed=resumed, work_dir=state.folder,
-                                  timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": time.perf_counter() - t2})
     if not job.is_main:
         return
-    state.save_result(result.to_json())
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
         return
     print_report(result)
-
-
-def _open_state(job: Any, plan: Any, identity: Any, work_dir: str | None, resume: bool, home: Any) -> Any:
-    """The run's work folder (default: under the cache root). Opening without --resume clears saved
-    counts: rank 0 does it before the others open the folder."""
-    open_state = psegzoo.evaluation.open_state
-    state = open_state(plan, identity, work_dir, resume=resume, cache_root=home) if job.is_main else None
-    job.barrier("work folder")
-    return state if state is not None else open_state(plan, identity, work_dir, resume=True, cache_root=home)
-
-
-def _hint(sample: Any) -> str | None:
-    return psegzoo.evaluation.reading.hint_of(sample.image, sample.label)
-
-
-def _pixels(path: Any) -> int:
-    w, h = psegzoo.distributed.image_size(path)
-    return max(1, w * h)
 
 
 def _describe(settings: Any) -> str:

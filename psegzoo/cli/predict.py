@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -198,63 +197,57 @@ def _segmenter(request: Request, job: Any) -> Any:
         return segmenter
 
 
-@contextmanager
-def _progress_bar(err: Any, quiet: bool, total: int) -> Iterator[Any]:
-    """A transient bar on a terminal's stderr (None elsewhere, or with -q); stopped however the run ends."""
-    if quiet or not err.is_terminal:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+class _View:
+    """What the job tells the terminal: a transient bar on a terminal's stderr (none elsewhere, or with
+    -q) from the moment the model is loaded, stopped however the run ends; each input's line on stdout.
 
-    # The percentage moves within an image (windows, views, frames); M/N counts whole inputs.
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, transient=True)
-    progress.start()
-    try:
-        yield progress
-    finally:
-        progress.stop()
+    A :class:`psegzoo.distributed.PredictView` by its methods (subclassing it would import torch
+    when the command is defined, before the command line is checked)."""
 
+    def __init__(self, quiet: bool, save_json: bool):
+        self.err = console(stderr=True)
+        self.enabled = not quiet and self.err.is_terminal
+        self.save_json = save_json
+        self.progress: Any = None
+        self.bar: Any = None
 
-def _predict_one(request: Request, segmenter: Any, predictions: Any, options: dict[str, Any], batch: int | None,
-                 task: Any) -> dict[str, Any]:
-    """The input's outputs, and what its JSON line says (a small dict: it travels to rank 0)."""
-    o = request.o
-    try:
-        if task.is_video:
-            result = psegzoo.video.predict_video(
-                segmenter, task.path, o.out_dir, task.name, every=o.every, overlay=o.overlay, opacity=o.opacity,
-                color=o.color, summary=o.save_json, batch_size=batch, workers=o.workers, max_pixels=o.max_pixels,
-                **options)
-            return {"input": str(task.path), "output": str(result.paths[0]),
-                    "files": [str(p) for p in result.paths], **result.summary()}
-        prediction = next(predictions)
-        if isinstance(prediction, psegzoo.PsegzooError):
-            raise prediction
-        paths = prediction.write(o.out_dir, task.name, overlay=o.overlay, opacity=o.opacity, color=o.color,
-                                 probs=o.probs, logits=o.save_logits, summary=o.save_json)
-    except psegzoo.PsegzooError as exc:  # reported with the input's name; the others go on
-        if isinstance(exc, (psegzoo.ImageError, psegzoo.OutputError)) or str(task.path) in str(exc):
-            raise
-        raise type(exc)(f"{task.path}: {exc.args[0] if exc.args else exc}") from None
-    doc = {k: v for k, v in prediction.summary().items() if k != "input"}
-    return {"input": str(task.path), "output": str(paths[0]), "files": [str(p) for p in paths], **doc}
+    def __enter__(self) -> _View:
+        return self
 
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
-def _show(event: Any, save_json: bool) -> None:
-    """One input's line on stdout (its JSON line, or its label map's path), or its error on stderr.
+    def started(self, total: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    stdout is data and always gets the path, also while a progress bar draws on stderr."""
-    if not event.ok:
-        console(stderr=True).print(error_line(event.error), soft_wrap=True)
-        if save_json:
-            error = event.error
-            message = error.cli_message() if isinstance(error, psegzoo.PsegzooError) else str(error)
-            click.echo(_json_line({"input": printable(str(event.task.path)), "error": printable(message)}))
-    elif save_json:
-        click.echo(_json_line(event.value))
-    else:
-        click.echo(printable(event.value["output"]))
+        # The percentage moves within an image (windows, views, frames); M/N counts whole inputs.
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.err, transient=True)
+        self.progress.start()
+        self.bar = self.progress.add_task("predicting", total=total)
+
+    def advanced(self, completed: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.bar, completed=completed)
+
+    def result(self, event: Any) -> None:
+        """One input's line on stdout (its JSON line, or its label map's path), or its error on stderr.
+
+        stdout is data and always gets the path, also while a progress bar draws on stderr."""
+        if not event.ok:
+            self.err.print(error_line(event.error), soft_wrap=True)
+            if self.save_json:
+                error = event.error
+                message = error.cli_message() if isinstance(error, psegzoo.PsegzooError) else str(error)
+                click.echo(_json_line({"input": printable(str(event.task.path)), "error": printable(message)}))
+        elif self.save_json:
+            click.echo(_json_line(event.value))
+        else:
+            click.echo(printable(event.value["output"]))
 
 
 @click.command("predict")
@@ -322,47 +315,22 @@ def predict_command(request: Request, job: Any) -> None:
     """
     o = request.o
     err = console(stderr=True)
-    plan = job.plan(request.tasks, weigh=lambda t: t.pixels(o.every),
-                    skip=(lambda t: t.complete(o.out_dir, request.wanted)) if o.skip_existing else None)
-    if not plan.total:
+    settings = psegzoo.distributed.PredictJob(
+        out_dir=o.out_dir, wanted=request.wanted, opacity=o.opacity, every=o.every, skip_existing=o.skip_existing,
+        batch_size=o.batch_size, workers=o.workers, max_pixels=o.max_pixels,
+        options=dict(flip=o.flip, scales=request.ratios, batch_windows=o.batch_windows, amp_dtype=request.amp,
+                     **request.overrides))
+    with _View(o.quiet, o.save_json) as view:
+        totals = psegzoo.distributed.run_predict(job, request.tasks, settings, lambda: _segmenter(request, job), view=view)
+    if not totals.planned:
         if not o.quiet:
-            err.print(f"nothing to do: the outputs of all {plan.skipped} input(s) exist in {escape(printable(o.out_dir))}",
+            err.print(f"nothing to do: the outputs of all {totals.skipped} input(s) exist in {escape(printable(o.out_dir))}",
                       soft_wrap=True)
         sys.exit(1 if request.failures else 0)
-    segmenter = _segmenter(request, job)
-    # Whole-mode images of one size share forwards: this process takes its images grouped by size.
-    batch = o.batch_size if o.batch_size is not None else None if segmenter.device.type == "cuda" else 1
-    mine = sorted(plan.tasks, key=lambda t: (t.is_video, t.size)) if batch != 1 else list(plan.tasks)
-    with _progress_bar(err, o.quiet, plan.total) as progress:
-        shown = 0
-        bar = progress.add_task("predicting", total=plan.total) if progress is not None else None
-
-        def within(done: int, total: int) -> None:  # forwards (or frames) of the input in hand, on rank 0
-            if progress is not None:
-                progress.update(bar, completed=shown + done / max(total, 1))
-
-        def show(event: Any) -> None:  # every input of the job, on rank 0
-            nonlocal shown
-            shown += 1
-            _show(event, o.save_json)
-            if progress is not None:
-                progress.update(bar, completed=shown)
-
-        options = dict(flip=o.flip, scales=request.ratios, batch_windows=o.batch_windows, amp_dtype=request.amp,
-                       progress=within if job.is_main else None, **request.overrides)
-        # only --logits needs the C x H x W scores; labels (and confidence) are made without them
-        predictions = segmenter.predict_many([t.path for t in mine if not t.is_video], batch_size=batch,
-                                             workers=o.workers, max_pixels=o.max_pixels, keep_scores=o.save_logits,
-                                             confidence=o.probs is not None, **options)
-        try:
-            totals = job.run(mine, lambda task: _predict_one(request, segmenter, predictions, options, batch, task),
-                             show=show, failed=(psegzoo.PsegzooError,))
-        finally:
-            predictions.close()  # stops the reading threads
     failures = request.failures + totals.failed
     if not o.quiet:
         err.print(f"{totals.done} image(s) written to {escape(printable(o.out_dir))}"
                   + (f", {failures} failed" if failures else "")
-                  + (f", {plan.skipped} skipped (outputs exist)" if plan.skipped else ""), soft_wrap=True)
+                  + (f", {totals.skipped} skipped (outputs exist)" if totals.skipped else ""), soft_wrap=True)
     if failures:
         sys.exit(1)

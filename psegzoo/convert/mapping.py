@@ -3,7 +3,7 @@ every shape equal, every value finite; errors name the keys."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ import torch
 from ..errors import CheckpointError
 from ..manifest import Architecture
 from .reading import _name
-from .tables import DROPPED, FORMATS, SSSEG_TO_MMSEG, _listing, _rename, mapping_rules
+from .tables import DROPPED, FORMATS, SSSEG_TO_MMSEG, Rule, _listing, _rename, mapping_rules
 
 
 def _check_ssseg_fusion(sd: Mapping[str, Any], source: str) -> None:
@@ -27,6 +27,50 @@ def _check_ssseg_fusion(sd: Mapping[str, Any], source: str) -> None:
             f"{source} has no PPM fusion layer ('ppm_net.bottleneck.*' or 'ppm_net.fuse_layer.*'); "
             "it is not an SSSegmentation PSPNet checkpoint"
         )
+
+
+class _Renaming:
+    """A state dict's tensors under psegzoo's keys, where each came from, and what found no place."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, torch.Tensor] = {}
+        self.origin: dict[str, str] = {}  # psegzoo key -> the file's key
+        self.unknown: list[str] = []
+        self.duplicate: list[str] = []
+        self.not_float: list[str] = []
+
+    def add(self, key: str, value: Any, target: str | None) -> None:
+        """Place the file's ``key`` under ``target`` (None: the model has no place for it)."""
+        if target is None:
+            self.unknown.append(key)
+        elif target in self.origin:
+            self.duplicate.append(f"{self.origin[target]} and {key} -> {target}")
+        elif not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.layout != torch.strided:
+            self.not_float.append(key)
+        else:
+            self.out[target] = value if value.dtype == torch.float32 else value.float()
+            self.origin[target] = key
+
+    def problems(self, arch: Architecture, expected: Mapping[str, torch.Size]) -> list[str]:
+        """Every way the renamed tensors fail to fill the model exactly, one phrase each."""
+        out, origin = self.out, self.origin
+        wrong = [f"{origin[k]} {tuple(v.shape)} vs model {tuple(expected[k])}"
+                 for k, v in out.items() if k in expected and tuple(v.shape) != tuple(expected[k])]
+        found = [
+            (self.unknown, f"keys the {arch.decode_head.type}/{arch.backbone.type} model has no place for"),
+            (self.duplicate, "keys mapped twice"),
+            (self.not_float, "keys that are not dense floating-point tensors"),
+            ([f"{origin[t]} -> {t}" for t in out if t not in expected], "keys the model does not have"),
+            ([k for k in expected if k not in out], "model keys with no weights in the file"),
+            (wrong, "shape mismatches"),
+        ]
+        return [f"{len(keys)} {what}: {_listing(keys)}" for keys, what in found if keys]
+
+
+def _target(key: str, fmt: str, rules: Sequence[Rule]) -> str | None:
+    """psegzoo's key for one of the file's keys (SSSegmentation's renamed to mmseg's first); None if none."""
+    name: str | None = _rename(SSSEG_TO_MMSEG, key) if fmt == "ssseg" else key
+    return _rename(rules, name) if name is not None else None
 
 
 def convert_state_dict(
@@ -49,58 +93,19 @@ def convert_state_dict(
     rules = mapping_rules(arch)
     if fmt == "ssseg":
         _check_ssseg_fusion(sd, source)
-    out: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    unknown: list[str] = []
-    duplicate: list[str] = []
-    not_float: list[str] = []
+    renaming = _Renaming()
     for key, value in sd.items():
-        if _rename(DROPPED[fmt], key) is not None:
-            continue
-        name: str | None = key
-        if fmt == "ssseg":
-            name = _rename(SSSEG_TO_MMSEG, key)
-        target = _rename(rules, name) if name is not None else None
-        if target is None:
-            unknown.append(key)
-            continue
-        if target in origin:
-            duplicate.append(f"{origin[target]} and {key} -> {target}")
-            continue
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.layout != torch.strided:
-            not_float.append(key)
-            continue
-        out[target] = value if value.dtype == torch.float32 else value.float()
-        origin[target] = key
-
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} keys the {arch.decode_head.type}/{arch.backbone.type} model has no place for: {_listing(unknown)}")
-    if duplicate:
-        problems.append(f"{len(duplicate)} keys mapped twice: {_listing(duplicate)}")
-    if not_float:
-        problems.append(f"{len(not_float)} keys that are not dense floating-point tensors: {_listing(not_float)}")
-    extra = [f"{origin[t]} -> {t}" for t in out if t not in expected]
-    if extra:
-        problems.append(f"{len(extra)} keys the model does not have: {_listing(extra)}")
-    missing = [k for k in expected if k not in out]
-    if missing:
-        problems.append(f"{len(missing)} model keys with no weights in the file: {_listing(missing)}")
-    wrong = [
-        f"{origin[k]} {tuple(v.shape)} vs model {tuple(expected[k])}"
-        for k, v in out.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k])
-    ]
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches: {_listing(wrong)}")
+        if _rename(DROPPED[fmt], key) is None:
+            renaming.add(key, value, _target(key, fmt, rules))
+    problems = renaming.problems(arch, expected)
     if problems:
         raise CheckpointError(
             f"{source} does not fit the architecture ({arch.backbone.type}-{arch.backbone.depth}, "
             f"{arch.decode_head.type}, {arch.num_classes} classes): " + "; ".join(problems)
             + ". Check that the file belongs to the chosen model."
         )
-    check_values(out, source, {t: origin[t] for t in out})
-    return out
+    check_values(renaming.out, source, renaming.origin)
+    return renaming.out
 
 
 def check_values(state_dict: Mapping[str, torch.Tensor], source: str, names: Mapping[str, str] | None = None) -> None:

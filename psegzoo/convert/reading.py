@@ -121,6 +121,65 @@ def _is_tensor_dict(obj: Mapping[Any, Any]) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _verified_bytes(p: Path, sha256: str | None) -> bytes | None:
+    """The file's bytes when its verified hash is known (hashed in the read that loads them), else None."""
+    if sha256 is None:
+        return None
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {str(p)!r}: {exc.strerror or exc}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise VerificationError(
+            f"{str(p)!r} changed since it was verified: its SHA-256 is {actual}, the record says {sha256}"
+        )
+    return data
+
+
+def _unpack(obj: Any, p: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """``(state_dict, meta, fmt)`` from whichever checkpoint layout ``obj`` has (see :func:`read_checkpoint`)."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{str(p)!r} holds a {type(obj).__name__}, not a checkpoint dict; it is not an mmseg or SSSegmentation checkpoint"
+        )
+    if isinstance(obj.get("state_dict"), Mapping):  # mmseg's, or SSSegmentation weights saved mmseg's way
+        sd = _strip_module_prefix(obj["state_dict"])
+        meta = dict(obj["meta"]) if isinstance(obj.get("meta"), Mapping) else {}
+        return sd, meta, "ssseg" if _looks_ssseg(sd) else "mmseg"
+    if isinstance(obj.get("model"), Mapping):
+        sd = _strip_module_prefix(obj["model"])
+        if not _looks_ssseg(sd):
+            raise CheckpointError(
+                f"{str(p)!r} keeps its weights under 'model' but they are not SSSegmentation's "
+                "(no 'backbone_net.' keys); psegzoo reads mmseg and SSSegmentation checkpoints only"
+            )
+        return sd, {k: obj[k] for k in ("epoch", "cur_epoch", "cur_iter") if k in obj}, "ssseg"
+    if _is_tensor_dict(obj):
+        sd = _strip_module_prefix(obj)
+        return sd, {}, "ssseg" if _looks_ssseg(sd) else "mmseg"
+    keys = ", ".join(repr(k) for k in list(obj)[:8])
+    raise CheckpointError(
+        f"{str(p)!r} is a dict with keys {keys} but no 'state_dict' or 'model' weights; "
+        "it is not an mmseg or SSSegmentation checkpoint"
+    )
+
+
+def _check_dense_tensors(sd: Mapping[Any, Any], p: Path) -> None:
+    """A state dict of named dense tensors, at least one: what every published checkpoint holds."""
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{str(p)!r}: state dict entries that are not tensors: {_listing([str(k) for k in bad])}")
+    odd = [f"{k} ({v.layout})" for k, v in sd.items() if v.layout != torch.strided or v.is_quantized]
+    if odd:
+        raise CheckpointError(
+            f"{str(p)!r} holds tensors that are not dense ({_listing(odd)}); published checkpoints hold dense tensors "
+            "only: check that the file is the original one"
+        )
+    if not sd:
+        raise CheckpointError(f"{str(p)!r} holds an empty state dict")
+
+
 def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Read a published checkpoint safely: ``(state_dict, meta, fmt)`` with fmt ``mmseg`` or ``ssseg``.
 
@@ -135,58 +194,8 @@ def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None) -> tu
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
-    data = None
-    if sha256 is not None:
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {str(p)!r}: {exc.strerror or exc}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise VerificationError(
-                f"{str(p)!r} changed since it was verified: its SHA-256 is {actual}, the record says {sha256}"
-            )
-    obj = _torch_load(p, data)
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"{str(p)!r} holds a {type(obj).__name__}, not a checkpoint dict; it is not an mmseg or SSSegmentation checkpoint"
-        )
-    meta: dict[str, Any] = {}
-    if isinstance(obj.get("state_dict"), Mapping):
-        fmt = "mmseg"
-        sd = _strip_module_prefix(obj["state_dict"])
-        meta = dict(obj["meta"]) if isinstance(obj.get("meta"), Mapping) else {}
-        if _looks_ssseg(sd):
-            fmt = "ssseg"
-    elif isinstance(obj.get("model"), Mapping):
-        sd = _strip_module_prefix(obj["model"])
-        if not _looks_ssseg(sd):
-            raise CheckpointError(
-                f"{str(p)!r} keeps its weights under 'model' but they are not SSSegmentation's "
-                "(no 'backbone_net.' keys); psegzoo reads mmseg and SSSegmentation checkpoints only"
-            )
-        fmt = "ssseg"
-        meta = {k: obj[k] for k in ("epoch", "cur_epoch", "cur_iter") if k in obj}
-    elif _is_tensor_dict(obj):
-        sd = _strip_module_prefix(obj)
-        fmt = "ssseg" if _looks_ssseg(sd) else "mmseg"
-    else:
-        keys = ", ".join(repr(k) for k in list(obj)[:8])
-        raise CheckpointError(
-            f"{str(p)!r} is a dict with keys {keys} but no 'state_dict' or 'model' weights; "
-            "it is not an mmseg or SSSegmentation checkpoint"
-        )
-    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{str(p)!r}: state dict entries that are not tensors: {_listing([str(k) for k in bad])}")
-    odd = [f"{k} ({v.layout})" for k, v in sd.items() if v.layout != torch.strided or v.is_quantized]
-    if odd:
-        raise CheckpointError(
-            f"{str(p)!r} holds tensors that are not dense ({_listing(odd)}); published checkpoints hold dense tensors "
-            "only: check that the file is the original one"
-        )
-    if not sd:
-        raise CheckpointError(f"{str(p)!r} holds an empty state dict")
+    sd, meta, fmt = _unpack(_torch_load(p, _verified_bytes(p, sha256)), p)
+    _check_dense_tensors(sd, p)
     log.debug("read %s: %d tensors, format %s", p, len(sd), fmt)
     return sd, meta, fmt
 

@@ -10,6 +10,8 @@
 * :class:`PredictTask`, :func:`predict_tasks`, :class:`Wanted` — the inputs of a predict job,
   their work (pixels, from headers: :func:`image_size`) and whether their outputs already exist
   (``--skip-existing``).
+* :func:`run_predict` with :class:`PredictJob` (its settings) and :class:`PredictView` (what it
+  reports) — a whole predict job, as ``psegzoo predict`` runs it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from .environ import Launch
     from .job import Event, Job, Plan, Reports, Terminated, Totals
     from .launch import all_reduce_max, all_reduce_sum, barrier, is_main, rank, world_size
+    from .predict import PredictJob, PredictTotals, PredictView, run_predict
     from .sharding import split
     from .tasks import PredictTask, Wanted, image_size, predict_tasks
 
@@ -30,6 +33,7 @@ _LAZY = {
     "Launch": "environ",
     **dict.fromkeys(("all_reduce_max", "all_reduce_sum", "barrier", "is_main", "rank", "world_size"), "launch"),
     "split": "sharding",
+    **dict.fromkeys(("PredictJob", "PredictTotals", "PredictView", "run_predict"), "predict"),
     **dict.fromkeys(("PredictTask", "Wanted", "image_size", "predict_tasks"), "tasks"),
 }
 
@@ -38,7 +42,10 @@ __all__ = [
     "Job",
     "Launch",
     "Plan",
+    "PredictJob",
     "PredictTask",
+    "PredictTotals",
+    "PredictView",
     "Reports",
     "Terminated",
     "Totals",
@@ -50,6 +57,7 @@ __all__ = [
     "is_main",
     "predict_tasks",
     "rank",
+    "run_predict",
     "split",
     "world_size",
 ]

@@ -34,7 +34,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -58,6 +58,7 @@ from .launch import (
 
 T = TypeVar("T")
 R = TypeVar("R")
+X = TypeVar("X")
 
 ACK_WAIT_S = 10.0  # how long a failing process waits for rank 0 to take its error before exiting
 _POLL_S = (0.002, 0.1)  # store polling interval: first, longest
@@ -341,18 +342,34 @@ class Job:
         any other stops the whole job (see the module docstring). Returns the totals of the whole
         job, on every process.
         """
+        return self.run_each(((task, None) for task in tasks), lambda task, _: work(task), show=show, failed=failed)
+
+    def run_each(self, pairs: Iterable[tuple[T, X]], work: Callable[[T, X], R], *,
+                 show: Callable[[Event[T, R]], None] | None = None,
+                 failed: tuple[type[BaseException], ...] = ()) -> Totals:
+        """:meth:`run` over tasks that come paired with what a stream made for them (e.g. a prediction):
+        ``work(task, made)``. The stream is pulled once per task, after checking that no other process
+        has failed; an exception it raises stops the job (its own errors per task travel as values)."""
         counts = np.zeros(2, dtype=np.int64)
         reports = self.reports(show)
-        for task in tasks:
+        items = iter(pairs)
+        self._where = " on its first task"  # while the stream makes it, the task is not known yet
+        while True:
             self._check_abort()
+            pair = next(items, None)
+            if pair is None:
+                break
+            task, made = pair
             self._where = f" on {task}"
             try:
-                event: Event[T, R] = Event(task, work(task), None, self.rank)
+                event: Event[T, R] = Event(task, work(task, made), None, self.rank)
             except failed as exc:
                 event = Event(task, None, exc, self.rank)
             self._where = ""
             counts[0 if event.ok else 1] += 1
             reports.send(event)
+            self._where = f" on the task after {task}"
+        self._where = ""
         reports.close()
         if not self.distributed:
             return Totals(int(counts[0]), int(counts[1]))

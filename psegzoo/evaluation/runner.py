@@ -40,9 +40,10 @@ from .guard import check_save_predictions
 from .labels import label_table, load_label
 from .layouts import GENERIC, LAYOUTS, Layout, generic_layout, layout_for_dataset, layout_named
 from .metric import Counts, count_image, label_areas, percent, sum_counts
-from .reading import read_input, sample_key, size_limit, stat_hint
+from .processes import Alone, Processes
+from .reading import hint_of, read_input, sample_key, size_limit, stat_hint
 from .result import MS_FLIP_RATIOS, EvalResult, EvalSettings
-from .split import Sample, Split, check_all_sizes, list_split, size_mismatch
+from .split import Sample, Split, check_all_sizes, image_size, list_split, size_mismatch
 from .state import WorkState, default_work_dir
 
 _AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -462,7 +463,8 @@ def evaluate(model: str | Segmenter, data_root: str | os.PathLike | None = None,
              batch_windows: int | None = None, amp_dtype: str | torch.dtype | None = None, limit: int | None = None,
              save_predictions: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None,
              resume: bool = False, workers: int | None = None, max_pixels: int | None = None,
-             on_progress: Callable[[EvalProgress], None] | None = None, **load_kwargs: Any) -> EvalResult:
+             on_progress: Callable[[EvalProgress], None] | None = None, job: Processes | None = None,
+             **load_kwargs: Any) -> EvalResult:
     """Evaluate a model on a dataset folder with mmseg's metric; returns an :class:`EvalResult`.
 
     ``model`` is a name (loaded with :func:`psegzoo.load`, with ``weights``, ``device`` and any other
@@ -472,30 +474,80 @@ def evaluate(model: str | Segmenter, data_root: str | os.PathLike | None = None,
     ``crop_size``, ``stride`` and ``scale`` override the published test pipeline (the result says so).
     Per-image counts are saved as they are made in ``work_dir`` (default ``<cache root>/eval``) and
     ``resume=True`` continues from them; without it the run starts over.
+
+    ``job`` (a :class:`psegzoo.distributed.Job`, under torchrun) shares the images out between the
+    processes, loads the model once per node and sums the counts: every process returns the
+    result of the whole split, and rank 0 saves it. ``on_progress`` hears of the whole job (rank 0).
     """
     t0 = time.perf_counter()
+    processes = job if job is not None else Alone()
     if isinstance(model, Segmenter) and (weights is not None or device is not None or load_kwargs):
         raise PredictionError("weights, device and download options apply when evaluate() loads the model by name")
+    max_pixels = image_io.max_pixels_limit(max_pixels)  # read once, checked before anything is loaded
     download = load_kwargs.get("download")
-    job = plan(model, data_root, split=split, layout=layout, images=images, labels=labels, label_suffix=label_suffix,
-               reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, ms_flip=ms_flip, flip=flip,
-               scales=scales, mode=mode, crop_size=crop_size, stride=stride, scale=scale, amp_dtype=amp_dtype,
-               limit=limit, index=getattr(download, "index", None))
+    # Every process lists and checks the split the same way (sizes, labels) before any download.
+    chosen = plan(model, data_root, split=split, layout=layout, images=images, labels=labels, label_suffix=label_suffix,
+                  reduce_zero_label=reduce_zero_label, ignore_index=ignore_index, ms_flip=ms_flip, flip=flip,
+                  scales=scales, mode=mode, crop_size=crop_size, stride=stride, scale=scale, amp_dtype=amp_dtype,
+                  limit=limit, index=getattr(download, "index", None))
     if save_predictions is not None:
-        check_save_predictions(save_predictions, job.split)
+        check_save_predictions(save_predictions, chosen.split)
     t1 = time.perf_counter()
-    segmenter = model if isinstance(model, Segmenter) else load(job.entry.name, weights=weights, device=device, **load_kwargs)
+    segmenter = model if isinstance(model, Segmenter) else processes.main_first(
+        lambda first: load(chosen.entry.name, weights=weights, device=processes.device(device),
+                           **(load_kwargs if first else {**load_kwargs, "offline": True})))
     t2 = time.perf_counter()
     identity = ({"state_sha256": weights_digest(segmenter), "dtype": str(segmenter.dtype).removeprefix("torch.")}
                 if isinstance(model, Segmenter)
-                else weights_identity(job.entry, weights, _download_of(load_kwargs), dtype=segmenter.dtype))
-    state = open_state(job, identity, work_dir, resume=resume, cache_root=getattr(download, "home", None))
-    run = accumulate(segmenter, job, state=state, save_predictions=save_predictions, batch_windows=batch_windows,
-                     max_pixels=max_pixels, workers=workers, on_progress=on_progress)
-    result = summarize(job, run.counts, images=len(job.samples), seconds=time.perf_counter() - t0, resumed=run.resumed,
-                       work_dir=state.folder, timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": run.seconds})
-    state.save_result(result.to_json())
+                else weights_identity(chosen.entry, weights, _download_of(load_kwargs), dtype=segmenter.dtype))
+    state = _shared_state(processes, chosen, identity, work_dir, resume, getattr(download, "home", None))
+    # Shards balanced by the pixels left to do (images whose files were counted before weigh nothing).
+    mine = processes.plan(chosen.samples, weigh=lambda s: 0 if resume and state.probably_saved(hint_of(s.image, s.label))
+                          else _pixels(s)).tasks
+    reports = processes.reports(_progress_of_all(on_progress, len(chosen.samples), t2))
+    run = accumulate(segmenter, chosen, mine, state=state, save_predictions=save_predictions,
+                     batch_windows=batch_windows, max_pixels=max_pixels, workers=workers, on_progress=reports.send)
+    reports.close()
+    # Counts are exact integers: summed over the processes they are those of one process.
+    counts = Counts.from_array(processes.sum(run.counts.to_array()))
+    result = summarize(chosen, counts, images=len(chosen.samples), seconds=time.perf_counter() - t0,
+                       resumed=int(processes.sum([run.resumed])[0]), work_dir=state.folder,
+                       timings={"plan": t1 - t0, "load": t2 - t1, "evaluate": time.perf_counter() - t2})
+    if processes.is_main:
+        state.save_result(result.to_json())
     return result
+
+
+def _shared_state(processes: Processes, chosen: EvalPlan, identity: Mapping[str, str], work_dir: Any, resume: bool,
+                  cache_root: Path | None) -> WorkState:
+    """The run's work folder. Opening without ``resume`` clears saved counts: the main process does it
+    before the others open the folder."""
+    state = open_state(chosen, identity, work_dir, resume=resume, cache_root=cache_root) if processes.is_main else None
+    processes.barrier("work folder")
+    return state if state is not None else open_state(chosen, identity, work_dir, resume=True, cache_root=cache_root)
+
+
+def _pixels(sample: Sample) -> int:
+    """An image's work, from its header (1 if it cannot be read: its reader reports why)."""
+    try:
+        w, h = image_size(sample.image)
+    except DatasetError:
+        return 1
+    return max(1, w * h)
+
+
+def _progress_of_all(on_progress: Callable[[EvalProgress], None] | None, total: int,
+                     since: float) -> Callable[[Any], None] | None:
+    """What ``on_progress`` hears: every process's latest report combined (a report's ``rank`` sent it)."""
+    if on_progress is None:
+        return None
+    latest: dict[int, EvalProgress] = {}
+
+    def show(event: Any) -> None:
+        latest[event.rank] = event.value
+        on_progress(EvalProgress.combine(list(latest.values()), total=total, seconds=time.perf_counter() - since))
+
+    return show
 
 
 def _download_of(load_kwargs: Mapping[str, Any]) -> DownloadOptions:

@@ -236,6 +236,96 @@ def _sources(model: Any, entry: Entry, weights: str | os.PathLike | None, downlo
     return [hub.checkpoint_path(entry, download), hub.converted_path(entry, download)]
 
 
+def _entry_of(model: Any, weights: Any, download_kwargs: dict[str, Any]) -> Entry:
+    """The entry being exported: a loaded (torch) Segmenter's, or the one a name resolves to."""
+    if isinstance(model, Segmenter):
+        if getattr(model, "info", None) is not None:  # an OnnxSegmenter
+            raise ExportError(f"{model.entry.name} is already an ONNX file; export the model from its name or weights")
+        if weights is not None or download_kwargs:
+            raise ExportError("weights and download options apply when the model is given by name, not a Segmenter")
+        return model.entry
+    if isinstance(model, str):
+        return get_entry(model, index=getattr(download_kwargs.get("download"), "index", None))
+    raise ExportError(f"export_onnx takes a model name or a psegzoo Segmenter, got {type(model).__name__}")
+
+
+def _fixed_size(entry: Entry, static: bool | None, input_size: Any) -> tuple[int, int] | None:
+    """The graph's fixed input size, or None for free height and width (where the method allows it)."""
+    fixed_only = entry.architecture.decode_head.type in FIXED_SIZE_HEADS
+    if static is None:
+        static = fixed_only
+    if fixed_only and not static:
+        raise ExportError(f"{entry.name}: {entry.method} exports at a fixed input size only (its attention masks depend "
+                          f"on the size); pass {option('static=True', '--static')} or leave it out")
+    if not static:
+        if input_size is not None:
+            raise ExportError(f"{option('input_size', '--input-size')} sets the size of a fixed-size export; also pass "
+                              f"{option('static=True', '--static')} (the dynamic graph takes any size)")
+        return None
+    return _size(input_size if input_size is not None else tuple(entry.crop_size), option("input_size", "--input-size"))
+
+
+def _references(plain: Segmentor, x: torch.Tensor, lowres: bool) -> dict[str, torch.Tensor]:
+    """What ``seg.model(x)`` gives (and the head's own logits, if exported), float32 on the CPU."""
+    with torch.inference_mode():
+        references = {metadata.LOGITS: plain(x)}
+        if lowres:
+            references[metadata.LOWRES] = plain.forward_lowres(x)
+    return references
+
+
+def _program(graph: _Graph, example: torch.Tensor, size: tuple[int, int] | None, min_side: int, name: str,
+             outputs: Sequence[str], opset: int | None) -> Any:
+    """The ONNX program of ``graph``: captured by torch.export, translated, its input's axes checked and named."""
+    with _quiet_exporter(), torch.no_grad():
+        exported = _capture(graph, example, None if size else min_side, name)
+        try:
+            program = torch.onnx.export(exported, (example,), dynamo=True, input_names=[metadata.INPUT],
+                                        output_names=list(outputs), opset_version=opset, verbose=False, optimize=True)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed for {name} ({deps.first_line(exc)})") from None
+    if program is None:
+        raise ExportError(f"torch.onnx.export returned no program for {name}")
+    _name_dims(program, size, name)
+    return program
+
+
+def _save_checked(program: Any, out_path: Path, name: str, precision: str, x: torch.Tensor,
+                  references: dict[str, torch.Tensor]) -> float | None:
+    """Write the file beside ``out_path``, check it against ``references`` (if any), then put it in
+    place; nothing is left behind on failure. The check's relative error (None without one)."""
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
+    try:
+        try:
+            program.save(tmp, external_data=False)
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"cannot write {str(out_path)!r}: {deps.first_line(exc)}") from None
+        error = None
+        if references:
+            error = _check(tmp, x, references)
+            if not error <= TOLERANCE[precision]:
+                h, w = x.shape[-2:]
+                raise ExportError(f"the exported {name} differs from the torch model by {error:.2e} x max|logits| "
+                                  f"at {h}x{w} (allowed {TOLERANCE[precision]:.0e}); nothing written")
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return error
+
+
+def _notes(entry: Entry, size: tuple[int, int] | None, half: bool) -> tuple[str, ...]:
+    """What the user should know about the file: a fixed size the method imposes, float16 compute."""
+    notes = []
+    if size is not None and entry.architecture.decode_head.type in FIXED_SIZE_HEADS:
+        notes.append(f"{entry.method} is exported for {size[0]}x{size[1]} inputs only, because its attention masks depend "
+                     f"on the input size: predict with it in slide mode with a {size[0]}x{size[1]} crop, or export at the "
+                     "size your images are resized to")
+    if half:
+        notes.append("float16 weights and compute; input and output stay float32")
+    return tuple(notes)
+
+
 def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                 opset: int | None = None, input_size: int | Sequence[int] | None = None, static: bool | None = None,
                 half: bool = False, check: bool = True, **download_kwargs: Any) -> ExportResult:
@@ -250,27 +340,8 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
     t0 = time.perf_counter()
     deps.require_exporter()
     _check_opset(opset)
-    if isinstance(model, Segmenter):
-        if getattr(model, "info", None) is not None:  # an OnnxSegmenter
-            raise ExportError(f"{model.entry.name} is already an ONNX file; export the model from its name or weights")
-        if weights is not None or download_kwargs:
-            raise ExportError("weights and download options apply when the model is given by name, not a Segmenter")
-        entry: Entry = model.entry
-    elif isinstance(model, str):
-        entry = get_entry(model, index=getattr(download_kwargs.get("download"), "index", None))
-    else:
-        raise ExportError(f"export_onnx takes a model name or a psegzoo Segmenter, got {type(model).__name__}")
-    fixed_only = entry.architecture.decode_head.type in FIXED_SIZE_HEADS
-    if static is None:
-        static = fixed_only
-    if fixed_only and not static:
-        raise ExportError(f"{entry.name}: {entry.method} exports at a fixed input size only (its attention masks depend "
-                          f"on the size); pass {option('static=True', '--static')} or leave it out")
-    if input_size is not None and not static:
-        raise ExportError(f"{option('input_size', '--input-size')} sets the size of a fixed-size export; also pass "
-                          f"{option('static=True', '--static')} (the dynamic graph takes any size)")
-    what = option("input_size", "--input-size")
-    size = _size(input_size if input_size is not None else tuple(entry.crop_size), what) if static else None
+    entry = _entry_of(model, weights, download_kwargs)
+    size = _fixed_size(entry, static, input_size)
     out_path = _output_path(output)
     refuse_writing_over(out_path, _sources(model, entry, weights, download_kwargs.get("download")))
     precision = "float16" if half else "float32"
@@ -282,58 +353,19 @@ def export_onnx(model: str | Segmenter, output: str | os.PathLike, *, weights: s
     plain = _plain_copy(seg.model)
     check_size = size or CHECK_SIZE
     check_x = torch.randn((1, 3, *check_size), generator=torch.Generator().manual_seed(0))
-    references: dict[str, torch.Tensor] = {}
-    if check:  # what seg.model(x) gives, in float32 on the CPU
-        with torch.inference_mode():
-            references[metadata.LOGITS] = plain(check_x)
-            if lowres:
-                references[metadata.LOWRES] = plain.forward_lowres(check_x)
+    references = _references(plain, check_x, lowres) if check else {}
     plain.fuse_bn()
     use_fast_paths(plain, False)
     graph = _Graph(plain, float16=half, lowres=lowres).eval()
     example = torch.randn((2, 3, *(size or tuple(entry.crop_size))))
-
-    with _quiet_exporter(), torch.no_grad():
-        exported = _capture(graph, example, None if size else min_side, entry.name)
-        try:
-            program = torch.onnx.export(exported, (example,), dynamo=True, input_names=[metadata.INPUT],
-                                        output_names=outputs,
-                                        opset_version=opset, verbose=False, optimize=True)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for {entry.name} ({deps.first_line(exc)})") from None
-    if program is None:
-        raise ExportError(f"torch.onnx.export returned no program for {entry.name}")
-    _name_dims(program, size, entry.name)
+    program = _program(graph, example, size, min_side, entry.name, outputs, opset)
     actual_opset = int(program.model.opset_imports.get("", opset or 0))
     info = metadata.OnnxInfo(entry=entry, dataset=seg.dataset, input_size=size, min_side=min(size) if size else min_side,
                              precision=precision, lowres_output=lowres,
                              opset=actual_opset, psegzoo_version=__version__, exporter=_exporter_name())
     program.model.metadata_props.update(metadata.build(info))
     program.model.doc_string = f"psegzoo {entry.name}: normalized NCHW float32 input -> NCHW float32 logits"
-
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
-    try:
-        try:
-            program.save(tmp, external_data=False)
-        except (OSError, ValueError) as exc:
-            raise ExportError(f"cannot write {str(out_path)!r}: {deps.first_line(exc)}") from None
-        error = None
-        if references:
-            error = _check(tmp, check_x, references)
-            if not error <= TOLERANCE[precision]:
-                raise ExportError(f"the exported {entry.name} differs from the torch model by {error:.2e} x max|logits| "
-                                  f"at {check_size[0]}x{check_size[1]} (allowed {TOLERANCE[precision]:.0e}); nothing written")
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    notes = []
-    if size is not None and fixed_only:
-        notes.append(f"{entry.method} is exported for {size[0]}x{size[1]} inputs only, because its attention masks depend "
-                     f"on the input size: predict with it in slide mode with a {size[0]}x{size[1]} crop, or export at the "
-                     "size your images are resized to")
-    if half:
-        notes.append("float16 weights and compute; input and output stay float32")
+    error = _save_checked(program, out_path, entry.name, precision, check_x, references)
     return ExportResult(path=out_path, name=entry.name, opset=actual_opset, precision=precision, input_size=size,
                         outputs=info.outputs, size_bytes=out_path.stat().st_size, seconds=time.perf_counter() - t0,
-                        checked_size=check_size if references else None, max_error=error, notes=tuple(notes))
+                        checked_size=check_size if references else None, max_error=error, notes=_notes(entry, size, half))
