@@ -44,7 +44,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, ImageTooLargeError, option
+from .errors import ImageError, ImageTooLargeError, check_count, option
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ def max_pixels_limit(max_pixels: int | None = None) -> int:
             value = int(env.replace("_", ""))
         except ValueError:
             raise ImageError(f"{MAX_PIXELS_ENV}={env!r} is not an integer pixel count (e.g. 200000000)") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ImageError(f"{where} must be a positive number of pixels, got {value!r}")
-    return value
+    return check_count(value, where, ImageError, unit="number of pixels")
 
 
 def load_image(src: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import files, outputs
-from .errors import OutputError, PsegzooError, VideoError
+from .errors import OutputError, PsegzooError, VideoError, check_count
 from .images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 __all__ = ["VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoPaths", "VideoResult", "VideoWriter", "available", "encoder",
@@ -166,8 +166,7 @@ def _upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
 
 def read_frames(path: str | os.PathLike, every: int = 1) -> Iterator[Frame]:
     """Decode frames 0, ``every``, 2 * ``every``, ... as H x W x 3 uint8 RGB arrays."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise VideoError(f"every must be a positive number of frames, got {every!r}")
+    check_count(every, "every", VideoError, unit="number of frames")
     path = Path(path)
     av = _av(str(path))
     with _open(av, path) as container:

@@ -25,6 +25,16 @@ def _silenced() -> Iterator[None]:
         yield
 
 
+def use_cpu_share(job: Any) -> None:
+    """Run torch on this process's share of the node's cores in a torchrun job (thread counts are the
+    program's to set, so the command line sets them, not the library)."""
+    threads = job.cpu_threads
+    if threads is not None:
+        import torch  # already imported by the job
+
+        torch.set_num_threads(threads)
+
+
 def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., Any] | None = None,
            check: Callable[..., None] | None = None) -> Callable[..., Any]:
     """Run ``command(..., job=Job)``; torchrun's other ranks print nothing and exit 1 on failure.
@@ -47,6 +57,7 @@ def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., 
             status("importing PyTorch")
             start = psegzoo.distributed.Job.start  # the first use of torch
         with start(launch) as job:
+            use_cpu_share(job)
             return command(*args, job=job, **kwargs)
 
     @functools.wraps(command)

@@ -12,8 +12,9 @@ step is local and immediate. Under torchrun the processes coordinate in two ways
   input is an event that rank 0 shows (one progress view, one stream of messages); a process that
   fails records why, and every other process checks for that record after each input and stops.
 
-Threads: each process of a node runs torch on its share of the cores (cores / processes per
-node, see :meth:`Launch.cpu_threads`), so two processes on two cores use one thread each.
+Threads: each process of a node should run torch on its share of the cores (cores / processes per
+node, see :meth:`Launch.cpu_threads` and :attr:`Job.cpu_threads`), so two processes on two cores use one
+thread each. The job only tells the count; the program sets it (the command line's job runner does).
 
 Loading: the first process of each node (local rank 0) runs the loader first, with network access;
 the others wait for all of them, then load from the cache with network access off. On one node
@@ -123,7 +124,6 @@ class Job:
         launch = launch if launch is not None else Launch.from_environ()
         if not launch.distributed:
             return cls(launch)
-        torch.set_num_threads(launch.cpu_threads(usable_cores()))
         store = init_group(launch, timeout)
         job = cls(launch, dist.PrefixStore(f"psegzoo/{launch.restart}/{next(_serial)}", store))
         job.nodes = int(all_reduce_sum([int(launch.is_node_leader)])[0])
@@ -146,6 +146,13 @@ class Job:
     @property
     def distributed(self) -> bool:
         return self._store is not None
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """torch's CPU threads for this process in a torchrun job (its share of the node's cores, see
+        :meth:`Launch.cpu_threads`); None for a job of one. Setting them is the program's business
+        (the command line's job runner does), not this library's."""
+        return self.launch.cpu_threads(usable_cores()) if self.launch.distributed else None
 
     def device(self, requested: str | None) -> str | None:
         """The device for this process: ``cuda:LOCAL_RANK`` under torchrun for ``auto``/``cuda``."""

@@ -31,7 +31,7 @@ import torch
 from .. import hub, outputs
 from .. import images as image_io
 from ..api import Segmenter, load
-from ..errors import DatasetError, ImageError, PredictionError, option
+from ..errors import DatasetError, ImageError, PredictionError, check_count, option
 from ..hub import DownloadOptions
 from ..manifest import Dataset, Entry, get_dataset, get_entry
 from ..predictor import InferenceSettings, default_workers
@@ -223,8 +223,7 @@ def plan(model: str | Entry | Segmenter, data_root: str | os.PathLike | None = N
     their image, an empty split, a dataset without a layout) or :class:`PredictionError` (settings).
     """
     entry = _entry_of(model, index)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise DatasetError(f"limit must be a positive number of images, got {limit!r}")
+    check_count(limit, "limit", DatasetError, unit="number of images", none=True)
     chosen = _pick_layout(entry, layout, images, labels, label_suffix, reduce_zero_label, ignore_index)
     if chosen.name == GENERIC and split is not None:
         raise DatasetError(f"a generic folder is evaluated whole; drop {option('split=...', '--split')} or point "

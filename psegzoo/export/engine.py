@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..api import Prediction, Segmenter
-from ..errors import ExportError, PredictionError, option
+from ..errors import ExportError, PredictionError, check_count, option
 from ..predictor import InferenceSettings
 from . import deps, metadata
 
@@ -148,8 +148,7 @@ def load_onnx(path: str | os.PathLike, *, device: str | None = "auto", threads: 
     if not file.is_file():
         raise ExportError(f"ONNX file {str(file)!r} does not exist")
     providers = providers_for(device, list(ort.get_available_providers()))
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ExportError(f"threads must be a positive integer, got {threads!r}")
+    check_count(threads, "threads", ExportError, none=True)
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: onnxruntime's notices are not the user's business

@@ -123,8 +123,8 @@ def prepare_model(
 ) -> torch.nn.Module:
     """Put ``model`` in eval mode on ``device``; ``channels_last`` None keeps its memory format.
 
-    On CUDA, cuDNN picks its fastest convolution algorithms per input shape
-    (``torch.backends.cudnn.benchmark``): a prediction runs the same shapes again and again.
+    Nothing process-wide is set here: on CUDA, cuDNN's per-shape algorithm search is on only while
+    a prediction's forwards run (:func:`psegzoo.predictor.cuda.cudnn_benchmark`).
     """
     dev = select_device(device)
     model.eval()
@@ -133,8 +133,6 @@ def prepare_model(
     else:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(device=dev, memory_format=fmt)  # type: ignore[call-overload]
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     return model
 
 
