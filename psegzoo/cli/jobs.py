@@ -30,8 +30,7 @@ def use_cpu_share(job: Any) -> None:
     program's to set, so the command line sets them, not the library)."""
     threads = job.cpu_threads
     if threads is not None:
-        import torch  # already imported by the job
-
+        torch = sys.modules["torch"]  # loaded by the job already; the command line itself imports no torch
         torch.set_num_threads(threads)
 
 

@@ -41,7 +41,6 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from ..errors import DistributedError, PsegzooError, option
