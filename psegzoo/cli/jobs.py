@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 import psegzoo
 
 from .common import StatusLine
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -69,7 +72,8 @@ def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., 
                 return body(launch, args, kwargs)
         except SystemExit:
             raise
-        except BaseException:  # rank 0 tells the user; this process only stops
+        except BaseException:  # rank 0 tells the user; this process only stops (its traceback at -vv)
+            log.debug("process %d stops on an error", launch.rank, exc_info=True)
             sys.exit(1)
 
     return wrapper

@@ -31,6 +31,7 @@ are only ever renamed into place when complete.
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import signal
 import threading
@@ -55,6 +56,8 @@ from .launch import (
     rank_device,
     usable_cores,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -191,6 +194,8 @@ class Job:
                 raise _Aborted(record) from None
             return
         terminated = isinstance(exc, Terminated)
+        if not terminated:
+            log.debug("process %d of %d failed%s", self.rank, self.world_size, self._where, exc_info=exc)
         what = "was stopped by SIGTERM" if terminated else "failed"
         mine = f"process {self.rank} of {self.world_size} {what}{self._where}" + ("" if terminated else f": {_one_line(exc)}")
         if record is None:
