@@ -254,3 +254,25 @@ def test_every_precision_name_means_the_same_to_load_predict_and_evaluate(name):
     assert amp == (None if dtype == torch.float32 else dtype)
     assert _amp_name(name) == (None if amp is None else DTYPES[name])
     assert _pick_dtype(name.upper()) == dtype
+
+
+def test_peak_memory_is_read_without_resetting_and_tightened_by_earlier_exact_readings():
+    """The counters' arithmetic (on a CPU, with the readings a GPU would give): a block that raised the
+    process's peak is measured exactly; one that stayed under an earlier peak gets an upper bound,
+    which an exact reading of the same input on the same model replaces."""
+    from psegzoo.predictor.cuda import PeakMeter, item_bytes
+
+    def reading(start: int, before: int, after: int) -> PeakMeter:
+        meter = PeakMeter(torch.device("cuda"))
+        meter.start, meter.before, meter.after = start, before, after
+        return meter
+
+    model, other = torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 3, 1)
+    fresh = reading(start=1000, before=1000, after=1600)  # a new peak: 600 bytes for this block
+    assert fresh.exact and fresh.bytes == 600
+    assert item_bytes(model, "window", fresh) == 600
+    stale = reading(start=1000, before=9000, after=9000)  # under an earlier peak: at most 8000
+    assert not stale.exact and stale.bytes == 8000
+    assert item_bytes(model, "window", stale) == 600  # the exact reading of this input stands
+    assert item_bytes(other, "window", stale) == 8000  # another model: only the bound is known
+    assert item_bytes(model, "image", reading(1000, 1000, 5000), items=4, extra=400) == 1100  # (4000 + 400) / 4
