@@ -12,6 +12,17 @@ from dataclasses import dataclass
 from .errors import PredictionError
 
 KINDS = ("auto", "cpu", "cuda", "mps")
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
+          "float16": "float16", "fp16": "float16", "half": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+"""Every precision name psegzoo takes (a model's ``dtype``, autocast's ``amp_dtype``, the server's ``amp``),
+to its canonical name, which is torch's: the one table of them."""
+
+
+def dtype_name(name: object) -> str | None:
+    """The canonical name of a precision name (any case, spaces around), None when it is not one."""
+    return DTYPES.get(name.strip().lower()) if isinstance(name, str) else None
 _NAME = re.compile(r"(?P<kind>[a-z]+)(?::(?P<index>\d+))?")
 USE = "use auto, cpu, cuda, cuda:N or mps"
 

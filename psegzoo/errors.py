@@ -5,7 +5,9 @@ on one line and exits non-zero. Messages say which name/file/value is wrong and 
 """
 from __future__ import annotations
 
+import numbers
 import re
+from typing import Literal, overload
 
 # An option named in a message, written once for both audiences: ``option("sha256='HEX'", "--sha256 HEX")``.
 _OPTION = re.compile("\x00([^\x00\x01]*)\x01([^\x00\x01]*)\x00")
@@ -135,3 +137,26 @@ class ExportError(PsegzooError):
 
 class ServeError(PsegzooError):
     """The HTTP service cannot start: its packages are missing, a setting is invalid, or the address is taken."""
+
+
+@overload
+def check_count(value: object, name: str, error: type[PsegzooError] = ..., *, unit: str = ..., minimum: int = ...,
+                none: Literal[False] = ...) -> int: ...
+
+
+@overload
+def check_count(value: object, name: str, error: type[PsegzooError] = ..., *, unit: str = ..., minimum: int = ...,
+                none: bool) -> int | None: ...
+
+
+def check_count(value: object, name: str, error: type[PsegzooError] | None = None, *, unit: str = "integer",
+                minimum: int = 1, none: bool = False) -> int | None:
+    """``value`` when it is a whole number of at least ``minimum`` (1 or 0; a bool is not a number);
+    None when ``none`` allows it; else ``error``, one line naming ``name`` and what it must be:
+    ``"batch_size must be a positive integer or None, got 0"``. The one check of counts psegzoo takes."""
+    if value is None and none:
+        return None
+    if not isinstance(value, bool) and isinstance(value, numbers.Integral) and int(value) >= minimum:
+        return int(value)
+    kind = f"a positive {unit}" if minimum == 1 else f"a {unit} ({minimum} or more)"
+    raise (error or PsegzooError)(f"{name} must be {kind}{' or None' if none else ''}, got {value!r}")

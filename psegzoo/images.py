@@ -44,13 +44,13 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, ImageTooLargeError, option
+from .errors import ImageError, ImageTooLargeError, check_count, option
+from .settings import MAX_PIXELS_ENV, max_pixels_from_env
 
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGE = "street.png"
 DEFAULT_MAX_PIXELS = 2**27
-MAX_PIXELS_ENV = "PSEGZOO_MAX_PIXELS"
 
 # Extensions picked up when a directory is searched (files named explicitly may have any).
 IMAGE_EXTENSIONS = frozenset(
@@ -73,17 +73,11 @@ def max_pixels_limit(max_pixels: int | None = None) -> int:
     if max_pixels is not None:
         value, where = max_pixels, "max_pixels"
     else:
-        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
-        if not env:
+        env = max_pixels_from_env()
+        if env is None:
             return DEFAULT_MAX_PIXELS
-        where = MAX_PIXELS_ENV
-        try:
-            value = int(env.replace("_", ""))
-        except ValueError:
-            raise ImageError(f"{MAX_PIXELS_ENV}={env!r} is not an integer pixel count (e.g. 200000000)") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ImageError(f"{where} must be a positive number of pixels, got {value!r}")
-    return value
+        value, where = env, MAX_PIXELS_ENV
+    return check_count(value, where, ImageError, unit="number of pixels")
 
 
 def load_image(src: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:

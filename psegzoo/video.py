@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import files, outputs
-from .errors import OutputError, PsegzooError, VideoError, option
+from .errors import OutputError, PsegzooError, VideoError, check_count, option
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS_ENV, VIDEO_EXTENSIONS, max_pixels_limit
 
 __all__ = ["FRAMES_RECORD", "VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoPaths", "VideoResult", "VideoWriter", "available", "encoder",
@@ -190,8 +190,7 @@ def read_frames(path: str | os.PathLike, every: int = 1, *, max_pixels: int | No
     against the pixel limit (``max_pixels``, else ``PSEGZOO_MAX_PIXELS``, else the images' default)
     before any frame is converted.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise VideoError(f"every must be a positive number of frames, got {every!r}")
+    check_count(every, "every", VideoError, unit="number of frames")
     limit = max_pixels_limit(max_pixels)
     path = Path(path)
     av = _av(str(path))

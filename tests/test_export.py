@@ -28,6 +28,7 @@ from psegzoo.api import Segmenter
 from psegzoo.errors import ExportError, PredictionError
 from psegzoo.export import ExportResult, OnnxSegmenter, export_onnx, load_onnx
 from psegzoo.export import export as export_module
+from psegzoo.export.engine import providers_for
 from psegzoo.manifest import get_dataset
 from psegzoo.models.layers import resize
 from psegzoo.models.pooling import adaptive_avg_pool2d, adaptive_avg_pool2d_windows, averaging_matrix
@@ -405,6 +406,39 @@ def test_onnx_segmenter_refuses_what_it_cannot_do(pspnet):
         with pytest.raises(ExportError, match="no CUDA provider.*onnxruntime-gpu.*device='cpu'"):
             load_onnx(pspnet.path, device="cuda")
     assert load_onnx(pspnet.path, device="cpu", threads=1).engine.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ExportError, match="fast paths are for psegzoo.load"):
+        loaded.use_fast_paths(True)
+
+
+def test_cuda_index_reaches_onnxruntime_as_its_device_id():
+    """Each torchrun process runs its file on its own GPU: cuda:N is the CUDA provider's device_id."""
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cuda:3", both) == [("CUDAExecutionProvider", {"device_id": 3}), "CPUExecutionProvider"]
+    assert providers_for("CUDA:0", both) == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert providers_for("cuda", both) == both and providers_for("auto", both) == both
+    assert providers_for(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(ExportError, match="no CUDA provider"):
+        providers_for("cuda:1", ["CPUExecutionProvider"])
+    for bad in ("cuda:x", "mps:1", "tpu"):
+        with pytest.raises(ExportError, match="not supported for ONNX files"):
+            providers_for(bad, both)
+
+
+def test_an_onnx_prediction_never_touches_torch_tuning(pspnet, tmp_path):
+    """Loading and predicting with an ONNX file imports no CPU tuning code and leaves no tuning record."""
+    home = tmp_path / "home"
+    code = ("import sys, numpy as np, psegzoo\n"
+            f"seg = psegzoo.load_onnx({str(pspnet.path)!r}, device='cpu')\n"
+            "seg.predict(np.full((40, 60, 3), 90, np.uint8))\n"
+            "list(seg.predict_many([np.full((30, 50, 3), 20, np.uint8)] * 2, batch_size=2))\n"
+            "import json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('psegzoo.models.fast'))))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSEGZOO_")}
+    env.update(PYTHONPATH=str(REPO), PSEGZOO_HOME=str(home))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "psegzoo.models.fast.tuning" not in loaded and loaded  # the fast-path classes load with the models
+    assert not (home / "fast_paths.json").exists()
 
 
 # --------------------------------------------------------------------------------------------

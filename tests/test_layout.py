@@ -12,14 +12,15 @@ PKG = Path(__file__).resolve().parents[1] / "psegzoo"
 # module -> psegzoo modules it may import (its left); third-party limits where they matter.
 ALLOWED = {
     "errors": set(),
+    "settings": {"errors"},
     "units": set(),
     "files": set(),
     "devices": {"errors"},
-    "manifest": {"units", "errors", "files"},
-    "hub": {"units", "errors", "files", "manifest"},
+    "manifest": {"units", "errors", "files", "settings"},
+    "hub": {"units", "errors", "files", "manifest", "settings"},
     "convert": {"units", "errors", "files", "manifest"},
     "models": {"units", "errors", "manifest", "models"},
-    "images": {"units", "errors"},
+    "images": {"units", "errors", "settings"},
     "outputs": {"units", "errors", "files"},
     "predictor": {"units", "errors", "manifest", "devices"},
     "prefetch": set(),
@@ -36,8 +37,8 @@ ALLOWED = {
     "serve": {"units", "errors", "devices", "files", "manifest", "hub", "images", "outputs", "predictor", "api", "__init__"},
     "cli": {"__init__"},
 }
-NO_TORCH = {"units", "errors", "files", "devices", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
-STDLIB_ONLY = {"units", "errors", "files", "devices", "prefetch", "manifest"}
+NO_TORCH = {"settings", "units", "errors", "files", "devices", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
+STDLIB_ONLY = {"settings", "units", "errors", "files", "devices", "prefetch", "manifest"}
 
 
 def _module_of(path: Path) -> str:

@@ -16,28 +16,23 @@ from typing import Any, cast
 import torch
 
 from .. import __version__, convert, files, hub, predictor
+from ..devices import DTYPES
 from ..errors import CacheError, CheckpointError, OutputError, PsegzooError, VerificationError, option
 from ..hub import DownloadOptions
 from ..manifest import Entry, get_dataset, get_entry
 from ..models import Segmentor, build_segmentor, state_shapes
-from ..models.fast import tuning
+from ..models.fast import RECORD_NAME
 from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
 def _pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if dtype is None:
         return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise PsegzooError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}") from None
+    chosen = predictor.torch_dtype(dtype) if isinstance(dtype, (str, torch.dtype)) else None
+    if chosen is None:
+        raise PsegzooError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}")
+    return chosen
 
 
 def _convert_file(path: Path, entry: Entry, model: Segmentor, *,
@@ -197,7 +192,7 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None, d
 
 def tuning_record(options: DownloadOptions | None = None) -> Path:
     """Where ``psegzoo tune`` records the CPU's fast paths: ``fast_paths.json`` in the cache root."""
-    return (options if options is not None else DownloadOptions()).home / tuning.RECORD_NAME
+    return (options if options is not None else DownloadOptions()).home / RECORD_NAME
 
 
 def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike | None = None, *,

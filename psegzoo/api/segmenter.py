@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .. import images, predictor
-from ..errors import ImageError, PredictionError, PsegzooError
+from ..errors import ImageError, PredictionError, PsegzooError, check_count
 from ..manifest import Dataset, Entry
 from ..models import FastPaths, Segmentor, fast_paths_of, use_fast_paths
-from ..models.fast import tuning
 from ..prefetch import prefetch
 from .prediction import Prediction
+
+if TYPE_CHECKING:
+    from ..models.fast import tuning
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,13 @@ class Segmenter:
 
     ``fast_paths`` (the exact speed-ups of :mod:`psegzoo.models.fast`) are chosen per device: on a
     GPU by a fixed table; on the CPU from ``tuning_record`` (what ``psegzoo tune`` measured on this
-    machine), else by a rule on the CPU's vector features. Nothing is measured here.
+    machine), else by a rule on the CPU's vector features. Nothing is measured here, and the model's
+    form is settled here (or by an explicit :meth:`use_fast_paths` or :meth:`compile`), never by a prediction.
     ``channels_last`` True or False overrides that choice for the memory format.
+
+    Safe to use from several threads at once: a lock serializes the model's forwards and every change
+    of its form, so threads overlap only in reading and preparing images (on a CPU the forwards use
+    every core already). Results are those of the same calls made one after another.
     """
 
     def __init__(self, model: Segmentor, entry: Entry, device: torch.device, dtype: torch.dtype,
@@ -52,6 +60,7 @@ class Segmenter:
         self.load_timings = dict(timings or {})
         self._channels_last = channels_last
         self._tuning_record = tuning_record
+        self._lock = threading.RLock()  # the model: its forwards and any change of its form
         self.fast_path_choice: tuning.Choice | None = None
         self.use_fast_paths(fast_paths)
 
@@ -81,6 +90,8 @@ class Segmenter:
         if isinstance(paths, str):
             if paths != "auto":
                 raise PredictionError(f"fast_paths must be 'auto', True, False or a FastPaths, got {paths!r}")
+            from ..models.fast import tuning  # torch models only: an ONNX file never reads it
+
             if self.device.type == "cpu":
                 self.fast_path_choice = tuning.cpu_fast_paths(self._tuning_record)
                 log.info("fast paths on this CPU: %s", self.fast_path_choice.describe())
@@ -101,7 +112,8 @@ class Segmenter:
             cl = self._channels_last  # Winograd runs on channels-last inputs only
             paths = replace(paths, winograd=paths.winograd and cl, winograd_f4=paths.winograd_f4 and cl,
                             channels_last=cl)
-        use_fast_paths(self.model, paths)
+        with self._lock:
+            use_fast_paths(self.model, paths)
 
     def decide_fast_paths(self) -> FastPaths:
         """The fast paths installed; nothing is measured here (``psegzoo tune`` measures the CPU)."""
@@ -114,13 +126,14 @@ class Segmenter:
         (``COMPILED_FAST_PATHS``); the model traces in one graph. The first prediction at each new
         input size compiles (slow); later ones are faster.
         """
-        chosen = self.fast_paths
-        self._install(FastPaths(decompose=chosen.decompose and COMPILED_FAST_PATHS.decompose,
-                                winograd=chosen.winograd and COMPILED_FAST_PATHS.winograd,
-                                channels_last=chosen.channels_last and COMPILED_FAST_PATHS.channels_last))
-        self.model.compile(**kwargs)
-        if self.entry.test.resize_logits == "direct":
-            self.model.forward_lowres = torch.compile(self.model.forward_lowres, **kwargs)  # type: ignore[method-assign]
+        with self._lock:
+            chosen = self.fast_paths
+            self._install(FastPaths(decompose=chosen.decompose and COMPILED_FAST_PATHS.decompose,
+                                    winograd=chosen.winograd and COMPILED_FAST_PATHS.winograd,
+                                    channels_last=chosen.channels_last and COMPILED_FAST_PATHS.channels_last))
+            self.model.compile(**kwargs)
+            if self.entry.test.resize_logits == "direct":
+                self.model.forward_lowres = torch.compile(self.model.forward_lowres, **kwargs)  # type: ignore[method-assign]
         return self
 
     # ----------------------------------------------------------------------------------------
@@ -160,7 +173,8 @@ class Segmenter:
     def _predict_loaded(self, rgb: np.ndarray, source: ImageInput, load_seconds: float,
                         settings: predictor.InferenceSettings, **kwargs: Any) -> Prediction:
         """:meth:`predict` on an image already read (``source`` is what it was read from)."""
-        result = predictor.infer(self.model, rgb, settings, device=self.device, **kwargs)
+        with self._lock:
+            result = predictor.infer(self.model, rgb, settings, device=self.device, **kwargs)
         timings = {"load_image": load_seconds, **{k: float(v) for k, v in result.seconds.items()}}
         return self._prediction(result, rgb, source, timings)
 
@@ -193,7 +207,7 @@ class Segmenter:
         Takes :meth:`predict`'s options. A bad image (unreadable, too large, one the model fails on)
         yields its error (:class:`~psegzoo.ImageError` or :class:`~psegzoo.PredictionError`, naming
         the image) instead of stopping the others; options that are wrong for every image raise at
-        once. Results come in input order.
+        once, when ``predict_many`` is called. Results come in input order.
 
         ``batch_size`` > 1 runs consecutive whole-mode images that resize to the same size through
         the model together (one view each: no ``flip``/``scales``); None sizes the batches from the
@@ -202,54 +216,11 @@ class Segmenter:
         none beside a CPU model, see :func:`psegzoo.predictor.default_workers`).
         """
         self._check_options(kwargs)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-            raise PredictionError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-            raise PredictionError(f"workers must be a number of threads (0 or more), got {workers!r}")
+        check_count(batch_size, "batch_size", PredictionError, none=True)
+        check_count(workers, "workers", PredictionError, unit="number of threads", minimum=0, none=True)
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
-        settings = self.settings(**{k: kwargs.get(k) for k in ("mode", "crop_size", "stride", "scale")})
-        batched = self._batchable(settings, kwargs) and (self.device.type == "cuda" if batch_size is None else batch_size > 1)
-        threads = predictor.default_workers(self.device) if workers is None else workers
-        gather = batch_size or predictor.MAX_BATCH_IMAGES
-        max_pixels = images.max_pixels_limit(kwargs.get("max_pixels"))  # once, not once per image
-
-        def read(item: tuple[ImageInput, str] | PsegzooError) -> _Read | PsegzooError:
-            if isinstance(item, PsegzooError):
-                return item
-            image, label = item
-            t0 = time.perf_counter()
-            try:
-                rgb = images.load_image(image, max_pixels=max_pixels)
-                prepared = predictor.prepare(rgb, settings, self.device) if batched else None
-            except ImageError as exc:
-                return exc
-            except PsegzooError as exc:
-                return type(exc)(f"{label}: {exc.args[0] if exc.args else exc}")
-            return _Read(image, label, rgb, prepared, time.perf_counter() - t0)
-
-        stream = prefetch(self._named(inputs), read, workers=threads, depth=max(2, 2 * threads, gather if batched else 0))
-        try:
-            if not batched:
-                for _, got in stream:
-                    yield got if isinstance(got, PsegzooError) else self._guarded(got, settings, kwargs)
-                return
-            pending: list[_Read | PsegzooError] = []  # read images (and errors, in order) awaiting their batch
-            count = 0
-            for _, got in stream:
-                if isinstance(got, _Read):
-                    size = got.prepared.size if got.prepared is not None else None
-                    if count and size != self._size_of(pending):
-                        yield from self._batch(pending, settings, batch_size, kwargs)
-                        pending, count = [], 0
-                    count += 1
-                pending.append(got)
-                if count == gather:
-                    yield from self._batch(pending, settings, batch_size, kwargs)
-                    pending, count = [], 0
-            yield from self._batch(pending, settings, batch_size, kwargs)
-        finally:
-            stream.close()
+        return _Run.of(self, batch_size, workers, kwargs).results(inputs)
 
     @staticmethod
     def _named(inputs: Iterable[ImageInput]) -> Iterator[tuple[ImageInput, str] | PsegzooError]:
@@ -292,6 +263,7 @@ class Segmenter:
         except PsegzooError as exc:
             return type(exc)(f"{read.label}: {exc.args[0] if exc.args else exc}")
         except (RuntimeError, ValueError, MemoryError) as exc:  # the model failed on this input
+            log.debug("%s: prediction failed", read.label, exc_info=True)
             return PredictionError(f"{read.label}: prediction failed: {exc}".splitlines()[0])
 
     @staticmethod
@@ -305,14 +277,16 @@ class Segmenter:
         results: dict[int, predictor.Inference] = {}
         if good:
             try:
-                out = predictor.infer_batch(self.model, [got.prepared for got in good if got.prepared is not None],
-                                            settings, device=self.device, amp_dtype=kwargs.get("amp_dtype"),
-                                            batch_size=batch_size, keep_scores=kwargs.get("keep_scores", True),
-                                            confidence=kwargs.get("confidence", False),
-                                            max_memory=kwargs.get("max_memory"))
+                with self._lock:
+                    out = predictor.infer_batch(self.model, [got.prepared for got in good if got.prepared is not None],
+                                                settings, device=self.device, amp_dtype=kwargs.get("amp_dtype"),
+                                                batch_size=batch_size, keep_scores=kwargs.get("keep_scores", True),
+                                                confidence=kwargs.get("confidence", False),
+                                                max_memory=kwargs.get("max_memory"))
                 results = {id(got): r for got, r in zip(good, out)}
             except (PsegzooError, RuntimeError, ValueError, MemoryError) as exc:
                 log.info("batched prediction failed (%s); predicting one by one", str(exc).splitlines()[0])
+                log.debug("the batched prediction's failure", exc_info=True)
         progress = kwargs.get("progress")
         for got in pending:
             if isinstance(got, PsegzooError):
@@ -336,3 +310,73 @@ class _Read:
     rgb: np.ndarray
     prepared: predictor.Prepared | None
     seconds: float
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One :meth:`Segmenter.predict_many` call, its options checked: how images are read (on
+    ``threads`` workers) and whether they go through the model in batches (up to ``gather``)."""
+
+    segmenter: Segmenter
+    settings: predictor.InferenceSettings
+    options: Mapping[str, Any]
+    batch_size: int | None
+    batched: bool
+    threads: int
+    gather: int
+
+    @classmethod
+    def of(cls, segmenter: Segmenter, batch_size: int | None, workers: int | None, options: Mapping[str, Any]) -> _Run:
+        settings = segmenter.settings(**{k: options.get(k) for k in ("mode", "crop_size", "stride", "scale")})
+        batched = Segmenter._batchable(settings, options) and (
+            segmenter.device.type == "cuda" if batch_size is None else batch_size > 1)
+        threads = predictor.default_workers(segmenter.device) if workers is None else workers
+        options = {**options, "max_pixels": images.max_pixels_limit(options.get("max_pixels"))}  # once, not per image
+        return cls(segmenter, settings, options, batch_size, batched, threads,
+                   batch_size or predictor.MAX_BATCH_IMAGES)
+
+    def read(self, item: tuple[ImageInput, str] | PsegzooError) -> _Read | PsegzooError:
+        """One image read (and prepared when batching), or the error that stopped it, naming it."""
+        if isinstance(item, PsegzooError):
+            return item
+        image, label = item
+        t0 = time.perf_counter()
+        try:
+            rgb = images.load_image(image, max_pixels=self.options.get("max_pixels"))
+            prepared = predictor.prepare(rgb, self.settings, self.segmenter.device) if self.batched else None
+        except ImageError as exc:
+            return exc
+        except PsegzooError as exc:
+            return type(exc)(f"{label}: {exc.args[0] if exc.args else exc}")
+        return _Read(image, label, rgb, prepared, time.perf_counter() - t0)
+
+    def results(self, inputs: Iterable[ImageInput]) -> Iterator[Prediction | PsegzooError]:
+        """Each input's prediction or error, in order, images read ahead while the model runs."""
+        depth = max(2, 2 * self.threads, self.gather if self.batched else 0)
+        stream = prefetch(Segmenter._named(inputs), self.read, workers=self.threads, depth=depth)
+        try:
+            reads = (got for _, got in stream)
+            if self.batched:
+                yield from self._in_batches(reads)
+            else:
+                for got in reads:
+                    yield got if isinstance(got, PsegzooError) else self.segmenter._guarded(got, self.settings, self.options)
+        finally:
+            stream.close()
+
+    def _in_batches(self, reads: Iterable[_Read | PsegzooError]) -> Iterator[Prediction | PsegzooError]:
+        """Consecutive images of one resized size, up to ``gather`` of them, through the model together."""
+        pending: list[_Read | PsegzooError] = []  # read images (and errors, in order) awaiting their batch
+        count = 0
+        for got in reads:
+            if isinstance(got, _Read):
+                size = got.prepared.size if got.prepared is not None else None
+                if count and size != Segmenter._size_of(pending):
+                    yield from self.segmenter._batch(pending, self.settings, self.batch_size, self.options)
+                    pending, count = [], 0
+                count += 1
+            pending.append(got)
+            if count == self.gather:
+                yield from self.segmenter._batch(pending, self.settings, self.batch_size, self.options)
+                pending, count = [], 0
+        yield from self.segmenter._batch(pending, self.settings, self.batch_size, self.options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -18,11 +19,22 @@ import psegzoo
 
 from .common import StatusLine
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         yield
+
+
+def use_cpu_share(job: Any) -> None:
+    """Run torch on this process's share of the node's cores in a torchrun job (thread counts are the
+    program's to set, so the command line sets them, not the library)."""
+    threads = job.cpu_threads
+    if threads is not None:
+        torch = sys.modules["torch"]  # loaded by the job already; the command line itself imports no torch
+        torch.set_num_threads(threads)
 
 
 def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., Any] | None = None,
@@ -47,6 +59,7 @@ def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., 
             status("importing PyTorch")
             start = psegzoo.distributed.Job.start  # the first use of torch
         with start(launch) as job:
+            use_cpu_share(job)
             return command(*args, job=job, **kwargs)
 
     @functools.wraps(command)
@@ -59,7 +72,8 @@ def as_job(command: Callable[..., Any] | None = None, *, prepare: Callable[..., 
                 return body(launch, args, kwargs)
         except SystemExit:
             raise
-        except BaseException:  # rank 0 tells the user; this process only stops
+        except BaseException:  # rank 0 tells the user; this process only stops (its traceback at -vv)
+            log.debug("process %d stops on an error", launch.rank, exc_info=True)
             sys.exit(1)
 
     return wrapper

@@ -175,7 +175,7 @@ def _segmenter(request: Request, job: Any) -> Any:
     with StatusLine(o.quiet) as status:
         if o.onnx is not None:
             status(f"loading {o.onnx}")
-            model = psegzoo.load_onnx(o.onnx, device=o.device)
+            model = psegzoo.load_onnx(o.onnx, device=job.device(o.device))  # cuda:LOCAL_RANK under torchrun
             model.settings(**request.overrides)
             if request.named is not None and request.named != model.entry.name:
                 raise click.UsageError(f"--model {o.name} is not the model in {o.onnx} ({model.entry.name})")

@@ -12,8 +12,9 @@ step is local and immediate. Under torchrun the processes coordinate in two ways
   input is an event that rank 0 shows (one progress view, one stream of messages); a process that
   fails records why, and every other process checks for that record after each input and stops.
 
-Threads: each process of a node runs torch on its share of the cores (cores / processes per
-node, see :meth:`Launch.cpu_threads`), so two processes on two cores use one thread each.
+Threads: each process of a node should run torch on its share of the cores (cores / processes per
+node, see :meth:`Launch.cpu_threads` and :attr:`Job.cpu_threads`), so two processes on two cores use one
+thread each. The job only tells the count; the program sets it (the command line's job runner does).
 
 Loading: the first process of each node (local rank 0) runs the loader first, with network access;
 the others wait for all of them, then load from the cache with network access off. On one node
@@ -30,6 +31,7 @@ are only ever renamed into place when complete.
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import signal
 import threading
@@ -40,7 +42,6 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from ..errors import DistributedError, PsegzooError, option
@@ -55,6 +56,8 @@ from .launch import (
     rank_device,
     usable_cores,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -124,7 +127,6 @@ class Job:
         launch = launch if launch is not None else Launch.from_environ()
         if not launch.distributed:
             return cls(launch)
-        torch.set_num_threads(launch.cpu_threads(usable_cores()))
         store = init_group(launch, timeout)
         job = cls(launch, dist.PrefixStore(f"psegzoo/{launch.restart}/{next(_serial)}", store))
         job.nodes = int(all_reduce_sum([int(launch.is_node_leader)])[0])
@@ -147,6 +149,13 @@ class Job:
     @property
     def distributed(self) -> bool:
         return self._store is not None
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """torch's CPU threads for this process in a torchrun job (its share of the node's cores, see
+        :meth:`Launch.cpu_threads`); None for a job of one. Setting them is the program's business
+        (the command line's job runner does), not this library's."""
+        return self.launch.cpu_threads(usable_cores()) if self.launch.distributed else None
 
     def device(self, requested: str | None) -> str | None:
         """The device for this process: ``cuda:LOCAL_RANK`` under torchrun for ``auto``/``cuda``."""
@@ -186,6 +195,8 @@ class Job:
                 raise _Aborted(record) from None
             return
         terminated = isinstance(exc, Terminated)
+        if not terminated:
+            log.debug("process %d of %d failed%s", self.rank, self.world_size, self._where, exc_info=exc)
         what = "was stopped by SIGTERM" if terminated else "failed"
         mine = f"process {self.rank} of {self.world_size} {what}{self._where}" + ("" if terminated else f": {_one_line(exc)}")
         if record is None:

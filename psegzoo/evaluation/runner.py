@@ -31,10 +31,10 @@ import torch
 from .. import hub, outputs
 from .. import images as image_io
 from ..api import Segmenter, load
-from ..errors import DatasetError, ImageError, PredictionError, option
+from ..errors import DatasetError, ImageError, PredictionError, check_count, option
 from ..hub import DownloadOptions
 from ..manifest import Dataset, Entry, get_dataset, get_entry
-from ..predictor import InferenceSettings, default_workers
+from ..predictor import InferenceSettings, default_workers, torch_dtype
 from ..prefetch import prefetch
 from .guard import check_save_predictions
 from .labels import label_table, load_label
@@ -45,9 +45,6 @@ from .reading import hint_of, read_input, sample_key, size_limit, stat_hint
 from .result import MS_FLIP_RATIOS, EvalResult, EvalSettings
 from .split import Sample, Split, check_all_sizes, image_size, list_split, size_mismatch
 from .state import WorkState, default_work_dir
-
-_AMP = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,15 +152,15 @@ def _tta(ms_flip: bool, flip: bool, scales: Sequence[float] | None) -> tuple[boo
 
 
 def _amp_name(amp_dtype: str | torch.dtype | None) -> str | None:
+    """The canonical name of the autocast asked for (None: float32, no autocast), as :func:`predict` reads it."""
     if amp_dtype is None:
         return None
-    if isinstance(amp_dtype, torch.dtype):
-        for name in ("float16", "bfloat16"):
-            if _AMP[name] == amp_dtype:
-                return name
-    elif str(amp_dtype).lower() in _AMP:
-        return "float16" if _AMP[str(amp_dtype).lower()] == torch.float16 else "bfloat16"
-    raise PredictionError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}")
+    dtype = torch_dtype(amp_dtype) if isinstance(amp_dtype, (str, torch.dtype)) else None
+    if dtype == torch.float32:
+        return None
+    if dtype in (torch.float16, torch.bfloat16):
+        return str(dtype).removeprefix("torch.")
+    raise PredictionError(f"amp_dtype must be float16, bfloat16 or float32 (no autocast), got {amp_dtype!r}")
 
 
 def _pick_layout(entry: Entry, layout: str | None, images: Any, labels: Any, label_suffix: str | None,
@@ -224,8 +221,7 @@ def plan(model: str | Entry | Segmenter, data_root: str | os.PathLike | None = N
     their image, an empty split, a dataset without a layout) or :class:`PredictionError` (settings).
     """
     entry = _entry_of(model, index)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise DatasetError(f"limit must be a positive number of images, got {limit!r}")
+    check_count(limit, "limit", DatasetError, unit="number of images", none=True)
     chosen = _pick_layout(entry, layout, images, labels, label_suffix, reduce_zero_label, ignore_index)
     if chosen.name == GENERIC and split is not None:
         raise DatasetError(f"a generic folder is evaluated whole; drop {option('split=...', '--split')} or point "
@@ -392,7 +388,7 @@ def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | 
     if out_dir is not None:
         check_save_predictions(out_dir, job.split)
     n_workers = default_workers(segmenter.device) if workers is None else max(0, int(workers))
-    amp = _AMP[job.amp_dtype] if job.amp_dtype else None
+    amp = torch_dtype(job.amp_dtype) if job.amp_dtype else None
     tally = _Tally(job, len(chosen), on_progress)
 
     def finish(sample: Sample, loaded: _Loaded, pred: np.ndarray) -> Counts:

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ..api import Prediction, Segmenter
-from ..errors import ExportError, PredictionError, option
+from ..devices import parse_device
+from ..errors import ExportError, PredictionError, check_count, option
+from ..models import FastPaths
 from ..predictor import InferenceSettings
 from . import deps, metadata
 
@@ -34,21 +36,31 @@ def slide_option(size: tuple[int, int]) -> str:
     return option(f"mode='slide', crop_size=({h}, {w})", f"--mode slide --crop-size {h}x{w}")
 
 
-def providers_for(device: str | None, available: list[str]) -> list[str]:
-    """onnxruntime execution providers for a psegzoo device name: auto (CUDA if this onnxruntime has it), cpu, cuda."""
-    name = "auto" if device is None else str(device).strip().lower()
+Provider = str | tuple[str, dict[str, Any]]
+"""An onnxruntime execution provider: its name, or its name and options."""
+
+
+def providers_for(device: str | None, available: list[str]) -> list[Provider]:
+    """onnxruntime execution providers for a psegzoo device name: auto (CUDA if this onnxruntime has
+    it), cpu, cuda or cuda:N (the GPU's index goes to the CUDA provider as its ``device_id``, so each
+    process of a torchrun job runs on its own GPU)."""
+    try:
+        name = parse_device(device)
+    except PredictionError:
+        name = None
     cuda = "CUDAExecutionProvider" in available
-    if name == "auto":
+    if name is not None and name.kind == "auto":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-    if name == "cpu":
+    if name is not None and name.kind == "cpu":
         return ["CPUExecutionProvider"]
-    if name == "cuda" or name.startswith("cuda:"):
+    if name is not None and name.kind == "cuda":
         if not cuda:
             use_cpu = option("device='cpu'", "--device cpu")
             raise ExportError(f"device {device!r} asked for, but this onnxruntime has no CUDA provider; "
                               f"pip install onnxruntime-gpu, or use {use_cpu}")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ExportError(f"device {device!r} is not supported for ONNX files; use auto, cpu or cuda")
+        gpu: Provider = "CUDAExecutionProvider" if name.index is None else ("CUDAExecutionProvider", {"device_id": name.index})
+        return [gpu, "CPUExecutionProvider"]
+    raise ExportError(f"device {device!r} is not supported for ONNX files; use auto, cpu, cuda or cuda:N")
 
 
 class OnnxEngine(nn.Module):
@@ -110,13 +122,21 @@ class OnnxSegmenter(Segmenter):
 
     def __init__(self, engine: OnnxEngine, path: Path, timings: dict[str, float] | None = None):
         info = engine.info
-        super().__init__(cast(Any, engine), info.entry, torch.device("cpu"), torch.float32, info.dataset, timings)
+        super().__init__(cast(Any, engine), info.entry, torch.device("cpu"), torch.float32, info.dataset, timings,
+                         fast_paths=False)
         self.engine = engine
         self.info = info
         self.path = path
 
     def __repr__(self) -> str:
         return f"OnnxSegmenter({self.entry.name!r}, file={str(self.path)!r}, providers={self.engine.providers})"
+
+    def use_fast_paths(self, paths: bool | FastPaths | str = "auto") -> Segmenter:
+        """An ONNX file has no torch fast paths: only False (none) is accepted, and changes nothing."""
+        if paths is False or paths == FastPaths.none():
+            return self
+        raise ExportError("an ONNX file is optimized by onnxruntime when it is loaded; fast paths are for "
+                          "psegzoo.load() models")
 
     def compile(self, **kwargs: Any) -> Segmenter:
         raise ExportError("an ONNX file is optimized by onnxruntime when it is loaded; compile() is for psegzoo.load() models")
@@ -170,8 +190,7 @@ def load_onnx(path: str | os.PathLike, *, device: str | None = "auto", threads: 
     if not file.is_file():
         raise ExportError(f"ONNX file {str(file)!r} does not exist")
     providers = providers_for(device, list(ort.get_available_providers()))
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ExportError(f"threads must be a positive integer, got {threads!r}")
+    check_count(threads, "threads", ExportError, none=True)
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: onnxruntime's notices are not the user's business

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheError, DownloadError, option
+from ..settings import index_from_env
 from .redact import redact_url
 
 HOME_ENV = "PSEGZOO_HOME"
-INDEX_ENV = "PSEGZOO_INDEX"
 MIRROR_ENV = "PSEGZOO_MIRROR"
 SEARCH_ENV = "PSEGZOO_SEARCH_PATH"
 OFFLINE_ENV = "PSEGZOO_OFFLINE"
@@ -194,8 +194,7 @@ def _search_from_env() -> tuple[Path, ...]:
 
 
 def _index_from_env() -> tuple[Path, ...] | None:
-    raw = _env(INDEX_ENV)
-    return tuple(Path(p) for p in raw.split(os.pathsep) if p.strip()) if raw else None
+    return index_from_env() or None
 
 
 def _hf_endpoint() -> str:

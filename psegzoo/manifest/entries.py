@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..settings import INDEX_ENV as INDEX_ENV  # the manifest's own variable, read in psegzoo.settings
+
 SCHEMA_VERSION = 1
 METHODS = ("PSPNet", "PSANet", "DeepLabV3", "UPerNet")
 SOURCES = ("mmsegmentation", "sssegmentation")
@@ -13,7 +15,6 @@ BACKBONE_TYPES = ("ResNetV1c", "ResNet")
 HEAD_TYPES = ("PSPHead", "ASPPHead", "PSAHead", "UPerHead", "FCNHead")
 TEST_MODES = ("whole", "slide")
 RESIZE_LOGITS = ("via_input", "direct")
-INDEX_ENV = "PSEGZOO_INDEX"
 
 _SHA256_PREFIX = re.compile(r"[0-9a-f]{8}")
 _SHA256_FULL = re.compile(r"[0-9a-f]{64}")

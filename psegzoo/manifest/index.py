@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import files
 from ..errors import ManifestError, option
+from ..settings import index_from_env
 from .entries import INDEX_ENV, MAX_MANIFEST_BYTES, Dataset, Entry, Resolution
 from .names import _filter, _Lookup, _resolve, close_names
 from .schema import check_weights_files, parse_manifest
@@ -110,8 +111,7 @@ def builtin_index_path() -> Path:
 def extra_index_paths(extra: str | os.PathLike | Iterable[str | os.PathLike] | None = None) -> tuple[Path, ...]:
     """Extra manifests: those given explicitly, else ``PSEGZOO_INDEX`` (os.pathsep-separated)."""
     if extra is None:
-        env = os.environ.get(INDEX_ENV, "")
-        return tuple(Path(p) for p in env.split(os.pathsep) if p.strip())
+        return index_from_env()
     if isinstance(extra, (str, os.PathLike)):
         return (Path(extra),)
     return tuple(Path(p) for p in extra)

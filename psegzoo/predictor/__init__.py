@@ -14,7 +14,16 @@ little more than that buffer, or than its labels.
 """
 from __future__ import annotations
 
-from .devices import DEFAULT_WORKERS, autocast_dtype, default_workers, model_device, model_is_channels_last, prepare_model, select_device
+from .devices import (
+    DEFAULT_WORKERS,
+    autocast_dtype,
+    default_workers,
+    model_device,
+    model_is_channels_last,
+    prepare_model,
+    select_device,
+    torch_dtype,
+)
 from .infer import MAX_BATCH_IMAGES, Inference, Prepared, Progress, View, infer, infer_batch, prepare
 from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
 from .resize import rescale_size, resize_bilinear_uint8, resize_image
@@ -84,6 +93,7 @@ __all__ = [
     "slide_windows",
     "to_host",
     "to_input",
+    "torch_dtype",
     "tta_scale",
     "upload",
 ]

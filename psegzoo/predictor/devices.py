@@ -6,14 +6,17 @@ from typing import Any
 
 import torch
 
-from ..devices import parse_device
+from ..devices import DTYPES, dtype_name, parse_device
 from ..errors import PredictionError, option
 
-_AMP = {
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float32": None, "fp32": None, "float": None,
-}
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
+    """The torch dtype of a precision name of :data:`psegzoo.devices.DTYPES` (or of a torch dtype,
+    returned as it is); None when the name is not one."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype_name(dtype)
+    return None if name is None else getattr(torch, name)
 
 
 DEFAULT_WORKERS = 4
@@ -81,11 +84,12 @@ def autocast_dtype(amp: str | torch.dtype | None, device: str | torch.device) ->
         dtype: torch.dtype | None = None if amp == torch.float32 else amp
         if dtype not in (None, torch.float16, torch.bfloat16):
             raise PredictionError(f"amp_dtype must be torch.float16 or torch.bfloat16, got {amp!r}")
-    elif isinstance(amp, str) and amp.strip().lower() in _AMP:
-        dtype = _AMP[amp.strip().lower()]
+    elif isinstance(amp, str) and dtype_name(amp) is not None:
+        named = torch_dtype(amp)
+        dtype = None if named == torch.float32 else named
     else:
         raise PredictionError(
-            f"amp_dtype must be torch.float16, torch.bfloat16 or one of {', '.join(repr(k) for k in _AMP)}, got {amp!r}"
+            f"amp_dtype must be torch.float16, torch.bfloat16 or one of {', '.join(repr(k) for k in DTYPES)}, got {amp!r}"
         )
     dev = torch.device(device)
     if dtype == torch.float16 and dev.type == "cpu":
@@ -123,8 +127,8 @@ def prepare_model(
 ) -> torch.nn.Module:
     """Put ``model`` in eval mode on ``device``; ``channels_last`` None keeps its memory format.
 
-    On CUDA, cuDNN picks its fastest convolution algorithms per input shape
-    (``torch.backends.cudnn.benchmark``): a prediction runs the same shapes again and again.
+    Nothing process-wide is set here: on CUDA, cuDNN's per-shape algorithm search is on only while
+    a prediction's forwards run (:func:`psegzoo.predictor.cuda.cudnn_benchmark`).
     """
     dev = select_device(device)
     model.eval()
@@ -133,8 +137,6 @@ def prepare_model(
     else:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(device=dev, memory_format=fmt)  # type: ignore[call-overload]
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     return model
 
 

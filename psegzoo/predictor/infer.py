@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import torch
 
-from ..errors import PredictionError
+from ..errors import PredictionError, check_count
 from .devices import autocast_dtype, model_is_channels_last, resolve_device
 from .memory import check_memory, estimate_memory
 from .resize import rescale_size, resize_image
@@ -100,10 +100,7 @@ def _plan(model: Any, settings: InferenceSettings, device: str | torch.device | 
     amp = autocast_dtype(amp_dtype, dev)
     if channels_last is None:
         channels_last = model_is_channels_last(model)
-    if batch_windows is not None and (
-        isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows <= 0
-    ):
-        raise PredictionError(f"batch_windows must be a positive integer, got {batch_windows!r}")
+    check_count(batch_windows, "batch_windows", PredictionError, none=True)
     direct = settings.resize_logits == "direct" and settings.mode == "whole"
     if direct and not hasattr(model, "forward_lowres"):
         raise PredictionError(
@@ -140,9 +137,20 @@ def _check_memory(model: Any, image_size: Size2, sizes: Sequence[Size2], setting
     check_memory(estimate, image_size, num_classes, keep_scores=keep_scores, limit=max_memory)
 
 
-def _whole(runner: Runner, x: torch.Tensor, *, direct: bool) -> torch.Tensor:
+@overload
+def _whole(runner: Runner, x: torch.Tensor, *, direct: bool, measure: Literal[False] = ...) -> torch.Tensor: ...
+
+
+@overload
+def _whole(runner: Runner, x: torch.Tensor, *, direct: bool, measure: Literal[True]) -> tuple[torch.Tensor, int]: ...
+
+
+def _whole(runner: Runner, x: torch.Tensor, *, direct: bool,
+           measure: bool = False) -> torch.Tensor | tuple[torch.Tensor, int]:
+    """The logits of a whole-image forward (with ``measure``, and its GPU bytes per image); out of
+    memory is a one-line error saying what to do."""
     try:
-        return runner(x, lowres=direct)
+        return runner.measure(x, lowres=direct) if measure else runner(x, lowres=direct)
     except Exception as exc:
         if is_oom(exc):
             raise PredictionError(
@@ -295,6 +303,71 @@ MAX_BATCH_IMAGES = 32
 
 
 
+class _BatchSizes:
+    """How many images go through each forward of :func:`infer_batch`: ``batch_size``, or with None on
+    CUDA one image first, whose measured memory sizes the rest from the free memory (1 elsewhere)."""
+
+    def __init__(self, batch_size: int | None, device: torch.device, total: int):
+        self.measure = batch_size is None and device.type == "cuda"
+        self.batch = 1 if batch_size is None else batch_size
+        self.total = total
+
+    def chunks(self, members: Sequence[int]) -> Iterator[Sequence[int]]:
+        """``members`` in order, in forwards of the batch size in force when each one starts."""
+        k = 0
+        while k < len(members):
+            chunk = members[k:k + self.batch]
+            yield chunk
+            k += len(chunk)
+
+    def forward(self, runner: Runner, x: torch.Tensor, direct: bool) -> torch.Tensor:
+        """The chunk's logits; the first forward of a measured run sizes the later ones."""
+        if not self.measure:
+            return _whole(runner, x, direct=direct)
+        lows, per_image = _whole(runner, x, direct=direct, measure=True)
+        self.batch = fit_in_free_memory(runner.device, per_image, MAX_BATCH_IMAGES, self.total - 1)
+        self.measure = False
+        log.debug("whole: about %d bytes per image -> %d images per forward", per_image, self.batch)
+        return lows
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What :func:`infer_batch` keeps of each image's logits, at its original size."""
+
+    settings: InferenceSettings
+    keep_scores: bool
+    confidence: bool
+    device: torch.device
+
+    def of(self, lows: torch.Tensor, originals: Sequence[Size2], size: Size2) -> list[tuple[Any, Any, Any]]:
+        """(scores, labels, top probability) of each image of a chunk whose forward gave ``lows``."""
+        if not self.keep_scores and not self.confidence and all(o == size for o in originals):
+            # already at the images' size: one argmax and one copy for the whole chunk
+            labels = to_host(lows.argmax(dim=1).to(torch.uint8 if lows.shape[1] <= 256 else torch.int32))
+            return [(None, labels[j], None) for j in range(len(originals))]
+        align = self.settings.align_corners
+        if self.keep_scores:
+            return [(resize_scores(low, original, align_corners=align, out_device=self.device).contiguous(), None, None)
+                    for low, original in zip(lows, originals)]
+        return [(None, *banded_labels([low], original, align_corners=align, average_probs=False,
+                                      confidence=self.confidence)) for low, original in zip(lows, originals)]
+
+
+def _batch_sizes(images: Sequence[np.ndarray | Prepared], settings: InferenceSettings) -> tuple[list[Size2], list[Size2]]:
+    """Each image's original size and the size it is resized to (checking the arrays)."""
+    original, sizes = [], []
+    for img in images:
+        if isinstance(img, Prepared):
+            original.append(img.image_size)
+            sizes.append(img.size)
+        else:
+            _check_image(img)
+            original.append((int(img.shape[0]), int(img.shape[1])))
+            sizes.append(_view_sizes(original[-1], settings, [(1.0, False)])[0])
+    return original, sizes
+
+
 def infer_batch(
     model: Any,
     images: Sequence[np.ndarray | Prepared],
@@ -320,23 +393,15 @@ def infer_batch(
     """
     if settings.mode != "whole":
         raise PredictionError("infer_batch() runs whole mode; slide mode batches windows within infer()")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-        raise PredictionError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    for image in images:
-        if not isinstance(image, Prepared):
-            _check_image(image)
+    check_count(batch_size, "batch_size", PredictionError, none=True)
+    original, sizes = _batch_sizes(images, settings)
     plan = _plan(model, settings, device, amp_dtype, channels_last, None)
-    out_dev = torch.device(output_device)
-    original = [img.image_size if isinstance(img, Prepared) else (int(img.shape[0]), int(img.shape[1])) for img in images]
-    sizes = [img.size if isinstance(img, Prepared) else _view_sizes(size, settings, [(1.0, False)])[0]
-             for img, size in zip(images, original)]
+    outputs = _Outputs(settings, keep_scores, confidence, torch.device(output_device))
     for size, view in zip(original, sizes):
         _check_memory(model, size, [view], settings, plan, batch_windows=None, keep_scores=keep_scores,
-                      confidence=confidence, output_device=out_dev, max_memory=max_memory)
-    measure = batch_size is None and plan.device.type == "cuda"
-    batch = 1 if batch_size is None else batch_size
+                      confidence=confidence, output_device=outputs.device, max_memory=max_memory)
+    batches = _BatchSizes(batch_size, plan.device, len(images))
     runner = Runner(model, plan.device, plan.amp_dtype, plan.normalize)
-    results: list[Inference | None] = [None] * len(images)
     groups: dict[Size2, list[int]] = {}  # by resized size: one forward can hold them
     for i, size in enumerate(sizes):
         groups.setdefault(size, []).append(i)
@@ -347,46 +412,20 @@ def infer_batch(
             return upload(img.tensor, plan.device)
         return image_tensor(resize_image(img, settings.scale), plan.device)
 
+    results: list[Inference | None] = [None] * len(images)
     with torch.inference_mode():
         for size, members in groups.items():
-            k = 0
-            while k < len(members):
-                chunk = members[k:k + batch]
+            for chunk in batches.chunks(members):
                 t0 = time.perf_counter()
-                if measure:
-                    torch.cuda.reset_peak_memory_stats(plan.device)
-                    base = torch.cuda.memory_allocated(plan.device)
-                u8 = torch.cat([upload_one(i) for i in chunk])
-                lows = _whole(runner, plan.normalize(u8), direct=plan.direct)
-                del u8
-                if measure:
-                    per_image = torch.cuda.max_memory_allocated(plan.device) - base
-                    batch = fit_in_free_memory(plan.device, per_image, MAX_BATCH_IMAGES, len(images) - 1)
-                    measure = False
-                    log.debug("whole: about %d bytes per image -> %d images per forward", per_image, batch)
-                per_image_out: list[tuple[torch.Tensor | None, Any, Any]] = []
-                if not keep_scores and not confidence and all(original[i] == size for i in chunk):
-                    # already at the images' size: one argmax and one copy for the whole chunk
-                    labels = to_host(lows.argmax(dim=1).to(torch.uint8 if lows.shape[1] <= 256 else torch.int32))
-                    per_image_out = [(None, labels[j], None) for j in range(len(chunk))]
-                else:
-                    for j, i in enumerate(chunk):
-                        if keep_scores:
-                            full = resize_scores(lows[j], original[i], align_corners=settings.align_corners,
-                                                 out_device=out_dev).contiguous()
-                            per_image_out.append((full, None, None))
-                        else:
-                            lab, top = banded_labels([lows[j]], original[i], align_corners=settings.align_corners,
-                                                     average_probs=False, confidence=confidence)
-                            per_image_out.append((None, lab, top))
+                lows = batches.forward(runner, plan.normalize(torch.cat([upload_one(i) for i in chunk])), plan.direct)
+                kept = outputs.of(lows, [original[i] for i in chunk], size)
                 del lows
                 if plan.device.type == "cuda":
                     torch.cuda.synchronize(plan.device)
                 seconds = {"total": (time.perf_counter() - t0) / len(chunk)}
-                for i, (kept, lab, top) in zip(chunk, per_image_out):
-                    results[i] = Inference(scores=kept, is_probs=False, views=(View(1.0, False, size),),
-                                           seconds=seconds, labels=lab, confidence=top)
-                k += len(chunk)
+                for i, (scores, labels, top) in zip(chunk, kept):
+                    results[i] = Inference(scores=scores, is_probs=False, views=(View(1.0, False, size),),
+                                           seconds=seconds, labels=labels, confidence=top)
     return cast("list[Inference]", results)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import PredictionError, option
+from .cuda import PeakMeter, cudnn_benchmark, item_bytes
 from .settings import Size2
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ def is_oom(exc: BaseException) -> bool:
 
 @dataclass
 class Runner:
-    """Calls the model with the requested autocast, checking what comes back.
+    """Calls the model with the requested autocast (and on CUDA with cuDNN's per-shape algorithm
+    search, :func:`~psegzoo.predictor.cuda.cudnn_benchmark`), checking what comes back.
 
     ``forward_seconds`` is host time: on CUDA the work is queued, not waited for (no sync per call).
     """
@@ -142,6 +144,15 @@ class Runner:
     normalize: Normalize
     forward_seconds: float = 0.0
 
+    def measure(self, x: torch.Tensor, lowres: bool = False) -> tuple[torch.Tensor, int]:
+        """``self(x)`` and the bytes per item (per batch entry) it allocated on the GPU, the smallest this
+        model has shown for such an input (see :class:`~psegzoo.predictor.cuda.PeakMeter`)."""
+        with PeakMeter(self.device) as meter:
+            y = self(x, lowres)
+        key = (tuple(x.shape[1:]), x.dtype, self.amp_dtype, lowres)
+        inputs = x.nelement() * x.element_size()  # made before the meter started; each item has its own
+        return y, item_bytes(self.model, key, meter, int(x.shape[0]), extra=inputs)
+
     def _ctx(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -149,7 +160,7 @@ class Runner:
 
     def __call__(self, x: torch.Tensor, lowres: bool = False) -> torch.Tensor:
         start = time.perf_counter()
-        with self._ctx():
+        with self._ctx(), cudnn_benchmark(self.device.type == "cuda"):
             y = self.model.forward_lowres(x) if lowres else self.model(x)
         if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[0] != x.shape[0]:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -206,12 +217,9 @@ def slide_logits(
             if (win[1] - win[0], win[3] - win[2]) != size:
                 break
             group.append(win)
-        if measure:
-            torch.cuda.reset_peak_memory_stats(runner.device)
-            base = torch.cuda.memory_allocated(runner.device)
         crops = runner.normalize(torch.cat([image[:, :, a:b, c:d] for a, b, c, d in group]))
         try:
-            logits = runner(crops)
+            logits, per_window = runner.measure(crops) if measure else (runner(crops), 0)
         except Exception as exc:
             if not is_oom(exc):
                 raise
@@ -229,7 +237,6 @@ def slide_logits(
             continue
         del crops
         if measure:
-            per_window = torch.cuda.max_memory_allocated(runner.device) - base
             batch = fit_in_free_memory(runner.device, per_window, MAX_BATCH_WINDOWS, len(windows) - 1)
             measure = False
             log.debug("slide: about %d bytes per window -> %d windows per forward", per_window, batch)

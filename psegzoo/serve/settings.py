@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..devices import DTYPES, dtype_name
 from ..errors import ServeError
 
 TOKEN_ENV = "PSEGZOO_SERVE_TOKEN"
@@ -27,7 +28,6 @@ DEFAULT_QUEUE = 64
 RETRY_AFTER_S = 1
 """What a 503 (queue full) tells the client to wait before trying again."""
 
-_AMP = {"float16": "float16", "half": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 def is_loopback(host: str) -> bool:
@@ -72,7 +72,7 @@ class ServeSettings:
         for name in ("max_bytes", "max_pixels", "max_batch", "queue"):
             _positive(name.replace("_", "-"), getattr(self, name))
         _positive("max-wait-ms", self.max_wait_ms, allow_zero=True)
-        if self.amp is not None and self.amp not in _AMP.values():
+        if self.amp is not None and (self.amp not in DTYPES.values() or self.amp == "float32"):
             raise ServeError(f"amp must be float16 or bfloat16, got {self.amp!r}")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise ServeError(f"the token must be non-empty and hold no spaces (from --token or {TOKEN_ENV})")
@@ -85,7 +85,7 @@ class ServeSettings:
         if token is None:
             token = env.get(TOKEN_ENV, "").strip() or None
         if amp is not None:
-            amp = _AMP.get(str(amp).lower(), str(amp))
+            amp = dtype_name(amp) or str(amp)
         if "models" in fields:
             fields["models"] = tuple(dict.fromkeys(fields["models"]))
         return cls(token=token, amp=amp, **fields)

@@ -23,7 +23,11 @@ from torch import nn
 from .heads import DECOMPOSED
 from .winograd import WinogradConv2d, eligible
 
-__all__ = ["FastPaths", "fast_paths_of", "use_fast_paths"]
+__all__ = ["RECORD_NAME", "FastPaths", "fast_paths_of", "use_fast_paths"]
+
+RECORD_NAME = "fast_paths.json"
+"""The file, in the cache root, where :func:`.tuning.tune` records the CPU's choice (here so that
+naming it does not import the measuring code)."""
 
 _PLAIN = {fast: plain for plain, fast in DECOMPOSED.items()}
 

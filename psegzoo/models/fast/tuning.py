@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..psp import PSPHead
 from ..resnet import Bottleneck
-from . import FastPaths, use_fast_paths
+from . import RECORD_NAME, FastPaths, use_fast_paths
 from . import winograd as wg
 from . import winograd_mm as wg4
 
@@ -134,8 +134,8 @@ def decide(measured: dict[str, dict[str, float]]) -> FastPaths:
                      channels_last=channels_last, winograd_f4=channels_last and f4)
 
 
-RECORD_NAME = "fast_paths.json"
-"""The record's file name in the cache root."""
+__all__ = ["RECORD_NAME", "Choice", "Tuning", "cpu_fast_paths", "decide", "default_fast_paths", "device_fast_paths",
+           "measure", "tune"]
 
 DEFAULTS: dict[str, FastPaths] = {
     "AVX512": FastPaths.all(),

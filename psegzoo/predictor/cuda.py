@@ -1,0 +1,95 @@
+"""CUDA settings a prediction needs, in scopes that leave the process as they found it.
+
+* :func:`cudnn_benchmark`: cuDNN picks its fastest convolution algorithm per input shape while a
+  forward runs (a prediction runs the same shapes again and again); the flag is the program's
+  before and after.
+* :class:`PeakMeter`: the most memory a block allocated on a device, read without resetting the
+  process's peak counter (``torch.cuda.max_memory_allocated`` belongs to the program, which may be
+  measuring something of its own).
+* :func:`item_bytes`: per-item (window, whole image) memory measured on a model, remembered per model
+  and input so that a measurement that could only bound it is tightened by an earlier exact one.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import torch
+
+_flags_lock = threading.Lock()
+_benchmark_depth = 0
+_benchmark_before = False
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool = True) -> Iterator[None]:
+    """Set ``torch.backends.cudnn.benchmark`` for a block (``on`` False: leave it as it is).
+
+    Scopes may nest and overlap across threads: the first to enter saves the program's value and
+    the last to leave restores it.
+    """
+    global _benchmark_depth, _benchmark_before
+    if not on:
+        yield
+        return
+    with _flags_lock:
+        if _benchmark_depth == 0:
+            _benchmark_before = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = True
+        _benchmark_depth += 1
+    try:
+        yield
+    finally:
+        with _flags_lock:
+            _benchmark_depth -= 1
+            if _benchmark_depth == 0:
+                torch.backends.cudnn.benchmark = _benchmark_before
+
+
+class PeakMeter:
+    """The most memory allocated on a CUDA ``device`` during a block, above what was allocated when
+    it began: ``with PeakMeter(dev) as meter: ...`` then ``meter.bytes``.
+
+    The process's peak counter only rises (it is not reset here). When the block raised it, the
+    difference is exact (``exact``); when it did not, the block's own peak was at most the earlier
+    one, so the same difference is an upper bound: batches sized from it err on the small side.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = self.before = self.after = 0
+
+    def __enter__(self) -> PeakMeter:
+        self.start = torch.cuda.memory_allocated(self.device)
+        self.before = torch.cuda.max_memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.after = torch.cuda.max_memory_allocated(self.device)
+
+    @property
+    def exact(self) -> bool:
+        return self.after > self.before
+
+    @property
+    def bytes(self) -> int:
+        return self.after - self.start
+
+
+_measured: weakref.WeakKeyDictionary[Any, dict[Hashable, int]] = weakref.WeakKeyDictionary()
+_measured_lock = threading.Lock()
+
+
+def item_bytes(model: Any, key: Hashable, meter: PeakMeter, items: int = 1, *, extra: int = 0) -> int:
+    """Bytes per item of a forward of ``items`` items measured by ``meter`` (plus ``extra`` bytes made
+    before it began), the smallest this model has shown for ``key`` (every measurement bounds it from
+    above; an exact one is the value)."""
+    measured = max((meter.bytes + extra) // max(items, 1), 1)
+    with _measured_lock:
+        known = _measured.setdefault(model, {})
+        best = min(measured, known.get(key, measured))
+        known[key] = best
+    return best
