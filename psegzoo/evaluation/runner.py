@@ -417,11 +417,24 @@ def accumulate(segmenter: Segmenter, job: EvalPlan, samples: Sequence[Sample] | 
                     tally.add(pending.popleft().result())
             while pending:
                 tally.add(pending.popleft().result())
+        except KeyboardInterrupt:
+            _tally_finished(tally, pending)
+            raise
         finally:
             # Images already predicted are still counted and saved (leaving the pool waits for them):
             # after Ctrl-C or an error, a resumed run has that much less to do.
             loader.close()
     return Accumulated(tally.counts, tally.done - tally.resumed, tally.resumed, time.perf_counter() - tally.t0)
+
+
+def _tally_finished(tally: _Tally, pending: deque[Future[Counts]]) -> None:
+    """After Ctrl-C: count the images predicted before it, whose counts are being saved, so the
+    interruption says how far the run got (``--resume`` finds them)."""
+    for future in pending:
+        try:
+            tally.add(future.result())
+        except Exception:  # an image that failed is not counted; the interruption is what is reported
+            continue
 
 
 def summarize(job: EvalPlan, counts: Counts, *, images: int, seconds: float, resumed: int = 0,
