@@ -357,11 +357,12 @@ class _Tally:
         self.on_progress = on_progress
         self.t0 = time.perf_counter()
 
-    def add(self, counts: Counts, *, resumed: bool = False) -> None:
+    def add(self, counts: Counts, *, resumed: bool = False, report: bool = True) -> None:
         self.counts = self.counts + counts
         self.done += 1
         self.resumed += int(resumed)
-        self.report()
+        if report:
+            self.report()
 
     def report(self) -> None:
         if self.on_progress is not None:
@@ -432,9 +433,13 @@ def _tally_finished(tally: _Tally, pending: deque[Future[Counts]]) -> None:
     interruption says how far the run got (``--resume`` finds them)."""
     for future in pending:
         try:
-            tally.add(future.result())
+            tally.add(future.result(), report=False)
         except Exception:  # an image that failed is not counted; the interruption is what is reported
             continue
+    try:
+        tally.report()  # one last report: every image whose counts were saved
+    except KeyboardInterrupt:  # a second Ctrl-C (or a callback that stops the run) while reporting
+        pass
 
 
 def summarize(job: EvalPlan, counts: Counts, *, images: int, seconds: float, resumed: int = 0,
