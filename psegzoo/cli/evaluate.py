@@ -121,9 +121,13 @@ def eval_command(name, data_root, split, layout, images_dir, labels_dir, label_s
     \b
     Examples:
       psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes --data data/cityscapes
-      psegzoo eval -m upernet_r50_512x512_160k_ade20k --data data/ade/ADEChallengeData2016 --ms-flip
-      psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes --images my/imgs --labels my/labels --json
-      torchrun --nproc-per-node 4 -m psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes --data data/cityscapes
+      psegzoo eval -m upernet_r50_512x512_160k_ade20k \\
+          --data data/ade/ADEChallengeData2016 --ms-flip
+      psegzoo eval -m pspnet_r50-d8_512x1024_40k_cityscapes \\
+          --images my/imgs --labels my/labels --json
+      torchrun --nproc-per-node 4 -m psegzoo eval \\
+          -m pspnet_r50-d8_512x1024_40k_cityscapes --data data/cityscapes
+
     Prints the per-class IoU and Acc, then aAcc / mIoU / mAcc beside the published mIoU.
     Under torchrun the images are shared out and the counts summed: the figures are those of one
     process. Interrupted? Run the same command with --resume.

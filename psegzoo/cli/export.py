@@ -30,6 +30,7 @@ def export_command(name, output, weights, opset, input_size, static, half, no_ch
     Example:
       psegzoo export pspnet_r50-d8_512x1024_80k_cityscapes -o pspnet.onnx
       psegzoo predict --onnx pspnet.onnx street.png
+
     Needs pip install 'psegzoo[onnx]'. Metadata in the file: classes, palette, mean/std, test settings.
     """
     size = pair_option(input_size, "--input-size")

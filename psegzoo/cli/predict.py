@@ -304,7 +304,9 @@ def predict_command(request: Request, job: Any) -> None:
     Examples:
       psegzoo predict --model pspnet_r18-d8_512x1024_cityscapes --sample --overlay
       psegzoo predict --model pspnet_r101-d8_cityscapes clip.mp4 --overlay
-      torchrun --nproc-per-node 4 -m psegzoo predict --model pspnet_r101-d8_cityscapes photos/
+      torchrun --nproc-per-node 4 -m psegzoo predict \\
+          --model pspnet_r101-d8_cityscapes photos/
+
     Each image gives OUT/<stem>.png (pixel value = class index); a video gives OUT/<stem>/<frame>.png
     and, with --overlay or --color, OUT/<stem>_overlay.mp4 or _color.mp4 (needs psegzoo[video]).
     Folders and globs never look inside the output folder, and no output ever replaces an input

@@ -42,7 +42,8 @@ def serve_command(models, any_model, host, port, device, half, bf16, token, max_
     Examples:
       psegzoo serve --model pspnet_r18-d8_512x1024_cityscapes
       curl --data-binary @street.png -H 'Content-Type: image/png' \\
-           'http://127.0.0.1:8000/v1/predict' -o labels.png
+           -o labels.png 'http://127.0.0.1:8000/v1/predict'
+
     Stops on Ctrl-C or SIGTERM after answering the requests in flight. See docs/serve.md.
     """
     if half and bf16:

@@ -54,7 +54,6 @@ def _show() -> None:
 def tune_command(force: bool, repeat: int, show: bool, as_json: bool) -> None:
     """Measure which CPU fast paths pay here (a few seconds) and record the choice.
 
-    \b
     Each path is timed against what it replaces; one is chosen when it is at least 10% faster.
     The choice is recorded in the cache root (fast_paths.json) for this CPU, PyTorch version and
     thread count; predict, eval and bench read it and never measure. Without a record they use a
