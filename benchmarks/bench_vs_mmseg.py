@@ -6,7 +6,9 @@ no compiled ops; the three methods measured here (PSPNet, UPerNet, DeepLabV3) us
 names mmseg imports from ``mmcv.ops`` at import time are stubbed (calling one raises). Each side
 runs in a child process of its own (mmseg: ``mmseg.apis.inference_model``; psegzoo: ``psegzoo.load``
 and ``Segmenter.predict`` with their defaults, under an empty cache root, so no recorded choice of
-fast paths is read), with the same thread count. The parent sends one image at a time to each in
+fast paths is read, and with freed memory kept for reuse as psegzoo's command line does at start,
+``psegzoo.heap``; ``--keep-memory both`` does it on both sides, ``none`` on neither), with the same
+thread count. The parent sends one image at a time to each in
 turn: after one warm-up run per side, ``--repeat`` rounds alternate the two, and each side's shortest
 run is kept (another process on the machine only ever makes a run longer). Both get the same
 synthetic checkpoint (tests/support/synth.py's rule) and the same random image; labels are compared
@@ -124,6 +126,15 @@ def _serve(load: Any, run: Any) -> None:
             _answer({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def _keep_freed_memory() -> None:
+    """What psegzoo's command line does at start (psegzoo.heap, standard library only, so the mmseg venv runs it too)."""
+    sys.path.insert(0, str(ROOT))
+    from psegzoo.heap import keep_freed_memory
+
+    if not keep_freed_memory():
+        print("freed memory is not kept here (not glibc)", flush=True)
+
+
 def _mmseg_child() -> None:
     import mmseg
     import numpy as np
@@ -137,6 +148,8 @@ def _mmseg_child() -> None:
         from mmengine import Config
         from mmengine.runner import load_checkpoint
         torch.set_num_threads(req["threads"])
+        if req["keep_memory"]:
+            _keep_freed_memory()
         found = sorted(configs.glob(f"*/{req['config']}.py"))
         cfg = Config.fromfile(str(found[0]))
         for t in cfg.test_pipeline:
@@ -172,6 +185,8 @@ def _psegzoo_child() -> None:
 
     def load(req: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(req["threads"])
+        if req["keep_memory"]:
+            _keep_freed_memory()
         state["seg"] = psegzoo.load(req["name"], weights=req["checkpoint"], device="cpu", offline=True)
         if req["paths"] != "defaults":  # a chosen set instead of psegzoo's own choice
             names = [] if req["paths"] == "none" else req["paths"].split(",")
@@ -277,8 +292,9 @@ def run_case(case: str, children: dict[str, Child], work: Path, args: argparse.N
     np.save(image, np.random.default_rng(0).integers(0, 256, (*settings["size"], 3), dtype=np.uint8))
     info = {}
     for side, child in children.items():
+        keep = args.keep_memory == "both" or (args.keep_memory == "psegzoo" and side == "psegzoo")
         info[side] = child.ask(op="load", name=name, checkpoint=str(checkpoint), threads=args.threads,
-                               paths=args.paths, **settings)
+                               paths=args.paths, keep_memory=keep, **settings)
     best = {side: float("inf") for side in children}
     labels: dict[str, Any] = {}
     fast_paths = ""
@@ -298,6 +314,7 @@ def run_case(case: str, children: dict[str, Child], work: Path, args: argparse.N
             "test_scale": settings["scale"], "crop": settings["crop"], "stride": settings["stride"],
             "mmseg_s": best["mmseg"], "psegzoo_s": best["psegzoo"], "ratio": best["mmseg"] / best["psegzoo"],
             "labels_equal": equal, "fast_paths": fast_paths, "paths_asked": args.paths, "threads": args.threads, "rounds": args.repeat,
+            "keep_memory": args.keep_memory,
             "quick": args.quick, "versions": info}
 
 
@@ -320,6 +337,9 @@ def main() -> None:
     parser.add_argument("--paths", default="defaults",
                         help="psegzoo's fast paths: defaults (its own choice), all, none or comma-separated "
                              "FastPaths fields, e.g. decompose,channels_last,winograd,winograd_f4")
+    parser.add_argument("--keep-memory", choices=("psegzoo", "both", "none"), default="psegzoo",
+                        help="which side keeps freed memory for reuse (psegzoo.heap): psegzoo (default, as its command "
+                             "line runs), both, or none (malloc as it is on both sides)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
                         help="mmseg's venv (default: $PSEGZOO_BENCH_VENV or ~/.cache/psegzoo-bench/mmseg-venv)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder of the JSON rows")

@@ -86,6 +86,8 @@ _LAZY = {
     "DatasetError": "errors",
     "export_onnx": "export",
     "load_onnx": "export",
+    "keep_freed_memory": "heap",
+    "setup_process": "heap",
 }
 # Public submodules, imported on first access: ``psegzoo.distributed``, ``psegzoo.evaluation``,
 # ``psegzoo.serve``, ``psegzoo.video``.

@@ -1,12 +1,14 @@
-"""The environment variables of the lowest layers, read only here: the manifest's extra files and the
-image reader's pixel limit. (Getting weights reads its own in :mod:`psegzoo.hub.settings`, the
-predictor's in :mod:`psegzoo.predictor.settings`, the server's in :mod:`psegzoo.serve.settings`.)
+"""The environment variables of the lowest layers, read only here: the manifest's extra files, the
+image reader's pixel limit and whether psegzoo's own processes keep freed memory. (Getting weights
+reads its own in :mod:`psegzoo.hub.settings`, the predictor's in :mod:`psegzoo.predictor.settings`,
+the server's in :mod:`psegzoo.serve.settings`.)
 
 =====================  ==============================================  ===========================
 Variable               What                                            Default
 =====================  ==============================================  ===========================
 PSEGZOO_INDEX          extra manifests (``os.pathsep``-separated)      none
 PSEGZOO_MAX_PIXELS     largest image read, in pixels                   ``images.DEFAULT_MAX_PIXELS``
+PSEGZOO_KEEP_MEMORY    ``0``: the command line leaves malloc as it is  ``1`` (see :mod:`psegzoo.heap`)
 =====================  ==============================================  ===========================
 
 Each function reads the variable when called, once for the caller, which passes the value down.
@@ -18,10 +20,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import ImageError
+from .errors import ImageError, PsegzooError
 
 INDEX_ENV = "PSEGZOO_INDEX"
 MAX_PIXELS_ENV = "PSEGZOO_MAX_PIXELS"
+KEEP_MEMORY_ENV = "PSEGZOO_KEEP_MEMORY"
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -44,3 +48,14 @@ def max_pixels_from_env(environ: Mapping[str, str] | None = None) -> int | None:
         return int(raw.replace("_", ""))
     except ValueError:
         raise ImageError(f"{MAX_PIXELS_ENV}={raw!r} is not an integer pixel count (e.g. 200000000)") from None
+
+
+def keep_memory_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``PSEGZOO_KEEP_MEMORY`` lets psegzoo's processes keep freed memory (default: yes); a value
+    other than 1/0 (true/false, yes/no, on/off) is a one-line error."""
+    raw = _environ(environ).get(KEEP_MEMORY_ENV, "").strip().lower()
+    if not raw:
+        return True
+    if raw not in _SWITCH:
+        raise PsegzooError(f"{KEEP_MEMORY_ENV}={raw!r} is neither 1 nor 0; unset it, or set 0 to leave malloc as it is")
+    return _SWITCH[raw]

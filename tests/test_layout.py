@@ -16,6 +16,7 @@ ALLOWED = {
     "units": set(),
     "files": set(),
     "devices": {"errors"},
+    "heap": {"errors", "settings"},
     "manifest": {"units", "errors", "files", "settings"},
     "hub": {"units", "errors", "files", "manifest", "settings"},
     "convert": {"units", "errors", "files", "manifest"},
@@ -37,8 +38,8 @@ ALLOWED = {
     "serve": {"units", "errors", "devices", "files", "manifest", "hub", "images", "outputs", "predictor", "api", "__init__"},
     "cli": {"__init__"},
 }
-NO_TORCH = {"settings", "units", "errors", "files", "devices", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
-STDLIB_ONLY = {"settings", "units", "errors", "files", "devices", "prefetch", "manifest"}
+NO_TORCH = {"heap", "settings", "units", "errors", "files", "devices", "prefetch", "manifest", "hub", "images", "outputs", "video", "cli"}
+STDLIB_ONLY = {"heap", "settings", "units", "errors", "files", "devices", "prefetch", "manifest"}
 
 
 def _module_of(path: Path) -> str:

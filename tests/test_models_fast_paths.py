@@ -155,12 +155,15 @@ REL_F4 = 3e-5
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 6, 5, 7), (2, 8, 6, 9, 10), (1, 4, 5, 1, 1), (1, 4, 5, 2, 13),
-                                   (1, 16, 8, 17, 23), (1, 3, 2, 8, 6)], ids=str)
+                                   (1, 16, 8, 17, 23), (1, 3, 2, 8, 6), (2, 4, 6, 33, 49), (1, 4, 4, 97, 18)],
+                         ids=str)
 @pytest.mark.parametrize("dilation", [1, 2, 3, 4])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("tile", [2, 4])
-def test_winograd_as_matrix_products_matches_direct_convolution(shape, dilation, bias, tile):
-    """F(4x4, 3x3) and F(2x2, 3x3) with their transforms as matrix products (``winograd_mm``)."""
+@pytest.mark.parametrize("strips", [False, True])
+def test_winograd_as_matrix_products_matches_direct_convolution(shape, dilation, bias, tile, strips):
+    """F(4x4, 3x3) and F(2x2, 3x3) with their transforms as matrix products (``winograd_mm``), the
+    outputs left over by whole tiles padded (no weight given) or convolved directly (``strips``)."""
     n, c, o, h, w = shape
     g = _gen("f4", shape, dilation, bias, tile)
     x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
@@ -168,7 +171,8 @@ def test_winograd_as_matrix_products_matches_direct_convolution(shape, dilation,
     b = torch.randn(o, generator=g) if bias else None
     ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=dilation,
                    dilation=dilation)
-    out = winograd_mm.conv3x3(x, winograd_mm.transform_weight(weight, tile), b, (dilation, dilation))
+    out = winograd_mm.conv3x3(x, winograd_mm.transform_weight(weight, tile), b, (dilation, dilation),
+                              weight if strips else None)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert _rel_err(out, ref) < (REL_F4 if tile == 4 else REL)
 

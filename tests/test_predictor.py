@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 from torch import nn
 
+import psegzoo.predictor.scores
 from psegzoo.errors import PredictionError
 from psegzoo.manifest import TestSettings as EntryTest
 from psegzoo.manifest import load_manifest
@@ -34,6 +35,7 @@ from psegzoo.predictor import (
     to_input,
     tta_scale,
 )
+from psegzoo.predictor.scores import class_argmax
 from tests.support.precision import assert_same_labels
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -334,6 +336,21 @@ def test_single_view_gives_logits_and_flip_alone_is_tta():
     assert half.views[0].size == (10, 14) and half.scores.shape == (5, 20, 28)
     flipped = infer(model, img, s, flip=True)
     assert flipped.is_probs and len(flipped.views) == 2
+
+
+def test_class_argmax_is_argmax_with_ties_nans_and_bands(monkeypatch):
+    """The compare-and-keep argmax gives argmax's answer exactly: the first of equal maxima, the first NaN
+    (argmax takes NaN as the maximum), also when the map is labelled in bands of rows."""
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 4, (19, 37, 29), generator=g).float()  # few values: ties everywhere
+    scores[3, 5, 7] = scores[11, 5, 7] = float("nan")
+    scores[0, 9] = float("nan")  # a whole row whose first class is NaN
+    scores[:, 20] = -float("inf")
+    out = torch.empty(37, 29, dtype=torch.uint8)
+    class_argmax(scores, out)
+    assert torch.equal(out.long(), scores.argmax(dim=0))
+    monkeypatch.setattr(psegzoo.predictor.scores, "BAND_BYTES", 19 * 29 * 4 * 3)  # bands of 3 rows
+    np.testing.assert_array_equal(argmax_labels(scores), scores.argmax(dim=0).numpy())
 
 
 def test_labels_probabilities_helpers():

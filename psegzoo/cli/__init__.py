@@ -15,7 +15,7 @@ import click
 import psegzoo
 
 from . import bench, evaluate, export, listing, predict, serve, tune, weights
-from .common import QUIET_KEY, StatusLine
+from .common import QUIET_KEY, StatusLine, fail
 
 
 def _log_handler() -> logging.Handler:
@@ -54,6 +54,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
       psegzoo predict --model pspnet_r18-d8_512x1024_cityscapes --sample --overlay
     """
     ctx.meta[QUIET_KEY] = quiet
+    try:  # this process is psegzoo's own: freed memory is kept for the next forward (psegzoo.heap)
+        psegzoo.setup_process()
+    except psegzoo.PsegzooError as exc:
+        fail(exc.cli_message())
     logger = logging.getLogger("psegzoo")
     before = (logger.level, logger.propagate)
     handler = _log_handler()

@@ -79,7 +79,7 @@ def suits(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, ...], tile
         return False
     h, w = x.shape[-2:]
     if tile == 4:
-        area = winograd_mm.padded(h, dilation[0]) * winograd_mm.padded(w, dilation[1])
+        area = winograd_mm.tiled(h, dilation[0]) * winograd_mm.tiled(w, dilation[1])
         return area <= MAX_PADDED_AREA_F4 * h * w
     return _padded(h, dilation[0]) * _padded(w, dilation[1]) <= MAX_PADDED_AREA * h * w
 
@@ -198,8 +198,9 @@ class WinogradConv2d(nn.Conv2d):
             if transformed is None:
                 transformed = winograd_mm.transform_weight(weight, 4) if f4 else transform_weight(weight)
                 self._transforms[key] = transformed
-            run = winograd_mm.conv3x3 if f4 else conv3x3
-            return run(x, transformed, self.bias, self.dilation)  # type: ignore[arg-type]
+            if f4:
+                return winograd_mm.conv3x3(x, transformed, self.bias, self.dilation, weight)  # type: ignore[arg-type]
+            return conv3x3(x, transformed, self.bias, self.dilation)  # type: ignore[arg-type]
         if channels is not None and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
