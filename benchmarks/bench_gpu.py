@@ -12,7 +12,11 @@ in fp32, fp16 and bf16 autocast, channels-last on and off, the decomposed heads 
 ``torch.compile`` (default, ``reduce-overhead`` = CUDA graphs, ``max-autotune``), batch 1 and the best
 batch. For each: images/s and ms/image end to end, the model's forward alone, achieved TFLOP/s (FLOPs
 counted once with ``torch.utils.flop_counter.FlopCounterMode``) against the device's dense peak, and
-the share of labels equal to the fp32 reference (must be >= 99.5%).
+the share of labels equal to the fp32 reference (must be >= 99.5%). Each eager variant is also profiled
+once at its best batch (torch.profiler, CPU and CUDA activities): per image, the host and device
+milliseconds of each named stage of the predictor (``psegzoo.predictor.stages``: prepare, upload,
+forward, outputs, wait) and the calls that made the host wait (synchronisations, pageable copies,
+``.item()``, memory queries).
 
 Weights are the synthetic ones of ``tests/support/synth.py`` (deterministic, non-degenerate labels; no
 download). A hard budget (``--budget``, seconds, default 460) bounds the whole run: variants are run in
@@ -323,6 +327,35 @@ def peak_for(device: torch.device, precision: str, args: argparse.Namespace) -> 
 # --------------------------------------------------------------------------------------------
 
 
+WAITS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cudaMemGetInfo",
+         "aten::item", "aten::_local_scalar_dense", "aten::nonzero")
+"""Calls that make the host wait for the device (``cudaMemcpy``: a copy from or to pageable memory)."""
+
+
+def stage_profile(fn: Callable[[], Any], device: torch.device, images: int) -> dict[str, Any]:
+    """One steady-state call of ``fn`` under torch.profiler: per image, the host and device milliseconds of
+    each named stage of the predictor (``psegzoo.predictor.stages``), and the calls that made the host wait."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from psegzoo.predictor import STAGES
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    stages: dict[str, Any] = {}
+    waits: dict[str, Any] = {}
+    for ev in prof.key_averages():
+        device_us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        row = {"calls": ev.count, "host_ms": round(ev.cpu_time_total / 1000 / images, 3),
+               "device_ms": round(device_us / 1000 / images, 3)}
+        if ev.key.startswith("psegzoo.") and ev.key[len("psegzoo."):] in STAGES:
+            stages[ev.key[len("psegzoo."):]] = row
+        elif ev.key in WAITS and device.type == "cuda":  # on the CPU nothing waits for a device
+            waits[ev.key] = row
+    return {"stages": {name: stages[name] for name in STAGES if name in stages}, "waits": waits}
+
+
 def measure_variant(case: Case, variant: Variant, model: Segmentor, device: torch.device, args: argparse.Namespace,
                     reference: list[np.ndarray] | None, flops: float, deadline: float) -> Result:
     res = Result(case.key, variant.label)
@@ -391,6 +424,12 @@ def measure_variant(case: Case, variant: Variant, model: Segmentor, device: torc
         res.model_images_per_s = 1 / per_img_model
     except Exception as exc:
         res.note += f" model-only timing: {type(exc).__name__};"
+    if variant.compile is None:  # where an image's time goes, at the best batch
+        try:
+            n = len(images[: max(b, 2 if args.smoke else 8)])
+            res.extra["profile_per_image"] = stage_profile(pipeline(b), device, n)
+        except Exception as exc:
+            res.note += f" stage profile: {type(exc).__name__};"
     res.tflops = flops * res.images_per_s / 1e12
     res.peak_tflops = peak_for(device, variant.precision, args)
     if res.peak_tflops:
@@ -545,7 +584,26 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "FLOPs per image of the plain model (torch.utils.flop_counter; TFLOP/s and % of peak count these "
               "also for the decomposed heads, which do less work): " + ", ".join(
         f"{k} {v / 1e12:.3g} TFLOP" for k, v in report["flops_per_image"].items()), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + stage_table(report["results"]))
+
+
+def stage_table(results: list[dict[str, Any]]) -> list[str]:
+    """Per image, host / device ms of each stage of the eager variants, and the calls that waited."""
+    from psegzoo.predictor import STAGES
+
+    profiled = [r for r in results if r["status"] == "ok" and "profile_per_image" in r["extra"]]
+    if not profiled:
+        return []
+    lines = ["## Where an image's time goes (ms per image, host / device; torch.profiler, one steady-state call)", "",
+             "| model | variant | batch | " + " | ".join(STAGES) + " | waits (calls) |",
+             "|---|---|---|" + "---|" * len(STAGES) + "---|"]
+    for r in profiled:
+        prof = r["extra"]["profile_per_image"]
+        cells = [f"{prof['stages'][s]['host_ms']:.2f} / {prof['stages'][s]['device_ms']:.2f}" if s in prof["stages"]
+                 else "-" for s in STAGES]
+        waits = ", ".join(f"{k} {v['calls']}" for k, v in prof["waits"].items()) or "none"
+        lines.append(f"| {r['case']} | {r['variant']} | {r['batch']} | " + " | ".join(cells) + f" | {waits} |")
+    return [*lines, ""]
 
 
 def main() -> None:

@@ -800,3 +800,48 @@ def test_out_of_memory_halves_the_window_batch():
     with pytest.raises(PredictionError, match="out of memory running one 24x32 window on cpu") as info:
         infer(FailsAbove(0), img, s, batch_windows=2)
     assert "--crop-size HxW" in info.value.cli_message() and "--bf16" in info.value.cli_message()
+
+
+# --------------------------------------------------------------------------------------------
+# Stages named for torch.profiler
+# --------------------------------------------------------------------------------------------
+
+
+def _profiled(fn) -> list:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return list(prof.events())
+
+
+def _stage_of(event) -> str | None:
+    """The innermost psegzoo stage around a profiler event."""
+    node = event.cpu_parent
+    while node is not None:
+        if node.name.startswith("psegzoo."):
+            return node.name
+        node = node.cpu_parent
+    return None
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide", "batch"])
+def test_profiler_sees_each_stage_and_the_model_inside_forward(mode):
+    """Every convolution of the model runs inside ``psegzoo.forward``; resizing the image inside ``prepare``; the
+    scores' resize inside ``outputs``; each stage appears as often as its work is done."""
+    model = TinySeg()
+    images = [_image(30, 40, seed) for seed in range(2)]
+    if mode == "batch":
+        run = lambda: infer_batch(model, images, _settings("whole", scale=(64, 48)), batch_size=2)  # noqa: E731
+    else:
+        settings = _settings(mode, scale=(64, 48), crop=(24, 24), stride=(16, 16)) if mode == "slide" else _settings()
+        run = lambda: infer(model, images[0], settings, keep_scores=False)  # noqa: E731
+    events = _profiled(run)
+    counts = {name: sum(e.name == f"psegzoo.{name}" for e in events) for name in psegzoo.predictor.STAGES}
+    n = 2 if mode == "batch" else 1
+    outputs = 1 if mode == "batch" else 2  # infer(): once for the view, once for its labels
+    assert counts == {"prepare": n, "upload": n, "forward": 1, "outputs": outputs, "wait": 0}  # no wait on the CPU
+    convs = [e for e in events if e.name == "aten::convolution"]
+    assert convs and {_stage_of(e) for e in convs} == {"psegzoo.forward"}
+    assert {_stage_of(e) for e in events if e.name == "aten::upsample_bilinear2d" and _stage_of(e) != "psegzoo.forward"} \
+        <= {"psegzoo.outputs"}

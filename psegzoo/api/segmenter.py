@@ -182,8 +182,9 @@ class Segmenter:
                     timings: dict[str, float]) -> Prediction:
         scores: np.ndarray | None = None
         if result.scores is not None:
-            labels = predictor.argmax_labels(result.scores)
-            scores = result.scores.cpu().numpy()
+            with predictor.stage("outputs"):
+                labels = predictor.argmax_labels(result.scores)
+                scores = result.scores.cpu().numpy()
         elif result.labels is not None:
             labels = result.labels
         else:

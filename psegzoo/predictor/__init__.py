@@ -6,6 +6,7 @@
 * :mod:`.scores`: scores at the original size in bands of rows; labels, confidences, probabilities;
 * :mod:`.memory`: what a prediction needs, estimated before it runs;
 * :mod:`.infer`: the orchestration (views, forwards, test-time augmentation, progress);
+* :mod:`.stages`: the stages of a prediction, named for torch.profiler;
 * :mod:`.devices`: devices, precision and model preparation.
 
 Memory: results at the original size are produced in bands of rows, either into one C x H x W
@@ -38,6 +39,7 @@ from .scores import (
     to_host,
 )
 from .settings import MAX_RATIOS, MAX_SIDE, MAX_WINDOWS, InferenceSettings, Size2, default_stride, tta_scale
+from .stages import STAGES, stage
 from .windows import (
     CPU_BATCH_WINDOWS,
     MAX_BATCH_WINDOWS,
@@ -58,6 +60,7 @@ __all__ = [
     "MAX_RATIOS",
     "MAX_SIDE",
     "MAX_WINDOWS",
+    "STAGES",
     "Inference",
     "InferenceSettings",
     "MemoryEstimate",
@@ -91,6 +94,7 @@ __all__ = [
     "resize_scores",
     "select_device",
     "slide_windows",
+    "stage",
     "to_host",
     "to_input",
     "torch_dtype",

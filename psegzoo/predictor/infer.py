@@ -24,8 +24,9 @@ from ..errors import PredictionError, check_count
 from .devices import autocast_dtype, model_is_channels_last, resolve_device
 from .memory import check_memory, estimate_memory
 from .resize import rescale_size, resize_image
-from .scores import banded_labels, resize_bands, resize_scores, to_host
+from .scores import banded_labels, class_argmax, label_dtype, resize_bands, resize_scores, to_host
 from .settings import InferenceSettings, Size2, tta_scale
+from .stages import stage
 from .windows import (
     Normalize,
     Runner,
@@ -225,31 +226,35 @@ def infer(
         for ratio, flipped in views:
             t0 = time.perf_counter()
             scale = settings.scale if ratio == 1.0 else tta_scale(settings.scale, ratio)
-            resized = resize_image(image, scale)
-            if flipped:
-                resized = np.ascontiguousarray(resized[:, ::-1])
-            u8 = image_tensor(resized, plan.device)
+            with stage("prepare"):
+                resized = resize_image(image, scale)
+                if flipped:
+                    resized = np.ascontiguousarray(resized[:, ::-1])
+            with stage("upload"):
+                u8 = image_tensor(resized, plan.device)
             del resized
             done_views.append(View(ratio=ratio, flip=flipped, size=(int(u8.shape[2]), int(u8.shape[3]))))
             prep += time.perf_counter() - t0
-            if settings.mode == "slide":
-                low = slide_logits(runner, u8, crop, stride, batch_windows, step)
-            else:
-                low = _whole(runner, plan.normalize(u8), direct=plan.direct)[0]
-                step(1)
+            with stage("forward"):
+                if settings.mode == "slide":
+                    low = slide_logits(runner, u8, crop, stride, batch_windows, step)
+                else:
+                    low = _whole(runner, plan.normalize(u8), direct=plan.direct)[0]
+                    step(1)
             del u8
             t1 = time.perf_counter()
             if flipped:
                 low = low.flip(-1)
-            if not keep_scores:
-                lows.append(low)
-            elif not multi:
-                scores = resize_scores(low, (h, w), align_corners=settings.align_corners, out_device=out_dev)
-            else:
-                if acc is None:
-                    acc = torch.zeros((low.shape[0], h, w), dtype=torch.float32, device=out_dev)
-                for r0, r1, band in resize_bands(low, (h, w), align_corners=settings.align_corners):
-                    acc[:, r0:r1] += torch.softmax(band, dim=0).to(out_dev)
+            with stage("outputs"):
+                if not keep_scores:
+                    lows.append(low)
+                elif not multi:
+                    scores = resize_scores(low, (h, w), align_corners=settings.align_corners, out_device=out_dev)
+                else:
+                    if acc is None:
+                        acc = torch.zeros((low.shape[0], h, w), dtype=torch.float32, device=out_dev)
+                    for r0, r1, band in resize_bands(low, (h, w), align_corners=settings.align_corners):
+                        acc[:, r0:r1] += torch.softmax(band, dim=0).to(out_dev)
             del low
             post += time.perf_counter() - t1
         t1 = time.perf_counter()
@@ -259,11 +264,13 @@ def infer(
         if scores is not None:
             scores = scores.contiguous()
         if not keep_scores:
-            labels, top = banded_labels(lows, (h, w), align_corners=settings.align_corners, average_probs=multi,
-                                        confidence=confidence)
+            with stage("outputs"):
+                labels, top = banded_labels(lows, (h, w), align_corners=settings.align_corners, average_probs=multi,
+                                            confidence=confidence)
             del lows
         if plan.device.type == "cuda":
-            torch.cuda.synchronize(plan.device)
+            with stage("wait"):
+                torch.cuda.synchronize(plan.device)
         post += time.perf_counter() - t1
     seconds = {"preprocess": prep, "forward": runner.forward_seconds, "postprocess": post}
     seconds["total"] = time.perf_counter() - t_start
@@ -344,8 +351,11 @@ class _Outputs:
         """(scores, labels, top probability) of each image of a chunk whose forward gave ``lows``."""
         if not self.keep_scores and not self.confidence and all(o == size for o in originals):
             # already at the images' size: one argmax and one copy for the whole chunk
-            labels = to_host(lows.argmax(dim=1).to(torch.uint8 if lows.shape[1] <= 256 else torch.int32))
-            return [(None, labels[j], None) for j in range(len(originals))]
+            labels = torch.empty((lows.shape[0], *lows.shape[2:]), dtype=label_dtype(lows.shape[1]), device=lows.device)
+            for low, out in zip(lows, labels):
+                class_argmax(low, out)
+            host = to_host(labels)
+            return [(None, host[j], None) for j in range(len(originals))]
         align = self.settings.align_corners
         if self.keep_scores:
             return [(resize_scores(low, original, align_corners=align, out_device=self.device).contiguous(), None, None)
@@ -409,19 +419,28 @@ def infer_batch(
     def upload_one(i: int) -> torch.Tensor:
         img = images[i]
         if isinstance(img, Prepared):
-            return upload(img.tensor, plan.device)
-        return image_tensor(resize_image(img, settings.scale), plan.device)
+            with stage("upload"):
+                return upload(img.tensor, plan.device)
+        with stage("prepare"):
+            resized = resize_image(img, settings.scale)
+        with stage("upload"):
+            return image_tensor(resized, plan.device)
 
     results: list[Inference | None] = [None] * len(images)
     with torch.inference_mode():
         for size, members in groups.items():
             for chunk in batches.chunks(members):
                 t0 = time.perf_counter()
-                lows = batches.forward(runner, plan.normalize(torch.cat([upload_one(i) for i in chunk])), plan.direct)
-                kept = outputs.of(lows, [original[i] for i in chunk], size)
+                u8 = torch.cat([upload_one(i) for i in chunk])
+                with stage("forward"):
+                    lows = batches.forward(runner, plan.normalize(u8), plan.direct)
+                del u8
+                with stage("outputs"):
+                    kept = outputs.of(lows, [original[i] for i in chunk], size)
                 del lows
                 if plan.device.type == "cuda":
-                    torch.cuda.synchronize(plan.device)
+                    with stage("wait"):
+                        torch.cuda.synchronize(plan.device)
                 seconds = {"total": (time.perf_counter() - t0) / len(chunk)}
                 for i, (scores, labels, top) in zip(chunk, kept):
                     results[i] = Inference(scores=scores, is_probs=False, views=(View(1.0, False, size),),
