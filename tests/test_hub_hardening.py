@@ -256,7 +256,11 @@ def as_nobody(*args: object, env: dict[str, str], timeout: float = 120) -> subpr
     """``psegzoo ARGS`` as the user nobody (permission bits apply to it, not to root)."""
     assert shutil.which("setpriv"), "setpriv (util-linux) is needed to run a command as another user"
     full = child_env(**env)
-    return subprocess.run([*NOBODY, *psegzoo_command(), *map(str, args)], env=full, capture_output=True, text=True,
+    command = psegzoo_command()
+    reach = subprocess.run([*NOBODY, command[0], "--version"], env=full, capture_output=True, text=True, timeout=60)
+    assert reach.returncode == 0, (f"the user nobody cannot run {command[0]}: the clone and its venv must sit in "
+                                   f"folders others may enter (e.g. chmod 755 on a mktemp -d folder); {reach.stderr}")
+    return subprocess.run([*NOBODY, *command, *map(str, args)], env=full, capture_output=True, text=True,
                           timeout=timeout)
 
 
