@@ -197,7 +197,11 @@ def test_winograd_as_matrix_products_runs_in_bands(monkeypatch, tile):
     weight_t = winograd_mm.transform_weight(torch.randn(4, 8, 3, 3, generator=g), tile)
     whole = winograd_mm.conv3x3(x, weight_t, None, (2, 3))
     monkeypatch.setattr(winograd_mm, "BAND_BYTES", 1)
-    torch.testing.assert_close(winograd_mm.conv3x3(x, weight_t, None, (2, 3)), whole, rtol=0, atol=0)
+    banded = winograd_mm.conv3x3(x, weight_t, None, (2, 3))
+    # Not bit for bit on every CPU: bands give the products fewer rows, which a BLAS may block (and
+    # vectorize) otherwise, adding in another order (about 1e-7 of the values). A band that is lost,
+    # doubled or shifted is off by the size of the values, far beyond REL_F4.
+    assert banded.shape == whole.shape and _rel_err(banded, whole) < REL_F4
 
 
 def test_winograd_f4_is_installed_from_its_own_width(monkeypatch):
