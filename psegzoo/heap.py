@@ -5,8 +5,8 @@ and go) as fresh pages of their own and gives them back to the kernel when they 
 kernel zero-fills such pages on first touch, one 4 KiB page fault at a time. A segmentation
 network's activations are tens to hundreds of megabytes (PSPNet R-50-D8 on two 769 x 769 windows:
 150 MB for each 2048-channel map), so every layer of every forward faults its output in anew:
-measured on a 2-core AMD EPYC, 4 to 5 million page faults and about 6 s of kernel time per
-prediction of 8 windows. With blocks up to 1 GiB served from the heap, and the heap not trimmed
+measured on a 2-core AMD EPYC (benchmarks/bench_heap.py), 5.5 million page faults and 16.6 s of
+kernel CPU time per prediction of 8 windows. With blocks up to 1 GiB served from the heap, and the heap not trimmed
 below 2 GiB, each forward reuses the pages of the one before, which are already mapped.
 
 The memory a prediction needed then stays with the process until it exits (as a GPU allocator's
