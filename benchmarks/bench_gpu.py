@@ -1,8 +1,8 @@
 """GPU throughput, precision and compile of psegzoo's predictor, in one run that fits a time budget.
 
 On CUDA it first runs the CUDA-marked tests (``pytest -m cuda``), then times, through the predictor's
-own path (uint8 image in, labels out: ``psegzoo.predictor.infer_batch`` for whole images,
-``infer`` for sliding windows):
+own path (uint8 image in, labels out: ``psegzoo.predictor.infer_batch``; in slide mode the batch
+is the number of images whose windows share forwards):
 
 * PSPNet R-50-D8, Cityscapes, whole 1024 x 2048;
 * DeepLabV3 R-101-D8, Cityscapes 769 x 769 entry, slide (windows of 769) over 1024 x 2048;
@@ -57,8 +57,8 @@ from psegzoo.convert import convert_state_dict, load_into  # noqa: E402
 from psegzoo.manifest import Architecture, get_entry  # noqa: E402
 from psegzoo.models import FastPaths, Segmentor, build_segmentor, state_shapes, use_fast_paths  # noqa: E402
 from psegzoo.predictor import (  # noqa: E402
+    MAX_BATCH_WINDOWS,
     InferenceSettings,
-    infer,
     infer_batch,
     prepare_model,
     slide_windows,
@@ -113,6 +113,7 @@ class Variant:
     decompose: bool = True
     batch: int | str = 1  # an int, or "best": the best of BATCHES
     compile: str | None = None  # None, "default", "reduce-overhead", "max-autotune", "eager-backend" (smoke)
+    files: bool = False  # `psegzoo predict` on a folder of PNG files instead of arrays in memory
 
     @property
     def label(self) -> str:
@@ -121,6 +122,8 @@ class Variant:
             parts.append("concat heads")
         parts.append(f"batch {self.batch}")
         parts.append(f"compiled ({self.compile})" if self.compile else "eager")
+        if self.files:
+            parts.append("PNG files in and out")
         return ", ".join(parts)
 
     @property
@@ -179,28 +182,30 @@ def plan(smoke: bool, cuda: bool) -> list[tuple[str, Variant]]:
         return [("pspnet", Variant()), ("pspnet", Variant(low)), ("pspnet", Variant(low, channels_last=False)),
                 ("pspnet", Variant(low, batch="best")), ("pspnet", Variant(low, decompose=False)),
                 ("deeplabv3", Variant()), ("deeplabv3", Variant(low)), ("upernet", Variant()),
-                ("upernet", Variant(low, batch="best")), ("pspnet", Variant(low, compile="eager-backend"))]
-    p = [
+                ("upernet", Variant(low, batch="best")), ("pspnet", Variant(low, compile="eager-backend")),
+                ("deeplabv3", Variant(low, batch="best")), ("pspnet", Variant(low, batch="best", files=True))]
+    p = [  # (a) profile and end to end against model-only; (b) compiled; (c) slide; (d) UPerNet, files; (e) autotune
         ("pspnet", Variant("fp32", channels_last=False, decompose=False)),  # the reference
         ("pspnet", Variant("bf16")),
         ("pspnet", Variant("bf16", batch="best")),
-        ("pspnet", Variant("bf16", channels_last=False)),
-        ("pspnet", Variant("bf16", channels_last=False, batch="best")),
-        ("pspnet", Variant("fp16", batch="best")),
-        ("pspnet", Variant("fp32")),
+        ("pspnet", Variant("bf16", batch="best", compile="default")),
+        ("pspnet", Variant("bf16", batch="best", compile="reduce-overhead")),  # CUDA graphs
         ("deeplabv3", Variant("fp32", channels_last=False, decompose=False)),
         ("deeplabv3", Variant("bf16")),
-        ("deeplabv3", Variant("bf16", channels_last=False)),
+        ("deeplabv3", Variant("bf16", batch="best")),  # windows of several images per forward
         ("upernet", Variant("fp32", channels_last=False, decompose=False)),
         ("upernet", Variant("bf16")),
         ("upernet", Variant("bf16", batch="best")),
-        ("pspnet", Variant("bf16", decompose=False)),
-        ("pspnet", Variant("bf16", batch="best", compile="default")),
-        ("deeplabv3", Variant("fp16")),
-        ("upernet", Variant("fp16")),
+        ("upernet", Variant("fp32", batch="best")),
+        ("pspnet", Variant("bf16", batch="best", files=True)),
         ("pspnet", Variant("bf16", batch="best", compile="max-autotune")),
+        ("pspnet", Variant("bf16", channels_last=False, batch="best")),
+        ("pspnet", Variant("fp16", batch="best")),
+        ("pspnet", Variant("fp32")),
+        ("pspnet", Variant("bf16", decompose=False)),
+        ("deeplabv3", Variant("fp16", batch="best")),
     ]
-    return p if cuda else p[:10]
+    return p if cuda else [v for v in p if not v[1].compile][:10]
 
 
 BATCHES = (2, 4, 8, 16)
@@ -259,8 +264,9 @@ def run_pipeline(model: Any, case: Case, images: list[np.ndarray], variant: Vari
         out = infer_batch(model, images, settings, device=device, amp_dtype=variant.amp, batch_size=batch,
                           keep_scores=False)
         return [r.labels for r in out]  # type: ignore[misc]
-    return [infer(model, img, settings, device=device, amp_dtype=variant.amp, keep_scores=False,
-                  batch_windows=None if device.type == "cuda" else batch).labels for img in images]  # type: ignore[misc]
+    out = infer_batch(model, images, settings, device=device, amp_dtype=variant.amp, batch_size=batch,
+                      batch_windows=None if device.type == "cuda" else 2, keep_scores=False)
+    return [r.labels for r in out]  # type: ignore[misc]
 
 
 def timed(fn: Callable[[], Any], device: torch.device, min_seconds: float, max_runs: int) -> tuple[float, int]:
@@ -408,9 +414,10 @@ def measure_variant(case: Case, variant: Variant, model: Segmentor, device: torc
     res.ms_per_image = 1000 * per_image
     if len(tried) > 1:
         res.extra["images_per_s_by_batch"] = {str(k): round(v, 2) for k, v in tried.items()}
-    # the model alone: one forward (batch b images, or b windows) on input already on the device
+    # the model alone: one forward (b images, or the windows of b images) on input already on the device
     try:
-        x = forward_input(case, images, b if case.settings().mode == "whole" else 1, device, variant.channels_last)
+        per_forward_items = b if case.settings().mode == "whole" else min(MAX_BATCH_WINDOWS, b * forwards_per_image(case))
+        x = forward_input(case, images, per_forward_items, device, variant.channels_last)
         ctx = torch.autocast(device.type, dtype=variant.amp) if variant.amp else contextlib.nullcontext()
 
         def forward() -> Any:
@@ -435,13 +442,84 @@ def measure_variant(case: Case, variant: Variant, model: Segmentor, device: torc
     if res.peak_tflops:
         res.peak_share = res.tflops / res.peak_tflops
     with torch.inference_mode():  # the shapes already run (a compiled model does not compile again)
-        first = images[:2] * max(1, b // 2) if case.settings().mode == "whole" else images[:2]
+        first = images[:2] * max(1, b // 2)
         labels = run_pipeline(run_model, case, first, variant, b, device)[:2]
     if reference is not None:
         res.labels_equal = float(np.mean([(a == r).mean() for a, r in zip(labels, reference)]))
         if res.labels_equal < AGREEMENT:
             res.note += f" labels below {AGREEMENT:.1%} of fp32;"
     res.extra["classes_in_labels"] = len(np.unique(labels[0]))
+    res.seconds = time.perf_counter() - t_start
+    return res
+
+
+FILES = (32, 128)  # images in the two timed runs from files (smoke: a sixteenth)
+
+
+def png_folder(case: Case, root: Path, n: int, distinct: list[Path]) -> list[Path]:
+    """``n`` PNG files in ``root`` (hard links of ``distinct`` ones: each is decoded as a file of its own)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = root / f"im{i:04d}.png"
+        os.link(distinct[i % len(distinct)], path)
+        paths.append(path)
+    return paths
+
+
+def measure_files(case: Case, variant: Variant, model: Segmentor, device: torch.device, args: argparse.Namespace,
+                  batch: int, memory_rate: float | None, scratch: Path) -> Result:
+    """What ``psegzoo predict FOLDER --bf16`` does after loading: ``run_predict`` over PNG files, decoded,
+    and label maps encoded and written, on its threads (default count), the model on this one.
+
+    Timed over two folders of ``FILES`` images after a warm-up run; the rate is the difference of images
+    over the difference of seconds, so what each run costs once (threads, the first batch's memory
+    measurement) cancels out. ``files_share`` is that rate over the in-memory rate at the same batch.
+    """
+    from PIL import Image
+
+    from psegzoo.api import Segmenter
+    from psegzoo.distributed import Job, PredictJob, PredictTask, run_predict
+    from psegzoo.manifest import get_dataset
+    from psegzoo.predictor import default_workers
+
+    res = Result(case.key, variant.label)
+    t_start = time.perf_counter()
+    configure(model, variant)
+    entry = get_entry(case.name)
+    segmenter = Segmenter(model, entry, device, torch.float32, get_dataset(entry.dataset),
+                          fast_paths=FastPaths(decompose=variant.decompose, channels_last=variant.channels_last))
+    distinct = []
+    for i, img in enumerate(images_for(case, 4)):
+        distinct.append(scratch / f"distinct{i}.png")
+        Image.fromarray(img).save(distinct[-1])
+    sizes = [max(2, n // 16) for n in FILES] if args.smoke else list(FILES)
+    options = {"amp_dtype": variant.amp, **({} if case.arch is None else {"mode": case.mode, "scale": case.settings().scale,
+                                                                          "crop_size": case.settings().crop_size})}
+    seconds = []
+    with Job.start() as job:
+        for k, n in enumerate([2, *sizes]):  # the first: a warm-up
+            paths = png_folder(case, scratch / f"files{k}", n, distinct)
+            tasks = [PredictTask(path, path.stem, False) for path in paths]
+            settings = PredictJob(out_dir=str(scratch / f"out{k}"), batch_size=batch, options=options)
+            sync(device)
+            t0 = time.perf_counter()
+            totals = run_predict(job, tasks, settings, lambda: segmenter)
+            sync(device)
+            seconds.append(time.perf_counter() - t0)
+            if totals.failed:
+                raise RuntimeError(f"{totals.failed} of {n} files failed")
+            shutil.rmtree(scratch / f"files{k}")
+            shutil.rmtree(scratch / f"out{k}")
+    per_image = (seconds[2] - seconds[1]) / (sizes[1] - sizes[0])
+    res.batch = batch
+    res.images_per_s = 1 / per_image
+    res.ms_per_image = 1000 * per_image
+    res.extra["run_seconds"] = {str(n): round(t, 3) for n, t in zip(sizes, seconds[1:])}
+    res.extra["workers"] = default_workers(device)
+    if memory_rate:
+        res.extra["files_share"] = round(res.images_per_s / memory_rate, 3)
+        res.note += f" {res.extra['files_share']:.2f} of the in-memory rate;"
     res.seconds = time.perf_counter() - t_start
     return res
 
@@ -566,19 +644,21 @@ def markdown(report: dict[str, Any]) -> str:
     goal = report.get("goal")
     if goal:
         lines += [f"Goal: {goal['text']}: **{goal['verdict']}**", ""]
-    lines += ["| model | variant | batch | images/s | ms/image | model only, images/s | TFLOP/s | % of peak "
-              "| labels = fp32 | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | variant | batch | images/s | ms/image | model only, images/s | end to end / model only "
+              "| TFLOP/s | % of peak | labels = fp32 | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
     for r in report["results"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['case']} | {r['variant']} | | | | | | | | {r['status']}: {r['note'].strip()} |")
+            lines.append(f"| {r['case']} | {r['variant']} | | | | | | | | | {r['status']}: {r['note'].strip()} |")
             continue
         lines.append(
             f"| {r['case']} | {r['variant']} | {r['batch']} | {f(r['images_per_s'], '.2f')} | {f(r['ms_per_image'], '.2f')} "
-            f"| {f(r['model_images_per_s'], '.2f')} | {f(r['tflops'], '.3g')} "
+            f"| {f(r['model_images_per_s'], '.2f')} "
+            f"| {f(r['images_per_s'] / r['model_images_per_s'] if r['images_per_s'] and r['model_images_per_s'] else None, '.2f')} "
+            f"| {f(r['tflops'], '.3g')} "
             f"| {f(None if r['peak_share'] is None else 100 * r['peak_share'], '.1f')} "
             f"| {f(None if r['labels_equal'] is None else 100 * r['labels_equal'], '.2f')}% | {r['note'].strip()} |")
     lines += ["", "FLOPs per image of the plain model (torch.utils.flop_counter; TFLOP/s and % of peak count these "
@@ -664,6 +744,7 @@ def main() -> None:
     references: dict[str, list[np.ndarray]] = {}
     ref_paths: dict[str, list[str]] = {}
     best_batch: dict[tuple[str, str], int] = {}
+    best_rate: dict[tuple[str, str], float | None] = {}  # in memory, at the best batch: what files are compared with
     scratch = Path(tempfile.mkdtemp(prefix="bench_gpu_"))  # reference labels for the child processes
     for key, variant in plan(args.smoke, device.type == "cuda"):
         case = cases[key]
@@ -678,7 +759,7 @@ def main() -> None:
             report["results"].append(dataclasses.asdict(Result(key, variant.label, status="skipped",
                                                                note="the time budget ran out")))
             continue
-        if variant.compile and variant.batch == "best":  # compile one shape: the best eager batch
+        if (variant.compile or variant.files) and variant.batch == "best":  # compile one shape: the best eager batch
             variant = dataclasses.replace(variant, batch=best_batch.get((key, variant.precision), 1 if args.smoke else 8))
         print(f"{key}: {variant.label} ...", flush=True)
         try:
@@ -692,7 +773,10 @@ def main() -> None:
                     np.save(path, labels)
                     ref_paths[key].append(str(path))
             flops = report["flops_per_image"][key]
-            if variant.compile and variant.compile != "eager-backend":
+            if variant.files:
+                res = measure_files(case, variant, models[key], device, args, int(variant.batch),
+                                    best_rate.get((key, variant.precision)), scratch)
+            elif variant.compile and variant.compile != "eager-backend":
                 res = run_child(case, variant, device, args, ref_paths[key], flops,
                                 timeout=max(10.0, deadline - time.perf_counter() - 20.0))
             else:
@@ -705,8 +789,9 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         report["results"].append(dataclasses.asdict(res))
-        if res.status == "ok" and variant.batch == "best" and res.batch:
+        if res.status == "ok" and variant.batch == "best" and res.batch and not variant.compile:
             best_batch[(key, variant.precision)] = res.batch
+            best_rate[(key, variant.precision)] = res.images_per_s
         print(f"  {res.status}: {res.images_per_s and round(res.images_per_s, 2)} images/s, batch {res.batch}, "
               f"labels {res.labels_equal and round(100 * res.labels_equal, 3)}% {res.note}", flush=True)
         save()

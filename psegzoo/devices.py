@@ -6,6 +6,7 @@ A misspelt ``--device`` is refused here in microseconds, before torch is importe
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -18,6 +19,14 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
 """Every precision name psegzoo takes (a model's ``dtype``, autocast's ``amp_dtype``, the server's ``amp``),
 to its canonical name, which is torch's: the one table of them."""
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def dtype_name(name: object) -> str | None:

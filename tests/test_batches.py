@@ -1,4 +1,4 @@
-"""More images per second on one device: whole-mode images of one resized size share forwards.
+"""More images per second on one device: images of one resized size share forwards (whole images, or their windows).
 
 ``psegzoo predict --batch-size N`` and ``Segmenter.predict_many(batch_size=N, workers=K)``: the
 labels must be those of one image at a time (CPU, a synthetic R-18 PSPNet served from a loopback
@@ -116,10 +116,16 @@ def test_predict_many_reads_ahead_batches_by_size_and_keeps_order(seg, batches):
         assert_same_prediction(got.labels, want)  # a batch of 3 rounds otherwise than one image: near-ties may flip
     assert sum(batches) == 7 and max(batches) == 3  # batched, never beyond batch_size
     assert seen == [(1, 1)] * 7  # each image's one forward is reported
-    # Slide mode and test-time augmentation are never batched: each image alone, same labels.
+    # Test-time augmentation is never batched: each image alone, same labels.
     batches.clear()
     flipped = list(seg.predict_many(images[:2], batch_size=4, workers=1, flip=True))
     assert batches == [] and np.array_equal(flipped[1].labels, seg.predict(images[1], flip=True).labels)
+    # Slide mode batches the windows of images of one size.
+    slide = dict(mode="slide", crop_size=(24, 24), stride=(16, 16), batch_windows=3)
+    windowed = list(seg.predict_many(images, batch_size=4, workers=2, **slide))
+    assert batches == [2, 1, 3, 1]  # runs of consecutive images of one size
+    for img, got in zip(images, windowed):
+        assert_same_prediction(got.labels, seg.predict(img, **slide))
     with pytest.raises(psegzoo.PredictionError, match="workers"):
         next(seg.predict_many(images, workers=-1))
 
@@ -133,3 +139,24 @@ def test_prepared_images_give_the_labels_of_infer(seg):
     for img, got in zip(imgs, out):
         np.testing.assert_array_equal(got.labels, seg.predict(img).labels)
         assert got.labels.shape == img.shape[:2]
+
+
+def test_outputs_written_on_threads_fail_for_their_input_alone(served, tmp_path):  # noqa: F811
+    """Outputs are encoded and written on the reading threads: one that cannot be written is reported
+    for its own input, in order, and the others are written as they are one thread at a time."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(4):
+        Image.fromarray(image(40 + i, 40, 60)).save(inputs / f"im{i}.png")
+    cli("predict", "-m", NAME, inputs, "-o", tmp_path / "one", "--json", "--mirror", served.mirror)
+    (tmp_path / "many" / "im1.png").mkdir(parents=True)  # where im1's labels go: a folder, not written over
+    many = cli("predict", "-m", NAME, inputs, "-o", tmp_path / "many", "--json", "--workers", "3", "--mirror",
+               served.mirror, code=1)
+    errors = [line for line in many.stderr.splitlines() if "im1" in line]
+    assert errors and "cannot write" in errors[0], many.stderr
+    lines = [json.loads(line) for line in many.stdout.splitlines()]
+    assert [line["input"] for line in lines] == [str(inputs / f"im{i}.png") for i in range(4)]  # in input order
+    assert ["error" in line for line in lines] == [False, True, False, False]
+    written = outputs(tmp_path / "many")
+    assert (tmp_path / "many" / "im1.png").is_dir() and not any(n.startswith("im1") for n in written)
+    assert written == {n: v for n, v in outputs(tmp_path / "one").items() if not n.startswith("im1")}

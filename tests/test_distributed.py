@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 import psegzoo
+from psegzoo.devices import usable_cores
 from psegzoo.distributed import Job, Launch, PredictTask, Wanted, all_reduce_sum, predict_tasks, split
-from psegzoo.distributed.launch import rank_device, usable_cores
+from psegzoo.distributed.launch import rank_device
 from psegzoo.distributed.sharding import digest
 from psegzoo.video import FRAMES_RECORD
 from tests.support.cli import cli, run_script

@@ -33,8 +33,8 @@ ALLOWED = {
                    "evaluation"},
     "export": {"units", "errors", "devices", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor", "api",
                "__init__"},
-    "distributed": {"units", "errors", "devices", "files", "manifest", "hub", "convert", "models", "images", "outputs", "predictor",
-                    "video", "api"},
+    "distributed": {"units", "errors", "devices", "files", "prefetch", "manifest", "hub", "convert", "models", "images", "outputs",
+                    "predictor", "video", "api"},
     "serve": {"units", "errors", "devices", "files", "manifest", "hub", "images", "outputs", "predictor", "api", "__init__"},
     "cli": {"__init__"},
 }

@@ -580,10 +580,42 @@ def test_batch_of_whole_images_equals_one_by_one():
         assert out.views[0].size == alone.views[0].size
     kept = infer_batch(model, images, s, batch_size=4, keep_scores=True)
     torch.testing.assert_close(kept[3].scores, infer(model, images[3], s).scores, rtol=1e-5, atol=1e-5)
-    with pytest.raises(PredictionError, match="whole mode"):
-        infer_batch(model, images, _settings("slide", crop=(16, 16), stride=(8, 8)))
     with pytest.raises(PredictionError, match="batch_size"):
         infer_batch(model, images, s, batch_size=0)
+
+
+class Recorded(TinySeg):
+    """TinySeg that records the batch of every forward."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(int(x.shape[0]))
+        return super().forward(x)
+
+
+def test_batch_of_slide_images_equals_one_by_one():
+    # at scale (60, 40) 40x60 and 20x60 images keep their size; 24x32 windows at stride 16x20 make
+    # a 2 x 3 grid on 40x60 and a 1 x 3 one on 20x60
+    model = Recorded(num_classes=6)
+    s = _settings("slide", scale=(60, 40), crop=(24, 32), stride=(16, 20))
+    images = [_image(40, 60, seed=i) for i in range(3)] + [_image(20, 60, seed=9), _image(40, 60, seed=7)]
+    batched = infer_batch(model, images, s, batch_size=3, batch_windows=4, keep_scores=True)
+    # 40x60 images 3 + 1 (18 windows in forwards of 4, then 6), then the 20x60 one: windows of
+    # different images share forwards
+    assert model.batches == [4, 4, 4, 4, 2, 4, 2, 3]
+    for img, out in zip(images, batched):
+        alone = infer(model, img, s, batch_windows=1)
+        # one window per forward against four: a batched convolution may round otherwise (1e-5 covers it)
+        torch.testing.assert_close(out.scores, alone.scores, rtol=1e-5, atol=1e-5)
+        assert out.views == alone.views
+    labels = infer_batch(model, images, s, batch_size=None)  # None: SLIDE_BATCH_IMAGES images at a time
+    for img, out in zip(images, labels):
+        alone = infer(model, img, s)
+        assert_same_labels(out.labels, argmax_labels(alone.scores), alone.scores)  # near-ties may flip
+        assert out.labels.shape == img.shape[:2]
 
 
 # --------------------------------------------------------------------------------------------

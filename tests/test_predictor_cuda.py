@@ -177,6 +177,48 @@ def test_prepared_pinned_images_in_batches_sized_from_free_memory(exact_float32)
         np.testing.assert_array_equal(res.labels, alone)
 
 
+def test_batch_sizes_are_measured_once_per_model_and_shape(monkeypatch, exact_float32):
+    """Later predictions of an input shape take the batch sized on the first: no forward of one item to
+    measure, no free-memory query (which the profiler counts among the calls that wait)."""
+    model = Recording(width=16)
+    prepared = prepare_model(model, "cuda")
+    s = _settings(scale=(96, 64))
+    images = [_image(48, 72, seed=i) for i in range(6)]
+    infer_batch(prepared, images, s, batch_size=None)
+    assert model.batches[0] == 1
+    slide = _settings("slide", scale=(256, 256), crop=(64, 64), stride=(48, 48))  # 5 x 5 windows
+    infer(prepared, _image(256, 256), slide)
+    model.batches.clear()
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("free memory queried again")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_query)
+    again = infer_batch(prepared, images, s, batch_size=None)
+    assert model.batches == [6]  # all together at once
+    model.batches.clear()
+    infer(prepared, _image(256, 256, seed=1), slide)
+    assert model.batches[0] > 1 and sum(model.batches) == 25
+    for img, res in zip(images, again):
+        np.testing.assert_array_equal(res.labels, argmax_labels(infer(prepared, img, s).scores))
+
+
+def test_windows_of_several_images_share_forwards_on_the_gpu(exact_float32):
+    """Slide mode through infer_batch: labels copied back without a wait per forward, equal to one image
+    at a time (fp32 without TF32: a batched convolution rounds alike within 1e-4)."""
+    model = Recording(width=16)
+    prepared = prepare_model(model, "cuda")
+    s = _settings("slide", scale=(160, 120), crop=(64, 64), stride=(48, 48))
+    images = [_image(120, 160, seed=i) for i in range(5)]
+    out = infer_batch(prepared, images, s, batch_size=4, batch_windows=7, keep_scores=True)
+    assert model.batches == [7, 7, 7, 7, 7, 1, 7, 2]  # 4 images x 9 windows in forwards of 7, then 1 x 9
+    batched = infer_batch(prepared, images, s, batch_size=4, batch_windows=7)
+    for img, res, lab in zip(images, out, batched):
+        alone = infer(prepared, img, s, batch_windows=1)
+        torch.testing.assert_close(res.scores, alone.scores, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(lab.labels, argmax_labels(res.scores))
+
+
 @pytest.fixture
 def exact_float32():
     """fp32 convolutions as fp32, not TF32 (cuDNN's default): the comparisons below are of exact rewrites."""

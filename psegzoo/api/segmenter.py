@@ -210,11 +210,13 @@ class Segmenter:
         the image) instead of stopping the others; options that are wrong for every image raise at
         once, when ``predict_many`` is called. Results come in input order.
 
-        ``batch_size`` > 1 runs consecutive whole-mode images that resize to the same size through
-        the model together (one view each: no ``flip``/``scales``); None sizes the batches from the
-        free GPU memory (one image at a time on other devices). ``workers`` threads read the next
-        images, and resize them when batching, while the model runs (default: up to 4 beside a GPU,
-        none beside a CPU model, see :func:`psegzoo.predictor.default_workers`).
+        ``batch_size`` > 1 runs consecutive images that resize to the same size through the model
+        together (one view each: no ``flip``/``scales``): whole images share forwards; in slide mode
+        the windows of the images share them, ``batch_windows`` per forward. None: on a GPU, whole-mode
+        batches sized from the free memory and slide-mode batches of ``SLIDE_BATCH_IMAGES`` images;
+        one image at a time on other devices. ``workers`` threads read the next
+        images, and resize them when batching, while the model runs (default: one per core but one
+        beside a GPU, at most 16; none beside a CPU model, see :func:`psegzoo.predictor.default_workers`).
         """
         self._check_options(kwargs)
         check_count(batch_size, "batch_size", PredictionError, none=True)
@@ -269,11 +271,11 @@ class Segmenter:
 
     @staticmethod
     def _batchable(settings: predictor.InferenceSettings, kwargs: Mapping[str, Any]) -> bool:
-        return settings.mode == "whole" and not kwargs.get("flip") and kwargs.get("scales") in (None, [1.0], (1.0,))
+        return not kwargs.get("flip") and kwargs.get("scales") in (None, [1.0], (1.0,))
 
     def _batch(self, pending: Sequence[_Read | PsegzooError], settings: predictor.InferenceSettings,
                batch_size: int | None, kwargs: Mapping[str, Any]) -> Iterator[Prediction | PsegzooError]:
-        """Read whole-mode images through :func:`predictor.infer_batch`; one by one if that fails."""
+        """Read images through :func:`predictor.infer_batch`; one by one if that fails."""
         good = [got for got in pending if isinstance(got, _Read) and got.prepared is not None]
         results: dict[int, predictor.Inference] = {}
         if good:
@@ -281,7 +283,8 @@ class Segmenter:
                 with self._lock:
                     out = predictor.infer_batch(self.model, [got.prepared for got in good if got.prepared is not None],
                                                 settings, device=self.device, amp_dtype=kwargs.get("amp_dtype"),
-                                                batch_size=batch_size, keep_scores=kwargs.get("keep_scores", True),
+                                                batch_size=batch_size, batch_windows=kwargs.get("batch_windows"),
+                                                keep_scores=kwargs.get("keep_scores", True),
                                                 confidence=kwargs.get("confidence", False),
                                                 max_memory=kwargs.get("max_memory"))
                 results = {id(got): r for got, r in zip(good, out)}

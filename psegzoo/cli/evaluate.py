@@ -106,7 +106,8 @@ def check_request(*, half: bool, bf16: bool, data_root: Any, images_dir: Any, la
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA, MPS, CPU).")
 @click.option("--batch-windows", type=click.IntRange(1, 1024), help="Sliding windows per forward (default: sized to free GPU memory).")
 @click.option("--workers", type=click.IntRange(0, 64),
-              help="Threads decoding images and labels ahead of the model (default: up to 4 beside a GPU, none on the CPU).")
+              help="Threads decoding images and labels ahead of the model "
+                   "(default: one per core but one beside a GPU, at most 16; none on the CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @download_options

@@ -192,7 +192,7 @@ def _segmenter(request: Request, job: Any) -> Any:
 
         segmenter = job.main_first(load)
         if o.use_compile:
-            status("compiling the model")
+            status("setting up torch.compile (the model compiles on the first image of each size)")
             segmenter.compile()
         return segmenter
 
@@ -204,8 +204,10 @@ class _View:
     A :class:`psegzoo.distributed.PredictView` by its methods (subclassing it would import torch
     when the command is defined, before the command line is checked)."""
 
-    def __init__(self, quiet: bool, save_json: bool):
+    def __init__(self, quiet: bool, save_json: bool, compiling: bool = False):
         self.err = console(stderr=True)
+        # torch.compile compiles on the first forward of each input shape, under the bar: say so
+        self.description = "predicting (compiling for each new image size first)" if compiling else "predicting"
         self.enabled = not quiet and self.err.is_terminal
         self.save_json = save_json
         self.progress: Any = None
@@ -228,7 +230,7 @@ class _View:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), console=self.err, transient=True)
         self.progress.start()
-        self.bar = self.progress.add_task("predicting", total=total)
+        self.bar = self.progress.add_task(self.description, total=total)
 
     def advanced(self, completed: float) -> None:
         if self.progress is not None:
@@ -283,10 +285,11 @@ class _View:
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")
 @click.option("--batch-size", type=click.IntRange(1, 1024),
-              help="Whole-mode images of one resized size per forward (default: sized to free GPU memory; 1 on CPU).")
+              help="Images of one resized size taken together: whole images per forward, or images whose sliding "
+                   "windows share forwards (default on a GPU: sized to free memory, 4 in slide mode; 1 on CPU).")
 @click.option("--workers", type=click.IntRange(0, 64),
-              help="Threads reading and resizing the next images while the model runs (default: up to 4 beside a GPU, "
-                   "none on the CPU).")
+              help="Threads reading and resizing the next images, and writing the outputs, while the model runs "
+                   "(default: one per core but one beside a GPU, at most 16; none on the CPU).")
 @click.option("--every", type=click.IntRange(1, None), default=1, show_default=True, metavar="K",
               help="Videos: segment every K-th frame (the output videos keep the input's duration).")
 @click.option("--skip-existing", is_flag=True,
@@ -322,7 +325,7 @@ def predict_command(request: Request, job: Any) -> None:
         batch_size=o.batch_size, workers=o.workers, max_pixels=o.max_pixels,
         options=dict(flip=o.flip, scales=request.ratios, batch_windows=o.batch_windows, amp_dtype=request.amp,
                      **request.overrides))
-    with _View(o.quiet, o.save_json) as view:
+    with _View(o.quiet, o.save_json, compiling=o.use_compile) as view:
         totals = psegzoo.distributed.run_predict(job, request.tasks, settings, lambda: _segmenter(request, job), view=view)
     if not totals.planned:
         if not o.quiet:

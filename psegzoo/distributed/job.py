@@ -44,6 +44,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch.distributed as dist
 
+from ..devices import usable_cores
 from ..errors import DistributedError, PsegzooError, option
 from . import sharding
 from .launch import (
@@ -54,7 +55,6 @@ from .launch import (
     close_group,
     init_group,
     rank_device,
-    usable_cores,
 )
 
 log = logging.getLogger(__name__)

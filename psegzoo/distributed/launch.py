@@ -12,7 +12,6 @@ call them unconditionally.
 """
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -47,14 +46,6 @@ def init_group(launch: Launch, timeout: timedelta = DEFAULT_TIMEOUT) -> dist.Sto
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise DistributedError(f"cannot join the torchrun job as rank {launch.rank}: {text}; start psegzoo with {_TORCHRUN}") from None
     return store
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the system tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def close_group() -> None:

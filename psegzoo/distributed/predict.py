@@ -5,19 +5,23 @@
 work, predicts the images of each run of consecutive image tasks as one stream (batches and reading
 threads) and each video on its own, writes every input's outputs and tells the caller what happened
 through a :class:`PredictView`. Each image task is paired with its prediction by iterating both in
-one ``zip``: the stream gives one result per file, in order.
+one ``zip``: the stream gives one result per file, in order. Images' outputs are encoded and written
+on the ``workers`` threads too, in order, while the model goes on; a video is predicted and written
+on the job's own thread, in its turn.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import video
 from ..api import Prediction, Segmenter
 from ..errors import ImageError, OutputError, PsegzooError
+from ..predictor import default_workers
+from ..prefetch import prefetch
 from .job import Event, Job
 from .tasks import PredictTask, Wanted
 
@@ -84,23 +88,42 @@ def run_predict(job: Job, tasks: Sequence[PredictTask], settings: PredictJob, lo
     if not plan.total:
         return PredictTotals(0, 0, plan.skipped)
     segmenter = load()
-    run = _Run(settings, segmenter, view, progress=job.is_main)
+    workers = settings.workers if settings.workers is not None else default_workers(segmenter.device, job.cpu_threads)
+    run = _Run(settings, segmenter, view, progress=job.is_main, workers=workers)
     view.started(plan.total)
     pairs = run.paired(plan.tasks)
+    written = run.written(pairs)
     try:
-        totals = job.run_each(pairs, run.write, show=run.show, failed=(PsegzooError,))
+        totals = job.run_each(written, run.finish, show=run.show, failed=(PsegzooError,))
     finally:
+        written.close()  # waits for the writes under way
         pairs.close()  # stops the reading threads
     return PredictTotals(totals.done, totals.failed, plan.skipped)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What writing an image's outputs gave on a writing thread: its document, or the exception, raised
+    again on the job's thread when the job reaches that input."""
+
+    doc: dict[str, Any] | None = None
+    error: Exception | None = None
+
+    def value(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return cast(dict[str, Any], self.doc)
 
 
 class _Run:
     """One process's predicting and writing, and the count of inputs shown (for the progress view)."""
 
-    def __init__(self, settings: PredictJob, segmenter: Segmenter, view: PredictView, *, progress: bool):
+    def __init__(self, settings: PredictJob, segmenter: Segmenter, view: PredictView, *, progress: bool,
+                 workers: int):
         self.settings = settings
         self.segmenter = segmenter
         self.view = view
+        self.workers = workers
         self.shown = 0
         # Whole-mode images of one size share forwards when batched.
         given = settings.batch_size
@@ -132,10 +155,35 @@ class _Run:
             s = self.settings
             # only logits need the C x H x W scores; labels (and confidence) are made without them
             predictions = cast(Generator[Prediction | PsegzooError], self.segmenter.predict_many(
-                [t.path for t in run], batch_size=self.batch, workers=s.workers, max_pixels=s.max_pixels,
+                [t.path for t in run], batch_size=self.batch, workers=self.workers, max_pixels=s.max_pixels,
                 keep_scores=s.wanted.logits, confidence=s.wanted.probs is not None, **self.options))
             with contextlib.closing(predictions):  # a generator: closing it stops its reading threads
                 yield from zip(run, predictions, strict=True)  # one result per file, in order
+
+    def written(self, pairs: Iterable[tuple[PredictTask, Prediction | PsegzooError | None]],
+                ) -> Generator[tuple[PredictTask, _Written | None]]:
+        """Each task with its image's outputs written on ``workers`` threads (None for a video, written
+        by :meth:`finish`); at most ``workers`` images are written ahead of the job."""
+
+        def write(pair: tuple[PredictTask, Prediction | PsegzooError | None]) -> _Written | None:
+            task, made = pair
+            if made is None:
+                return None
+            try:
+                return _Written(doc=self.write(task, made))
+            except Exception as exc:  # raised again, in order, by finish()
+                return _Written(error=exc)
+
+        stream = prefetch(pairs, write, workers=self.workers, depth=self.workers)
+        try:
+            for (task, _), outcome in stream:
+                yield task, outcome
+        finally:
+            stream.close()
+
+    def finish(self, task: PredictTask, outcome: _Written | None) -> dict[str, Any]:
+        """The input's JSON document: a video predicted and written now, an image's from its writing thread."""
+        return self.write(task, None) if outcome is None else outcome.value()
 
     def write(self, task: PredictTask, made: Prediction | PsegzooError | None) -> dict[str, Any]:
         """The input's outputs, and what its JSON line says; errors name the input."""

@@ -25,7 +25,7 @@ from .devices import (
     select_device,
     torch_dtype,
 )
-from .infer import MAX_BATCH_IMAGES, Inference, Prepared, Progress, View, infer, infer_batch, prepare
+from .infer import MAX_BATCH_IMAGES, SLIDE_BATCH_IMAGES, Inference, Prepared, Progress, View, infer, infer_batch, prepare
 from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
 from .resize import rescale_size, resize_bilinear_uint8, resize_image
 from .scores import (
@@ -60,6 +60,7 @@ __all__ = [
     "MAX_RATIOS",
     "MAX_SIDE",
     "MAX_WINDOWS",
+    "SLIDE_BATCH_IMAGES",
     "STAGES",
     "Inference",
     "InferenceSettings",

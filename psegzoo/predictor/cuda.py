@@ -8,6 +8,9 @@
   measuring something of its own).
 * :func:`item_bytes`: per-item (window, whole image) memory measured on a model, remembered per model
   and input so that a measurement that could only bound it is tightened by an earlier exact one.
+* :func:`remembered_batch` / :func:`remember_batch`: the items per forward sized from that memory, per
+  model and input, so that later predictions of the same input shape neither measure again nor ask
+  the device for its free memory.
 """
 from __future__ import annotations
 
@@ -93,3 +96,18 @@ def item_bytes(model: Any, key: Hashable, meter: PeakMeter, items: int = 1, *, e
         best = min(measured, known.get(key, measured))
         known[key] = best
     return best
+
+
+_batches: weakref.WeakKeyDictionary[Any, dict[Hashable, int]] = weakref.WeakKeyDictionary()
+
+
+def remembered_batch(model: Any, key: Hashable) -> int | None:
+    """The items per forward sized for this model and input (``key``) before, if any."""
+    with _measured_lock:
+        return _batches.get(model, {}).get(key)
+
+
+def remember_batch(model: Any, key: Hashable, batch: int) -> None:
+    """Keep the items per forward sized (or halved after running out of memory) for this model and input."""
+    with _measured_lock:
+        _batches.setdefault(model, {})[key] = batch

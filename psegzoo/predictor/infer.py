@@ -35,6 +35,7 @@ from .windows import (
     image_tensor,
     is_oom,
     slide_logits,
+    slide_logits_batch,
     slide_windows,
     upload,
 )
@@ -307,20 +308,28 @@ def prepare(image: np.ndarray, settings: InferenceSettings, device: str | torch.
 
 MAX_BATCH_IMAGES = 32
 """The most whole images per forward when the batch is sized from free GPU memory."""
-
+SLIDE_BATCH_IMAGES = 4
+"""Images whose sliding windows go through the model together when no ``batch_size`` is given."""
 
 
 class _BatchSizes:
-    """How many images go through each forward of :func:`infer_batch`: ``batch_size``, or with None on
-    CUDA one image first, whose measured memory sizes the rest from the free memory (1 elsewhere)."""
+    """How many images go through each step of :func:`infer_batch`: ``batch_size``; or with None, in
+    whole mode on CUDA as many as the free memory holds (measured on one image of each size, once per
+    model: see :meth:`Runner.known_batch`; 1 elsewhere), and in slide mode ``SLIDE_BATCH_IMAGES``
+    (their windows are batched by ``batch_windows``)."""
 
-    def __init__(self, batch_size: int | None, device: torch.device, total: int):
-        self.measure = batch_size is None and device.type == "cuda"
-        self.batch = 1 if batch_size is None else batch_size
-        self.total = total
+    def __init__(self, batch_size: int | None, device: torch.device, slide: bool):
+        self.sized = batch_size is None and device.type == "cuda" and not slide
+        self.default = batch_size if batch_size is not None else SLIDE_BATCH_IMAGES if slide else 1
+        self.batch, self.measure = self.default, False
 
-    def chunks(self, members: Sequence[int]) -> Iterator[Sequence[int]]:
-        """``members`` in order, in forwards of the batch size in force when each one starts."""
+    def chunks(self, runner: Runner, members: Sequence[int], size: Size2, direct: bool) -> Iterator[Sequence[int]]:
+        """``members`` (images resized to ``size``) in order, in forwards of the batch size in force
+        when each one starts: a measured first forward sizes the later ones."""
+        self.batch, self.measure = self.default, False
+        if self.sized:
+            known = runner.known_batch((3, *size), direct)
+            self.batch, self.measure = (known, False) if known is not None else (1, True)
         k = 0
         while k < len(members):
             chunk = members[k:k + self.batch]
@@ -332,7 +341,8 @@ class _BatchSizes:
         if not self.measure:
             return _whole(runner, x, direct=direct)
         lows, per_image = _whole(runner, x, direct=direct, measure=True)
-        self.batch = fit_in_free_memory(runner.device, per_image, MAX_BATCH_IMAGES, self.total - 1)
+        self.batch = fit_in_free_memory(runner.device, per_image, MAX_BATCH_IMAGES)
+        runner.keep_batch(x.shape[1:], self.batch, direct)
         self.measure = False
         log.debug("whole: about %d bytes per image -> %d images per forward", per_image, self.batch)
         return lows
@@ -340,7 +350,11 @@ class _BatchSizes:
 
 @dataclass(frozen=True)
 class _Outputs:
-    """What :func:`infer_batch` keeps of each image's logits, at its original size."""
+    """What :func:`infer_batch` keeps of each image's logits, at its original size.
+
+    Labels made on a GPU are copied back into pinned memory without waiting (:func:`to_host` with
+    ``wait=False``): :func:`infer_batch` waits once, after its last forward, not once per forward.
+    """
 
     settings: InferenceSettings
     keep_scores: bool
@@ -354,14 +368,14 @@ class _Outputs:
             labels = torch.empty((lows.shape[0], *lows.shape[2:]), dtype=label_dtype(lows.shape[1]), device=lows.device)
             for low, out in zip(lows, labels):
                 class_argmax(low, out)
-            host = to_host(labels)
+            host = to_host(labels, wait=False)
             return [(None, host[j], None) for j in range(len(originals))]
         align = self.settings.align_corners
         if self.keep_scores:
             return [(resize_scores(low, original, align_corners=align, out_device=self.device).contiguous(), None, None)
                     for low, original in zip(lows, originals)]
         return [(None, *banded_labels([low], original, align_corners=align, average_probs=False,
-                                      confidence=self.confidence)) for low, original in zip(lows, originals)]
+                                      confidence=self.confidence, wait=False)) for low, original in zip(lows, originals)]
 
 
 def _batch_sizes(images: Sequence[np.ndarray | Prepared], settings: InferenceSettings) -> tuple[list[Size2], list[Size2]]:
@@ -378,6 +392,43 @@ def _batch_sizes(images: Sequence[np.ndarray | Prepared], settings: InferenceSet
     return original, sizes
 
 
+@dataclass(frozen=True)
+class _BatchRun:
+    """One :func:`infer_batch` call, its options checked: how a chunk of images of one resized size
+    becomes their logits at that size (one whole-image forward, or their windows batched)."""
+
+    settings: InferenceSettings
+    plan: _Plan
+    runner: Runner
+    batches: _BatchSizes
+    batch_windows: int | None
+
+    def upload(self, img: np.ndarray | Prepared) -> torch.Tensor:
+        """One image as 1 x 3 x h x w uint8 on the device (resized here unless it was prepared)."""
+        if isinstance(img, Prepared):
+            with stage("upload"):
+                return upload(img.tensor, self.plan.device)
+        with stage("prepare"):
+            resized = resize_image(img, self.settings.scale)
+        with stage("upload"):
+            return image_tensor(resized, self.plan.device)
+
+    def logits(self, u8: torch.Tensor) -> torch.Tensor:
+        """N x C x h x w logits of N uint8 images of one size (low-resolution ones for ``direct``)."""
+        with stage("forward"):
+            if self.settings.mode == "slide":
+                crop, stride = cast(Size2, self.settings.crop_size), cast(Size2, self.settings.stride)
+                return slide_logits_batch(self.runner, u8, crop, stride, self.batch_windows)
+            return self.batches.forward(self.runner, self.plan.normalize(u8), self.plan.direct)
+
+
+def _check_memory_once(model: Any, original: Sequence[Size2], sizes: Sequence[Size2], settings: InferenceSettings,
+                       plan: _Plan, **kwargs: Any) -> None:
+    """:func:`_check_memory` for each distinct (original size, resized size) of a batch, once."""
+    for size, view in dict.fromkeys(zip(original, sizes)):
+        _check_memory(model, size, [view], settings, plan, **kwargs)
+
+
 def infer_batch(
     model: Any,
     images: Sequence[np.ndarray | Prepared],
@@ -387,65 +438,56 @@ def infer_batch(
     amp_dtype: str | torch.dtype | None = None,
     channels_last: bool | None = None,
     batch_size: int | None = 8,
+    batch_windows: int | None = None,
     keep_scores: bool = False,
     confidence: bool = False,
     output_device: str | torch.device = "cpu",
     max_memory: int | None = None,
 ) -> list[Inference]:
-    """Whole mode, one view per image: images that resize to the same size share forwards of up to
-    ``batch_size``. Each result is what :func:`infer` gives for that image alone (up to the float
-    rounding of a batched convolution). Meant for throughput; slide mode batches windows instead
-    (:func:`infer`).
+    """One view per image, images that resize to the same size taken together: each result is what
+    :func:`infer` gives for that image alone (up to the float rounding of a batched convolution).
+    Meant for throughput.
+
+    Whole mode: up to ``batch_size`` images share each forward; ``batch_size=None`` sizes the
+    forwards from the free GPU memory, measured on the first image of each size (once per model
+    and size; 1 elsewhere). Slide mode: the
+    sliding windows of ``batch_size`` images (None: ``SLIDE_BATCH_IMAGES``) go through the model
+    together, ``batch_windows`` per forward (None: measured from the free GPU memory,
+    ``CPU_BATCH_WINDOWS`` elsewhere), so forwards stay full where one image has few windows.
 
     ``images`` are HxWx3 uint8 arrays or :class:`Prepared` images (resized, and pinned for a GPU,
-    by other threads); prepared images are uploaded without blocking the host. ``batch_size=None``
-    sizes the batches from the free GPU memory, measured on the first image (1 elsewhere).
+    by other threads); prepared images are uploaded without blocking the host. On a GPU nothing
+    waits for the device between forwards: labels are copied back as they are made, and the host
+    waits once, at the end (the ``wait`` stage), so each result's ``seconds["total"]`` is the
+    call's time shared out among its images.
     """
-    if settings.mode != "whole":
-        raise PredictionError("infer_batch() runs whole mode; slide mode batches windows within infer()")
+    t_start = time.perf_counter()
     check_count(batch_size, "batch_size", PredictionError, none=True)
     original, sizes = _batch_sizes(images, settings)
-    plan = _plan(model, settings, device, amp_dtype, channels_last, None)
+    plan = _plan(model, settings, device, amp_dtype, channels_last, batch_windows)
     outputs = _Outputs(settings, keep_scores, confidence, torch.device(output_device))
-    for size, view in zip(original, sizes):
-        _check_memory(model, size, [view], settings, plan, batch_windows=None, keep_scores=keep_scores,
-                      confidence=confidence, output_device=outputs.device, max_memory=max_memory)
-    batches = _BatchSizes(batch_size, plan.device, len(images))
-    runner = Runner(model, plan.device, plan.amp_dtype, plan.normalize)
+    _check_memory_once(model, original, sizes, settings, plan, batch_windows=batch_windows, keep_scores=keep_scores,
+                       confidence=confidence, output_device=outputs.device, max_memory=max_memory)
+    run = _BatchRun(settings, plan, Runner(model, plan.device, plan.amp_dtype, plan.normalize),
+                    _BatchSizes(batch_size, plan.device, settings.mode == "slide"), batch_windows)
     groups: dict[Size2, list[int]] = {}  # by resized size: one forward can hold them
     for i, size in enumerate(sizes):
         groups.setdefault(size, []).append(i)
-
-    def upload_one(i: int) -> torch.Tensor:
-        img = images[i]
-        if isinstance(img, Prepared):
-            with stage("upload"):
-                return upload(img.tensor, plan.device)
-        with stage("prepare"):
-            resized = resize_image(img, settings.scale)
-        with stage("upload"):
-            return image_tensor(resized, plan.device)
-
-    results: list[Inference | None] = [None] * len(images)
+    kept: dict[int, tuple[Any, Any, Any]] = {}
     with torch.inference_mode():
         for size, members in groups.items():
-            for chunk in batches.chunks(members):
-                t0 = time.perf_counter()
-                u8 = torch.cat([upload_one(i) for i in chunk])
-                with stage("forward"):
-                    lows = batches.forward(runner, plan.normalize(u8), plan.direct)
-                del u8
+            for chunk in run.batches.chunks(run.runner, members, size, plan.direct):
+                lows = run.logits(torch.cat([run.upload(images[i]) for i in chunk]))
                 with stage("outputs"):
-                    kept = outputs.of(lows, [original[i] for i in chunk], size)
+                    kept.update(zip(chunk, outputs.of(lows, [original[i] for i in chunk], size)))
                 del lows
-                if plan.device.type == "cuda":
-                    with stage("wait"):
-                        torch.cuda.synchronize(plan.device)
-                seconds = {"total": (time.perf_counter() - t0) / len(chunk)}
-                for i, (scores, labels, top) in zip(chunk, kept):
-                    results[i] = Inference(scores=scores, is_probs=False, views=(View(1.0, False, size),),
-                                           seconds=seconds, labels=labels, confidence=top)
-    return cast("list[Inference]", results)
+        if plan.device.type == "cuda":
+            with stage("wait"):
+                torch.cuda.synchronize(plan.device)
+    seconds = {"total": (time.perf_counter() - t_start) / max(len(images), 1)}
+    return [Inference(scores=kept[i][0], is_probs=False, views=(View(1.0, False, sizes[i]),), seconds=seconds,
+                      labels=kept[i][1], confidence=kept[i][2]) for i in range(len(images))]
 
 
-__all__ = ["MAX_BATCH_IMAGES", "Inference", "Prepared", "Progress", "View", "infer", "infer_batch", "prepare", "to_host"]
+__all__ = ["MAX_BATCH_IMAGES", "SLIDE_BATCH_IMAGES", "Inference", "Prepared", "Progress", "View", "infer", "infer_batch",
+           "prepare", "to_host"]

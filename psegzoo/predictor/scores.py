@@ -64,7 +64,7 @@ def resize_bands(
         return
     taps = _axis_taps(h, out_h, align_corners, torch.device("cpu"))
     first, last = taps[0].tolist(), taps[1].tolist()  # band limits read on the host, no device syncs
-    y0, y1, wy0, wy1 = (t.to(x.device) for t in taps)
+    y0, y1, wy0, wy1 = (t.to(x.device, non_blocking=True) for t in taps)  # from pageable memory: staged, no wait
     for r0 in range(0, out_h, rows_per_band):
         r1 = min(out_h, r0 + rows_per_band)
         lo, hi = (r0, r1) if h == out_h else (first[r0], last[r1 - 1] + 1)
@@ -155,14 +155,20 @@ def label_dtype(num_classes: int) -> torch.dtype:
     return torch.uint8 if num_classes <= 256 else torch.int32
 
 
-def to_host(t: torch.Tensor) -> np.ndarray:
-    """A tensor as a NumPy array on the host; from a GPU through pinned memory, one copy."""
+def to_host(t: torch.Tensor, *, wait: bool = True) -> np.ndarray:
+    """A tensor as a NumPy array on the host; from a GPU through pinned memory, one copy.
+
+    ``wait=False`` queues the copy from a CUDA device and returns at once: the array is filled when
+    the device's current stream reaches the copy, so the caller synchronizes (once, for all the
+    copies it queued) before reading it. Elsewhere the array is ready either way.
+    """
     if t.device.type == "cpu":
         return t.numpy()
     if t.device.type == "cuda":
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         host.copy_(t, non_blocking=True)
-        torch.cuda.current_stream(t.device).synchronize()
+        if wait:
+            torch.cuda.current_stream(t.device).synchronize()
         return host.numpy()
     return t.cpu().numpy()
 
@@ -174,6 +180,7 @@ def banded_labels(
     align_corners: bool,
     average_probs: bool,
     confidence: bool = False,
+    wait: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (H x W) and optionally the top probability (H x W float32) at ``size``, band by band.
 
@@ -181,6 +188,7 @@ def banded_labels(
     ``average_probs`` the labels are the argmax of its resized logits; else of the mean of the
     views' softmax probabilities, each resized to ``size`` (how test-time augmentation averages).
     The same values as :func:`resize_scores` then :func:`argmax_labels`, without the C x H x W map.
+    ``wait=False``: the arrays come back as :func:`to_host` gives them without waiting.
     """
     c = views[0].shape[0]
     device = views[0].device
@@ -203,4 +211,4 @@ def banded_labels(
             class_argmax(acc, labels[r0:r1])
             if top is not None:
                 top[r0:r1] = acc.amax(dim=0) / len(views)
-    return to_host(labels), None if top is None else to_host(top)
+    return to_host(labels, wait=wait), None if top is None else to_host(top, wait=wait)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import PredictionError, option
-from .cuda import PeakMeter, cudnn_benchmark, item_bytes
+from .cuda import PeakMeter, cudnn_benchmark, item_bytes, remember_batch, remembered_batch
 from .settings import Size2
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ class Normalize:
 
     @classmethod
     def build(cls, mean: Sequence[float], std: Sequence[float], device: torch.device | str, **kw: Any) -> Normalize:
-        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        # from pageable host memory without waiting: the bytes are staged at once, no device sync
+        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device, non_blocking=True)
+        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device, non_blocking=True)
         return cls(m, s, **kw)
 
     def __call__(self, u8: torch.Tensor) -> torch.Tensor:
@@ -113,9 +114,10 @@ def slide_windows(h: int, w: int, crop: Size2, stride: Size2) -> list[tuple[int,
     return windows
 
 
-def _window_counts(n: int, crop: int, stride: int) -> torch.Tensor:
-    """How many windows cover each index along one axis (the count map is an outer product)."""
-    counts = torch.zeros(n, dtype=torch.float32)
+def _window_counts(n: int, crop: int, stride: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """How many windows cover each index along one axis (the count map is an outer product); made on
+    ``device``, so that no copy from the host waits for the device's queued work."""
+    counts = torch.zeros(n, dtype=torch.float32, device=device)
     grids = max(n - crop + stride - 1, 0) // stride + 1
     for i in range(grids):
         end = min(i * stride + crop, n)
@@ -149,9 +151,19 @@ class Runner:
         model has shown for such an input (see :class:`~psegzoo.predictor.cuda.PeakMeter`)."""
         with PeakMeter(self.device) as meter:
             y = self(x, lowres)
-        key = (tuple(x.shape[1:]), x.dtype, self.amp_dtype, lowres)
         inputs = x.nelement() * x.element_size()  # made before the meter started; each item has its own
-        return y, item_bytes(self.model, key, meter, int(x.shape[0]), extra=inputs)
+        return y, item_bytes(self.model, self.item_key(x.shape[1:], lowres), meter, int(x.shape[0]), extra=inputs)
+
+    def item_key(self, shape: Sequence[int], lowres: bool = False) -> tuple[Any, ...]:
+        """What an item's (3 x h x w input's) measured memory, and the batch sized from it, are kept by."""
+        return (tuple(int(d) for d in shape), self.normalize.dtype, self.amp_dtype, lowres)
+
+    def known_batch(self, shape: Sequence[int], lowres: bool = False) -> int | None:
+        """Items of this shape per forward, as sized on this model before (None: not yet)."""
+        return remembered_batch(self.model, self.item_key(shape, lowres))
+
+    def keep_batch(self, shape: Sequence[int], batch: int, lowres: bool = False) -> None:
+        remember_batch(self.model, self.item_key(shape, lowres), batch)
 
     def _ctx(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -177,13 +189,13 @@ class Runner:
         return y
 
 
-def fit_in_free_memory(device: torch.device, per_item_bytes: int, most: int, left: int) -> int:
+def fit_in_free_memory(device: torch.device, per_item_bytes: int, most: int) -> int:
     """Items (windows, whole images) per forward that fit in 70% of the free GPU memory, given the
-    peak measured for one item; at least 1, at most ``most`` and the ``left`` still to do."""
+    peak measured for one item; at least 1, at most ``most``."""
     free, _ = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     n = int(0.7 * (free + cached) // max(per_item_bytes, 1))
-    return max(1, min(n, most, left))
+    return max(1, min(n, most))
 
 
 def slide_logits(
@@ -196,58 +208,100 @@ def slide_logits(
 ) -> torch.Tensor:
     """mmseg's ``slide_inference`` on a 1x3xhxw uint8 image, several windows per forward: C x h x w.
 
-    Window logits are added in mmseg's (row-major) order and divided by the window count, so the
-    sums are the same; batching changes only how many crops go through the model at once. Crops
-    are normalized as they are cut (normalization is per pixel), so no full-size float copy of the
-    image exists. With ``batch_windows=None`` on CUDA the first window runs alone to measure its
-    memory and the rest go in batches that fit the free memory; elsewhere ``CPU_BATCH_WINDOWS``.
-    Out of memory on a batch halves it and retries. ``done(n)`` is told of every n windows run.
+    See :func:`slide_logits_batch`, which this runs on a batch of one image.
     """
-    _, _, h, w = image.shape
-    windows = slide_windows(h, w, crop, stride)
+    return slide_logits_batch(runner, image, crop, stride, batch_windows, done)[0]
+
+
+def _window_groups(windows: Sequence[tuple[int, int, int, int, int]], start: int,
+                   batch: int) -> list[tuple[int, int, int, int, int]]:
+    """The windows from ``start`` that go through one forward: up to ``batch``, all of one size."""
+    _, y1, y2, x1, x2 = windows[start]
+    group = [windows[start]]
+    for win in windows[start + 1 : start + batch]:
+        if (win[2] - win[1], win[4] - win[3]) != (y2 - y1, x2 - x1):
+            break
+        group.append(win)
+    return group
+
+
+def _window_oom(runner: Runner, size: Size2) -> PredictionError:
+    return PredictionError(
+        f"out of memory running one {size[0]}x{size[1]} window on {runner.device}; use a smaller "
+        f"{option('crop_size=(H, W)', '--crop-size HxW')}, "
+        f"{option('amp_dtype=torch.bfloat16', '--bf16')}, or {option('device=' + repr('cpu'), '--device cpu')}"
+    )
+
+
+def _run_windows(runner: Runner, crops: torch.Tensor, measure: bool) -> tuple[torch.Tensor, int] | None:
+    """The crops' logits, and with ``measure`` their GPU bytes per window (else 0); None when out of memory."""
+    try:
+        return runner.measure(crops) if measure else (runner(crops), 0)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        return None
+
+
+def slide_logits_batch(
+    runner: Runner,
+    images: torch.Tensor,
+    crop: Size2,
+    stride: Size2,
+    batch_windows: int | None,
+    done: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """mmseg's ``slide_inference`` on N x 3 x h x w uint8 images of one size: N x C x h x w.
+
+    The windows of all N images go through the model together, ``batch_windows`` per forward, so a
+    batch is full even where one image has few windows. Each image's window logits are added in
+    mmseg's (row-major) order and divided by its window count, so its sums are those of the image
+    alone; batching changes only how many crops go through the model at once. Crops are normalized
+    as they are cut (normalization is per pixel), so no full-size float copy of an image exists,
+    and nothing here waits for the device: the bookkeeping is by the window grid, on the host.
+    With ``batch_windows=None`` on CUDA the first window runs alone to measure its memory and the
+    rest go in batches that fit the free memory, a size the model keeps for later images of this
+    window size; elsewhere ``CPU_BATCH_WINDOWS``. Out of memory on a batch halves it (and what is
+    kept) and retries. ``done(n)`` is told of every n windows run.
+    """
+    n_images, _, h, w = images.shape
+    windows = [(n, *win) for n in range(n_images) for win in slide_windows(h, w, crop, stride)]
+    shape = (3, windows[0][2] - windows[0][1], windows[0][4] - windows[0][3])  # every window's, but where the image is smaller
     measure = batch_windows is None and runner.device.type == "cuda"
     batch = 1 if measure else (batch_windows or CPU_BATCH_WINDOWS)
+    if measure and (known := runner.known_batch(shape)) is not None:
+        batch, measure = known, False  # sized on an earlier image of this model: no measuring, no memory query
     preds = torch.empty(0)
     i = 0
     while i < len(windows):
-        y1, y2, x1, x2 = windows[i]
-        size = (y2 - y1, x2 - x1)
-        group = [windows[i]]
-        for win in windows[i + 1 : i + batch]:
-            if (win[1] - win[0], win[3] - win[2]) != size:
-                break
-            group.append(win)
-        crops = runner.normalize(torch.cat([image[:, :, a:b, c:d] for a, b, c, d in group]))
-        try:
-            logits, per_window = runner.measure(crops) if measure else (runner(crops), 0)
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            del crops
+        group = _window_groups(windows, i, batch)
+        crops = runner.normalize(torch.cat([images[n : n + 1, :, a:b, c:d] for n, a, b, c, d in group]))
+        ran = _run_windows(runner, crops, measure)
+        del crops
+        if ran is None:  # out of memory: half as many windows per forward, down to one
             if runner.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(group) == 1:
-                raise PredictionError(
-                    f"out of memory running one {size[0]}x{size[1]} window on {runner.device}; use a smaller "
-                    f"{option('crop_size=(H, W)', '--crop-size HxW')}, "
-                    f"{option('amp_dtype=torch.bfloat16', '--bf16')}, or {option('device=' + repr('cpu'), '--device cpu')}"
-                ) from None
+                raise _window_oom(runner, (group[0][2] - group[0][1], group[0][4] - group[0][3]))
             batch = max(1, len(group) // 2)
             log.info("out of memory with %d windows per forward; retrying with %d", len(group), batch)
+            if batch_windows is None:
+                runner.keep_batch(shape, batch)
             continue
-        del crops
+        logits, per_window = ran
         if measure:
-            batch = fit_in_free_memory(runner.device, per_window, MAX_BATCH_WINDOWS, len(windows) - 1)
+            batch = fit_in_free_memory(runner.device, per_window, MAX_BATCH_WINDOWS)
+            runner.keep_batch(shape, batch)
             measure = False
             log.debug("slide: about %d bytes per window -> %d windows per forward", per_window, batch)
         if i == 0:
-            preds = torch.zeros((logits.shape[1], h, w), dtype=torch.float32, device=image.device)
-        for k, (a, b, c, d) in enumerate(group):
-            preds[:, a:b, c:d] += logits[k]
+            preds = torch.zeros((n_images, logits.shape[1], h, w), dtype=torch.float32, device=images.device)
+        for k, (n, a, b, c, d) in enumerate(group):
+            preds[n, :, a:b, c:d] += logits[k]
         del logits
         i += len(group)
         if done is not None:
             done(len(group))
-    counts = _window_counts(h, crop[0], stride[0])[:, None] * _window_counts(w, crop[1], stride[1])[None, :]
-    preds /= counts.to(preds.device)
+    dev = preds.device
+    preds /= _window_counts(h, crop[0], stride[0], dev)[:, None] * _window_counts(w, crop[1], stride[1], dev)[None, :]
     return preds
