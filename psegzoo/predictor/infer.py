@@ -450,10 +450,10 @@ def infer_batch(
 
     Whole mode: up to ``batch_size`` images share each forward; ``batch_size=None`` sizes the
     forwards from the free GPU memory, measured on the first image of each size (once per model
-    and size; 1 elsewhere). Slide mode: the
-    sliding windows of ``batch_size`` images (None: ``SLIDE_BATCH_IMAGES``) go through the model
-    together, ``batch_windows`` per forward (None: measured from the free GPU memory,
-    ``CPU_BATCH_WINDOWS`` elsewhere), so forwards stay full where one image has few windows.
+    and size; 1 elsewhere). Slide mode: the sliding windows of ``batch_size`` images (None:
+    ``SLIDE_BATCH_IMAGES``) go through the model together, ``batch_windows`` per forward (None:
+    measured from the free GPU memory, ``CPU_BATCH_WINDOWS`` elsewhere), so forwards stay full
+    where one image has few windows.
 
     ``images`` are HxWx3 uint8 arrays or :class:`Prepared` images (resized, and pinned for a GPU,
     by other threads); prepared images are uploaded without blocking the host. On a GPU nothing

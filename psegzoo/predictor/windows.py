@@ -266,7 +266,7 @@ def slide_logits_batch(
     """
     n_images, _, h, w = images.shape
     windows = [(n, *win) for n in range(n_images) for win in slide_windows(h, w, crop, stride)]
-    shape = (3, windows[0][2] - windows[0][1], windows[0][4] - windows[0][3])  # every window's, but where the image is smaller
+    shape = (3, windows[0][2] - windows[0][1], windows[0][4] - windows[0][3])  # the crop, or the image's side where smaller
     measure = batch_windows is None and runner.device.type == "cuda"
     batch = 1 if measure else (batch_windows or CPU_BATCH_WINDOWS)
     if measure and (known := runner.known_batch(shape)) is not None:
