@@ -46,10 +46,6 @@ BAND_BYTES = 4 << 20
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
-def _padded(size: int, dilation: int) -> int:
-    return 2 * dilation * -(-size // (2 * dilation))
-
-
 def min_channels(tile: int) -> int:
     """The narrowest layer run with tiles of ``tile`` x ``tile`` outputs (2 or 4)."""
     return MIN_CHANNELS_F4 if tile == 4 else MIN_CHANNELS
@@ -81,7 +77,7 @@ def suits(x: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, ...], tile
     if tile == 4:
         area = winograd_mm.tiled(h, dilation[0]) * winograd_mm.tiled(w, dilation[1])
         return area <= MAX_PADDED_AREA_F4 * h * w
-    return _padded(h, dilation[0]) * _padded(w, dilation[1]) <= MAX_PADDED_AREA * h * w
+    return winograd_mm.padded(h, dilation[0], 2) * winograd_mm.padded(w, dilation[1], 2) <= MAX_PADDED_AREA * h * w
 
 
 @torch.no_grad()
@@ -120,7 +116,7 @@ def conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
     n, c, h, w = x.shape
     o = weight_t.shape[2]
     dh, dw = dilation
-    hp, wp = _padded(h, dh), _padded(w, dw)
+    hp, wp = winograd_mm.padded(h, dh, 2), winograd_mm.padded(w, dw, 2)
     qy, qx = hp // (2 * dh), wp // (2 * dw)
     xh = x.permute(0, 2, 3, 1)
     y = torch.empty((n, qy, 2, dh, qx, 2, dw, o), dtype=x.dtype, device=x.device)
