@@ -50,12 +50,19 @@ def max_pixels_from_env(environ: Mapping[str, str] | None = None) -> int | None:
         raise ImageError(f"{MAX_PIXELS_ENV}={raw!r} is not an integer pixel count (e.g. 200000000)") from None
 
 
+def switch(raw: str) -> bool | None:
+    """A yes/no value of an environment variable (1/0, true/false, yes/no, on/off; any case, spaces
+    around) as a bool; None for anything else, the empty value included (each variable has its default)."""
+    return _SWITCH.get(raw.strip().lower())
+
+
 def keep_memory_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``PSEGZOO_KEEP_MEMORY`` lets psegzoo's processes keep freed memory (default: yes); a value
     other than 1/0 (true/false, yes/no, on/off) is a one-line error."""
-    raw = _environ(environ).get(KEEP_MEMORY_ENV, "").strip().lower()
+    raw = _environ(environ).get(KEEP_MEMORY_ENV, "").strip()
     if not raw:
         return True
-    if raw not in _SWITCH:
-        raise PsegzooError(f"{KEEP_MEMORY_ENV}={raw!r} is neither 1 nor 0; unset it, or set 0 to leave malloc as it is")
-    return _SWITCH[raw]
+    value = switch(raw)
+    if value is None:
+        raise PsegzooError(f"{KEEP_MEMORY_ENV}={raw.lower()!r} is neither 1 nor 0; unset it, or set 0 to leave malloc as it is")
+    return value

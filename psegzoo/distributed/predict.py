@@ -125,7 +125,7 @@ class _Run:
         self.view = view
         self.workers = workers
         self.shown = 0
-        # Whole-mode images of one size share forwards when batched.
+        # Images of one size share forwards when batched (whole images, or their windows).
         given = settings.batch_size
         self.batch = given if given is not None else None if segmenter.device.type == "cuda" else 1
         self.options = dict(settings.options, progress=self.within if progress else None)

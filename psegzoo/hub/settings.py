@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheError, DownloadError, option
-from ..settings import index_from_env
+from ..settings import index_from_env, switch
 from .redact import redact_url
 
 HOME_ENV = "PSEGZOO_HOME"
@@ -67,8 +67,6 @@ HF_ENDPOINT_ENV = "HF_ENDPOINT"
 HF_TOKEN_ENV = "HF_TOKEN"
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
-_FALSE = frozenset({"", "0", "false", "no", "off"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
 _URL_START = re.compile(r"(https?|file|hf)://", re.IGNORECASE)
 
 # (lowest, highest) accepted for each number, so that nan, inf, 0 s timeouts and 1e308 s waits are
@@ -128,11 +126,10 @@ def mim_dir() -> Path:
 
 def _flag(name: str) -> bool:
     raw = _env(name).lower()
-    if raw in _FALSE:
-        return False
-    if raw in _TRUE:
-        return True
-    raise DownloadError(f"{name}={raw!r} is not a yes/no value; use 1 or 0 (or unset it)")
+    value = False if not raw else switch(raw)
+    if value is None:
+        raise DownloadError(f"{name}={raw!r} is not a yes/no value; use 1 or 0 (or unset it)")
+    return value
 
 
 def check_number(name: str, value: Any, *, source: str | None = None) -> float:
