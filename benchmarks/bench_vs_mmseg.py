@@ -273,7 +273,8 @@ def _settings(name: str, size: tuple[int, int], quick: float | None) -> dict[str
             "size": [h, w]}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, which results files (and their names) say the figures were measured on."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -331,7 +332,7 @@ def run_case(case: str, children: dict[str, Child], work: Path, args: argparse.N
 
 
 def write_rows(rows: list[dict[str, Any]], folder: Path) -> Path:
-    cpu = re.sub(r"[^A-Za-z0-9]+", "-", _cpu_name()).strip("-").lower() or "cpu"
+    cpu = re.sub(r"[^A-Za-z0-9]+", "-", cpu_name()).strip("-").lower() or "cpu"
     path = folder / f"cpu-{time.strftime('%Y%m%d')}-{cpu}.json"
     folder.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.is_file() else []
@@ -382,7 +383,7 @@ def main() -> None:
         finally:
             for child in children.values():
                 child.close()
-    print(f"\n{_cpu_name()}, {args.threads} threads; shortest of {args.repeat} alternating rounds"
+    print(f"\n{cpu_name()}, {args.threads} threads; shortest of {args.repeat} alternating rounds"
           f" (load average now {os.getloadavg()[0]:.1f})")
     print(f"{'case':14s} {'image':>10s} {'mmseg s':>9s} {'psegzoo s':>10s} {'ratio':>7s} {'labels equal':>13s}"
           "  pixels that differ (their largest margin)")
@@ -393,7 +394,7 @@ def main() -> None:
               f"{r['ratio']:6.2f}x {100 * r['labels_equal']:12.4f}%  {differ}")
     print(f"psegzoo fast paths: {rows[-1]['fast_paths'] if rows else '-'}")
     for r in rows:
-        r.update(cpu=_cpu_name(), when=time.strftime("%Y-%m-%dT%H:%M:%S"), load_average=os.getloadavg()[0])
+        r.update(cpu=cpu_name(), when=time.strftime("%Y-%m-%dT%H:%M:%S"), load_average=os.getloadavg()[0])
     print(f"rows written to {write_rows(rows, args.out)}")
 
 

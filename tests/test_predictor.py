@@ -618,6 +618,41 @@ def test_batch_of_slide_images_equals_one_by_one():
         assert out.labels.shape == img.shape[:2]
 
 
+class OneBuffer(TinySeg):
+    """TinySeg whose every forward writes its logits into the same memory, as a model compiled to
+    replay CUDA graphs does (``torch.compile(mode="reduce-overhead")``); ``outputs_reused`` says so."""
+
+    def __init__(self, outputs_reused: bool):
+        super().__init__(seed=3)
+        self.outputs_reused = outputs_reused
+        self.memory = torch.empty(0)
+
+    def forward(self, x):
+        y = super().forward(x)
+        if self.memory.numel() < y.numel():
+            self.memory = torch.empty(y.numel())
+        return self.memory[: y.numel()].view(y.shape).copy_(y)
+
+
+def test_logits_of_a_model_that_reuses_its_outputs_are_kept_right():
+    """The logits kept across forwards (flipped and rescaled views, a batch's earlier chunks, an earlier
+    prediction's scores) are copied when the model overwrites them; unflagged, the same model gives
+    wrong results, so the test model does overwrite. Same model and arithmetic as the reference on this
+    machine, the copy is exact: equal results."""
+    s = _settings("whole", scale=(64, 48))
+    img, other = _image(48, 64, seed=4), _image(48, 64, seed=5)
+    reference = infer(TinySeg(seed=3), img, s, flip=True, scales=(0.75, 1.0), keep_scores=False)
+    for model in (OneBuffer(True), OneBuffer(False)):
+        views = infer(model, img, s, flip=True, scales=(0.75, 1.0), keep_scores=False)
+        assert np.array_equal(views.labels, reference.labels) == model.outputs_reused
+        first = infer(model, img, s)
+        expected = first.scores.clone()
+        infer(model, other, s)
+        assert torch.equal(first.scores, expected) == model.outputs_reused
+        batch = infer_batch(model, [img, other], s, batch_size=1, keep_scores=True)
+        assert torch.equal(batch[0].scores, expected) == model.outputs_reused
+
+
 # --------------------------------------------------------------------------------------------
 # Elongated images, absurd settings, memory
 # --------------------------------------------------------------------------------------------

@@ -227,6 +227,21 @@ def test_compile_keeps_the_fast_paths_that_trace(tiny):
     compiled = seg.predict(image)
     assert_same_prediction(compiled.labels, eager)
     np.testing.assert_allclose(compiled.scores, eager.scores, rtol=1e-4, atol=1e-4 * np.abs(eager.scores).max())
+    assert seg.model.outputs_reused is False  # no CUDA graphs: its outputs are its own
+
+
+@pytest.mark.parametrize("kwargs, replays", [
+    ({}, False), ({"mode": "default"}, False), ({"mode": "reduce-overhead"}, True), ({"mode": "max-autotune"}, True),
+    ({"mode": "max-autotune-no-cudagraphs"}, False), ({"options": {"triton.cudagraphs": True}}, True),
+    ({"options": {"max_autotune": True}}, False), ({"backend": "cudagraphs"}, True), ({"backend": "eager"}, False),
+    ({"backend": "aot_eager"}, False), ({"backend": lambda gm, inputs: gm}, True),
+])
+def test_compiled_models_that_replay_cuda_graphs_are_known(kwargs, replays):
+    """Which ``compile()`` arguments make a model overwrite its outputs on its next forward (the
+    predictor then copies the logits it keeps): CUDA graphs only, on CUDA only; an unknown backend
+    counts as replaying. ``torch.device("cuda")`` is only a name here: no GPU is needed."""
+    assert predictor.replays_cuda_graphs(torch.device("cuda", 0), kwargs) is replays
+    assert predictor.replays_cuda_graphs("cpu", kwargs) is False
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from psegzoo.predictor import (
     infer,
     infer_batch,
     prepare_model,
+    replays_cuda_graphs,
     select_device,
     to_host,
 )
-from tests.support.precision import assert_low_precision_labels
+from tests.support.precision import assert_low_precision_labels, assert_same_labels
 from tests.support.synth import synth_tensor
 
 pytestmark = [
@@ -72,6 +73,13 @@ class Recording(nn.Module):
         self.batches.append(x.shape[0])
         if self.fail_above is not None and x.shape[0] > self.fail_above:
             raise torch.OutOfMemoryError("CUDA out of memory (the test's limit)")
+        return F.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Convs(Recording):
+    """Recording without its record: a forward with no Python side effects, which compiles once per shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -217,6 +225,23 @@ def test_windows_of_several_images_share_forwards_on_the_gpu(exact_float32):
         alone = infer(prepared, img, s, batch_windows=1)
         torch.testing.assert_close(res.scores, alone.scores, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(lab.labels, argmax_labels(res.scores))
+
+
+def test_views_of_a_model_replaying_cuda_graphs_are_kept(exact_float32):
+    """A model compiled with ``mode="reduce-overhead"`` writes each forward's logits over the last ones;
+    flagged (as ``Segmenter.compile`` flags it), the flipped and rescaled views kept across forwards
+    are copies: the third call (graphs recorded, then replayed) gives the eager labels."""
+    eager = prepare_model(Convs(), "cuda")
+    s = _settings("whole", scale=(160, 120))
+    img = _image(120, 160, seed=3)
+    reference = infer(eager, img, s, flip=True, scales=(0.75, 1.0))
+    compiled = prepare_model(Convs(), "cuda")
+    compiled.compile(mode="reduce-overhead")
+    compiled.outputs_reused = replays_cuda_graphs("cuda", {"mode": "reduce-overhead"})
+    assert compiled.outputs_reused
+    for _ in range(3):
+        out = infer(compiled, img, s, flip=True, scales=(0.75, 1.0), keep_scores=False)
+    assert_same_labels(out.labels, argmax_labels(reference.scores), reference.scores)
 
 
 @pytest.fixture

@@ -124,7 +124,9 @@ class Segmenter:
 
         Of the fast paths installed only those that help a compiled model are kept
         (``COMPILED_FAST_PATHS``); the model traces in one graph. The first prediction at each new
-        input size compiles (slow); later ones are faster.
+        input size compiles (slow); later ones are faster. A mode that replays CUDA graphs
+        (``"reduce-overhead"``, ``"max-autotune"``) reuses its output buffers: the predictor copies
+        the logits it keeps (``Segmentor.outputs_reused``), so flipped and rescaled views stay right.
         """
         with self._lock:
             chosen = self.fast_paths
@@ -134,6 +136,7 @@ class Segmenter:
             self.model.compile(**kwargs)
             if self.entry.test.resize_logits == "direct":
                 self.model.forward_lowres = torch.compile(self.model.forward_lowres, **kwargs)  # type: ignore[method-assign]
+            self.model.outputs_reused = predictor.replays_cuda_graphs(self.device, kwargs)
         return self
 
     # ----------------------------------------------------------------------------------------

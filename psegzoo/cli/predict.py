@@ -192,7 +192,8 @@ def _segmenter(request: Request, job: Any) -> Any:
 
         segmenter = job.main_first(load)
         if o.use_compile:
-            status("setting up torch.compile (the model compiles on the first image of each size)")
+            status("setting up torch.compile (the model compiles on the first image of each size; "
+                   "inductor's cache makes that faster in later runs)")
             segmenter.compile()
         return segmenter
 
@@ -280,7 +281,9 @@ class _View:
               help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps; under torchrun, cuda means cuda:LOCAL_RANK.")
 @click.option("--half", is_flag=True, help="float16 autocast (CUDA, MPS).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA, MPS, CPU).")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (slow first image).")
+@click.option("--compile", "use_compile", is_flag=True,
+              help="torch.compile the model (slow first image of each size; inductor's on-disk cache speeds up "
+              "later runs).")
 @click.option("--batch-windows", type=click.IntRange(1, 1024),
               help="Sliding windows per forward (default: sized to free GPU memory; 2 on CPU).")
 @click.option("--max-pixels", type=click.IntRange(1, None), help="Refuse larger images (decompression-bomb guard; PSEGZOO_MAX_PIXELS).")

@@ -19,6 +19,10 @@ class Segmentor(nn.Module):
     ``x`` is a normalized float batch (N, 3, H, W), in either memory format.
     """
 
+    outputs_reused = False
+    """True once compiled to replay CUDA graphs (:meth:`psegzoo.Segmenter.compile`): a forward's output is
+    then overwritten by the next forward, and the predictor copies the logits it keeps."""
+
     def __init__(self, backbone: ResNet, head: nn.Module, in_index: Sequence[int], arch: Architecture):
         super().__init__()
         self.backbone = backbone

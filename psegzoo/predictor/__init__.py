@@ -15,6 +15,7 @@ little more than that buffer, or than its labels.
 """
 from __future__ import annotations
 
+from .cuda import replays_cuda_graphs
 from .devices import (
     DEFAULT_WORKERS,
     autocast_dtype,
@@ -88,6 +89,7 @@ __all__ = [
     "prepare",
     "prepare_model",
     "probabilities",
+    "replays_cuda_graphs",
     "rescale_size",
     "resize_bands",
     "resize_bilinear_uint8",

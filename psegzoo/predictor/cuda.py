@@ -11,13 +11,15 @@
 * :func:`remembered_batch` / :func:`remember_batch`: the items per forward sized from that memory, per
   model and input, so that later predictions of the same input shape neither measure again nor ask
   the device for its free memory.
+* :func:`replays_cuda_graphs`: whether a compiled model's outputs are buffers its next forward
+  overwrites, so that the predictor copies the logits it keeps across forwards.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import weakref
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -111,3 +113,24 @@ def remember_batch(model: Any, key: Hashable, batch: int) -> None:
     """Keep the items per forward sized (or halved after running out of memory) for this model and input."""
     with _measured_lock:
         _batches.setdefault(model, {})[key] = batch
+
+
+def replays_cuda_graphs(device: torch.device | str, compile_kwargs: Mapping[str, Any]) -> bool:
+    """Whether a model compiled with ``torch.compile(**compile_kwargs)`` on ``device`` replays CUDA graphs.
+
+    A replayed graph writes its outputs into the same memory each time, so a forward's logits are
+    overwritten by the next forward (``mode="reduce-overhead"`` or ``"max-autotune"``, inductor's
+    ``triton.cudagraphs`` option or setting, the ``cudagraphs`` backend). A backend not known here
+    counts as replaying: copying the logits costs little next to a forward, and keeps them right.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    backend = compile_kwargs.get("backend", "inductor")
+    if backend in ("eager", "aot_eager"):
+        return False
+    if backend != "inductor":
+        return True
+    from torch._inductor import config, list_mode_options
+
+    options = {**list_mode_options(compile_kwargs.get("mode") or "default"), **(compile_kwargs.get("options") or {})}
+    return bool(options.get("triton.cudagraphs", config.triton.cudagraphs))

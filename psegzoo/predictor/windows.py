@@ -137,6 +137,9 @@ class Runner:
     """Calls the model with the requested autocast (and on CUDA with cuDNN's per-shape algorithm
     search, :func:`~psegzoo.predictor.cuda.cudnn_benchmark`), checking what comes back.
 
+    A model whose ``outputs_reused`` is True (compiled to replay CUDA graphs) returns logits that its
+    next forward overwrites; they are copied here, so flipped and rescaled views can be kept.
+
     ``forward_seconds`` is host time: on CUDA the work is queued, not waited for (no sync per call).
     """
 
@@ -184,9 +187,11 @@ class Runner:
                 f"the model returned logits of size {tuple(y.shape[2:])} for an input of size {tuple(x.shape[2:])}; "
                 "its forward must resize them to the input size"
             )
-        y = y.float()
+        out = y.float()
+        if out is y and getattr(self.model, "outputs_reused", False):
+            out = y.clone()  # the next forward writes over y (a replayed CUDA graph): keep a copy
         self.forward_seconds += time.perf_counter() - start
-        return y
+        return out
 
 
 def fit_in_free_memory(device: torch.device, per_item_bytes: int, most: int) -> int:
