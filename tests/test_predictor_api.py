@@ -230,6 +230,21 @@ def test_compile_keeps_the_fast_paths_that_trace(tiny):
     assert seg.model.outputs_reused is False  # no CUDA graphs: its outputs are its own
 
 
+@pytest.mark.parametrize("kwargs, says", [
+    ({"mode": "fastest"}, "compile(mode='fastest'): Unrecognized mode=fastest"),
+    ({"backend": "nope"}, "compile(backend='nope'): Invalid backend: 'nope'"),
+    ({"mode": "reduce-overhead", "options": {"max_autotune": True}}, "Either mode or options"),
+    ({"fullgraph": True, "bogus": 1}, "unexpected keyword argument 'bogus'"),
+])
+def test_compile_arguments_torch_refuses_are_one_line_and_change_nothing(tiny, kwargs, says):
+    seg = psegzoo.load(TINY, weights=tiny, device="cpu").use_fast_paths(True)
+    before, forward = seg.fast_paths, seg.model.forward
+    with pytest.raises(PredictionError) as caught:
+        seg.compile(**kwargs)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+    assert seg.fast_paths == before and seg.model.forward == forward and seg.model._compiled_call_impl is None
+
+
 @pytest.mark.parametrize("kwargs, replays", [
     ({}, False), ({"mode": "default"}, False), ({"mode": "reduce-overhead"}, True), ({"mode": "max-autotune"}, True),
     ({"mode": "max-autotune-no-cudagraphs"}, False), ({"options": {"triton.cudagraphs": True}}, True),

@@ -35,6 +35,21 @@ the decomposed heads and channels-last trace in one graph and compile as fast as
 _PREDICT_ONLY = ("flip", "scales", "batch_windows", "max_pixels", "progress")
 
 
+def _check_compile_arguments(kwargs: Mapping[str, Any]) -> None:
+    """``torch.compile``'s own checks of ``kwargs`` (mode, backend, options), made on a stand-in function
+    before the model changes: a misspelt mode is one line, and the model stays as it was."""
+    try:
+        torch.compile(_same, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        asked = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PredictionError(f"compile({asked}): {reason}") from None
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
 class Segmenter:
     """A loaded checkpoint ready to predict; ``model(x)`` gives logits for normalized NCHW input.
 
@@ -128,6 +143,7 @@ class Segmenter:
         (``"reduce-overhead"``, ``"max-autotune"``) reuses its output buffers: the predictor copies
         the logits it keeps (``Segmentor.outputs_reused``), so flipped and rescaled views stay right.
         """
+        _check_compile_arguments(kwargs)
         with self._lock:
             chosen = self.fast_paths
             self._install(FastPaths(decompose=chosen.decompose and COMPILED_FAST_PATHS.decompose,
