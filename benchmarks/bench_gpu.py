@@ -581,7 +581,7 @@ def _env() -> dict[str, str]:
 
 
 def run_tests(device: torch.device, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rfEs", "--tb=short",
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "cuda", "-rfEs", "--tb=short",
            "tests/test_predictor_cuda.py"]
     t0 = time.perf_counter()
     try:
@@ -591,9 +591,10 @@ def run_tests(device: torch.device, timeout: float) -> dict[str, Any]:
         failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
         return {"returncode": proc.returncode, "summary": summary, "failed": failures,
                 "seconds": round(time.perf_counter() - t0, 1), "output": proc.stdout[-20000:]}
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:  # what ran before the stop still tells (-v: a line per test)
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         return {"returncode": None, "summary": f"stopped after {timeout:.0f} s", "failed": [],
-                "seconds": round(time.perf_counter() - t0, 1)}
+                "seconds": round(time.perf_counter() - t0, 1), "output": partial[-20000:]}
 
 
 def probe(device: torch.device, cases: dict[str, Case]) -> dict[str, Any]:

@@ -227,23 +227,6 @@ def test_windows_of_several_images_share_forwards_on_the_gpu(exact_float32):
         np.testing.assert_array_equal(lab.labels, argmax_labels(res.scores))
 
 
-def test_views_of_a_model_replaying_cuda_graphs_are_kept(exact_float32):
-    """A model compiled with ``mode="reduce-overhead"`` writes each forward's logits over the last ones;
-    flagged (as ``Segmenter.compile`` flags it), the flipped and rescaled views kept across forwards
-    are copies: the third call (graphs recorded, then replayed) gives the eager labels."""
-    eager = prepare_model(Convs(), "cuda")
-    s = _settings("whole", scale=(160, 120))
-    img = _image(120, 160, seed=3)
-    reference = infer(eager, img, s, flip=True, scales=(0.75, 1.0))
-    compiled = prepare_model(Convs(), "cuda")
-    compiled.compile(mode="reduce-overhead")
-    compiled.outputs_reused = replays_cuda_graphs("cuda", {"mode": "reduce-overhead"})
-    assert compiled.outputs_reused
-    for _ in range(3):
-        out = infer(compiled, img, s, flip=True, scales=(0.75, 1.0), keep_scores=False)
-    assert_same_labels(out.labels, argmax_labels(reference.scores), reference.scores)
-
-
 @pytest.fixture
 def exact_float32():
     """fp32 convolutions as fp32, not TF32 (cuDNN's default): the comparisons below are of exact rewrites."""
@@ -281,3 +264,20 @@ def test_fast_paths_on_the_gpu_keep_the_labels(exact_float32):
     a = argmax_labels(infer(plain, img, s).scores)
     b = argmax_labels(infer(fast, img, s).scores)
     assert (a == b).mean() >= 0.999
+
+
+def test_views_of_a_model_replaying_cuda_graphs_are_kept(exact_float32):
+    """A model compiled with ``mode="reduce-overhead"`` writes each forward's logits over the last ones;
+    flagged (as ``Segmenter.compile`` flags it), the flipped and rescaled views kept across forwards
+    are copies: the third call (graphs recorded, then replayed) gives the eager labels."""
+    eager = prepare_model(Convs(), "cuda")
+    s = _settings("whole", scale=(160, 120))
+    img = _image(120, 160, seed=3)
+    reference = infer(eager, img, s, flip=True, scales=(0.75, 1.0))
+    compiled = prepare_model(Convs(), "cuda")
+    compiled.compile(mode="reduce-overhead")
+    compiled.outputs_reused = replays_cuda_graphs("cuda", {"mode": "reduce-overhead"})
+    assert compiled.outputs_reused
+    for _ in range(3):
+        out = infer(compiled, img, s, flip=True, scales=(0.75, 1.0), keep_scores=False)
+    assert_same_labels(out.labels, argmax_labels(reference.scores), reference.scores)
